@@ -1,0 +1,279 @@
+"""The public entry points: ``audit``, ``verify`` and ``screen_flag_fix``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import defaults
+from .estimators import methods as M
+from .estimators import reliability as R
+from .estimators.core import (
+    BaseCache,
+    Cost,
+    Problem,
+    ProgressFn,
+    StopFn,
+    Tracker,
+    attach_base,
+    compute_base,
+    make_problem,
+    model_device,
+    patch_components,
+)
+from .estimators.sites import SITES
+from .report import Report
+from .tasks.metrics import METRICS
+from .tasks.pairs import PromptPairs, TokenPairs
+
+
+def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _problem(model, pairs, site, metric, direction, memory_budget_mb) -> tuple[Problem, TokenPairs]:
+    _check_choice("site", site, SITES)
+    _check_choice("metric", metric, METRICS)
+    _check_choice("direction", direction, ("noising", "denoising"))
+    if not isinstance(pairs, PromptPairs | TokenPairs):
+        raise ValueError("pairs must be a PromptPairs (from_task, from_text or from_tokens)")
+    tp = pairs if isinstance(pairs, TokenPairs) else pairs.tokenize(model)
+    p = make_problem(
+        model, tp.clean, tp.corrupted, tp.answer_ids, tp.wrong_ids, tp.last_pos,
+        site, metric, direction, memory_budget_mb,
+    )
+    return p, tp
+
+
+def base_key(model_name: str, tp: TokenPairs, site: str, metric: str, direction: str) -> str:
+    """The cache key of a base pass: (model, tokens, site, direction, metric)."""
+    return f"{model_name}|{tp.key()}|{site}|{direction}|{metric}"
+
+
+def _model_name(model) -> str:
+    return str(getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", "model"))
+
+
+def _get_base(p: Problem, base: BaseCache | None, tracker: Tracker) -> tuple[BaseCache, bool]:
+    if base is not None:
+        attach_base(p, base)
+        return base, True
+    tracker.phase = "base"
+    b = compute_base(p, tracker)
+    tracker.report(1.0)
+    return b, False
+
+
+def audit(
+    model,
+    pairs: PromptPairs | TokenPairs,
+    site: str = "heads",
+    metric: str = "logit_diff",
+    direction: str = "noising",
+    methods: Sequence[str] = ("atp", "hvp"),
+    hvp_probes: int | None = None,
+    ig_steps: int | None = None,
+    mhvp_steps: int | None = None,
+    seed: int = 0,
+    tau: float | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    base: BaseCache | None = None,
+    memory_budget_mb: float | None = None,
+    bound_scale: float | None = None,
+    circuit_k: int | None = None,
+    model_name: str | None = None,
+) -> Report:
+    """Every requested estimate for every component of ``site``, with the reliability score,
+    error bound, materiality and flags (METHODS.md)."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("no methods given: choose any of " + ", ".join(M.METHODS))
+    for m in methods:
+        _check_choice("method", m, M.METHODS)
+    dev = model_device(model).type
+    hvp_probes = _positive_int("hvp_probes", defaults.hvp_probes(dev) if hvp_probes is None else hvp_probes)
+    ig_steps = _positive_int("ig_steps", defaults.load()["ig_steps"] if ig_steps is None else ig_steps)
+    mhvp_steps = _positive_int("mhvp_steps", defaults.load()["mhvp_steps"] if mhvp_steps is None else mhvp_steps)
+    tau = defaults.tau() if tau is None else float(tau)
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must lie in [0, 1], got {tau}")
+    model_name = model_name or _model_name(model)
+    scale = defaults.bound_scale(model_name) if bound_scale is None else bound_scale
+    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    torch.manual_seed(seed)
+
+    steps = ["base", *methods]
+    state = {"i": 0}
+    tracker = Tracker(should_stop=should_stop)
+    if progress is not None:
+        tracker.progress = lambda ph, f, n: progress(ph, (state["i"] + f) / len(steps), n)
+    tracker.check()
+    b, cached = _get_base(p, base, tracker)
+    b.key = base_key(model_name, tp, site, metric, direction)
+    base_cost = Cost() if cached else b.cost
+
+    ests: dict[str, M.Estimate] = {}
+    for i, m in enumerate(methods, start=1):
+        state["i"] = i
+        tracker.phase = m
+        tracker.check()
+        if m == "atp":
+            ests[m] = M.atp(p, b, tracker)
+        elif m == "hvp":
+            ests[m] = M.hvp(p, b, probes=hvp_probes, seed=seed, tracker=tracker)
+        elif m == "hvp_joint":
+            ests[m] = M.hvp_joint(p, b, tracker)
+        elif m == "hvp_exact":
+            ests[m] = M.hvp_exact(p, b, tracker)
+        elif m == "ig":
+            ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
+        elif m == "mhvp":
+            ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
+        elif m == "ap":
+            ests[m] = M.ap(p, b, tracker=tracker)
+        tracker.report(1.0)
+
+    report = Report(
+        site=site,
+        metric=metric,
+        direction=direction,
+        methods=methods,
+        labels=p.site.labels(),
+        scores={m: e.values.detach().cpu() for m, e in ests.items()},
+        tau=tau,
+        metric_base=float(b.f_base.mean()),
+        metric_src=float(b.f_src.mean()),
+        settings={
+            "hvp_probes": hvp_probes, "ig_steps": ig_steps, "mhvp_steps": mhvp_steps,
+            "seed": seed, "n_pairs": len(tp), "n_pos": int(tp.clean.shape[1]),
+            "model": model_name, "bound_scale": scale, "base_cached": cached,
+        },
+        base=b,
+    )
+    report.cost["base"] = base_cost.as_dict()
+    for m, e in ests.items():
+        report.cost[m] = (e.cost + base_cost).as_dict()
+    if "ap" in ests:
+        v = ests["ap"].values
+        report.verified = {(i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])}
+    source = next((m for m in M.SECOND_ORDER if m in ests), None)
+    if source is not None:
+        a1 = M.atp(p, b).values.detach().cpu()
+        est = ests[source]
+        assert est.q is not None
+        q = est.q.detach().cpu()
+        se = est.q_se.detach().cpu() if est.q_se is not None else None
+        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k)
+        report.reliability, report.error_bound = rel.score, rel.error_bound
+        report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
+        report.q, report.q_se, report.reliability_source = q, se, source
+    if progress is not None:
+        progress("done", 1.0, tracker.passes)
+    return report
+
+
+@dataclass
+class VerifyResult:
+    values: dict[tuple[int, int], float]
+    cost: dict = field(default_factory=dict)
+    base: BaseCache | None = None
+
+
+def verify(
+    model,
+    pairs: PromptPairs | TokenPairs,
+    components: Sequence[Sequence[int]],
+    site: str = "heads",
+    metric: str = "logit_diff",
+    direction: str = "noising",
+    base: BaseCache | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    memory_budget_mb: float | None = None,
+) -> VerifyResult:
+    """Activation patching of the given components (Screen-Flag-Fix step 3). With a cached
+    ``base`` each layer's components cost one batched patched forward and nothing else."""
+    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    comps = []
+    for c in components:
+        if len(c) != 2:
+            raise ValueError(f"a component is [layer, index], got {list(c)!r}")
+        i, j = int(c[0]), int(c[1])
+        if not (0 <= i < p.site.n_layers and 0 <= j < p.site.n_comp):
+            raise ValueError(
+                f"component [{i}, {j}] is outside the {p.site.n_layers} x {p.site.n_comp} {site} map"
+            )
+        comps.append((i, j))
+    tracker = Tracker(progress=progress, should_stop=should_stop)
+    t0 = time.perf_counter()
+    b, _ = _get_base(p, base, tracker)
+    tracker.phase = "verify"
+    values = patch_components(p, b, sorted(set(comps)), tracker) if comps else {}
+    cost = {"forward": tracker.forward, "backward": tracker.backward, "seconds": time.perf_counter() - t0}
+    return VerifyResult(values, cost, b)
+
+
+@dataclass
+class FixResult:
+    estimates: torch.Tensor  # the corrected screen with flagged components replaced by ap
+    verified: dict[tuple[int, int], float]
+    flagged: list[tuple[int, int]]
+    cost: dict
+    fix_forwards: int  # patched component-forwards spent on the fix
+    full_sweep_forwards: int  # what a full ap sweep costs (one per component)
+    report: Report
+
+
+def screen_flag_fix(
+    model,
+    pairs: PromptPairs | TokenPairs,
+    site: str = "heads",
+    metric: str = "logit_diff",
+    direction: str = "noising",
+    hvp_probes: int | None = None,
+    seed: int = 0,
+    tau: float | None = None,
+    report: Report | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    memory_budget_mb: float | None = None,
+    budget: int | None = None,
+) -> FixResult:
+    """Screen (atp + hvp), flag, fix the flagged components with activation patching.
+    ``budget`` caps how many components are verified (least reliable first)."""
+    if report is None:
+        report = audit(
+            model, pairs, site, metric, direction, ("atp", "hvp"), hvp_probes=hvp_probes,
+            seed=seed, tau=tau, progress=progress, should_stop=should_stop,
+            memory_budget_mb=memory_budget_mb,
+        )
+    assert report.flags is not None and report.reliability is not None
+    flagged = [tuple(x) for x in report.flags.nonzero().tolist()]
+    flagged.sort(key=lambda c: float(report.reliability[c[0], c[1]]))
+    if budget is not None:
+        flagged = flagged[:budget]
+    flagged_t = [(int(i), int(j)) for i, j in flagged]
+    v = verify(
+        model, pairs, flagged_t, site, metric, direction, base=report.base,
+        should_stop=should_stop, memory_budget_mb=memory_budget_mb,
+    )
+    est = report.estimate.clone()
+    for (i, j), val in v.values.items():
+        est[i, j] = val
+    report.verified.update(v.values)
+    screen_cost = report.cost.get("hvp", report.cost.get("base", {}))
+    cost = {"screen": screen_cost, "fix": v.cost}
+    return FixResult(est, v.values, flagged_t, cost, len(flagged_t), int(est.numel()), report)

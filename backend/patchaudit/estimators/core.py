@@ -1,0 +1,408 @@
+"""The shared machinery of every estimator: the perturbed forward, the base pass (clean and
+corrupted activations and the gradient at eps = 0), pass counting, chunking, progress and
+cancellation.
+
+Perturbation form (METHODS.md): F(eps) = m(f(x) with a_c <- a_c + eps_c at every component).
+The hooks add eps to the tensor the model consumes (``blocks.L.attn.hook_z`` for heads).
+Copies of the batch ride on the batch axis (copy-major: row ``k * batch + b``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..tasks.metrics import MetricTargets, per_copy
+from .sites import Site, make_site
+
+DIRECTIONS = ("noising", "denoising")
+
+ProgressFn = Callable[[str, float, int], None]
+StopFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised between chunks when the caller's ``should_stop`` returns True."""
+
+
+@dataclass
+class Cost:
+    forward: int = 0
+    backward: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"forward": self.forward, "backward": self.backward, "seconds": self.seconds}
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.forward + other.forward, self.backward + other.backward, self.seconds + other.seconds
+        )
+
+
+@dataclass
+class Tracker:
+    """Counts passes, reports progress and polls for cancellation."""
+
+    progress: ProgressFn | None = None
+    should_stop: StopFn | None = None
+    forward: int = 0
+    backward: int = 0
+    phase: str = ""
+
+    @property
+    def passes(self) -> int:
+        return self.forward + self.backward
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled by request")
+
+    def report(self, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(self.phase, float(min(max(fraction, 0.0), 1.0)), self.passes)
+
+
+@dataclass
+class BaseCache:
+    """Activations and gradients of one (model, tokens, site, direction, metric).
+
+    ``a_base[l]`` is the activation of layer l on the run that gets patched (clean for
+    noising), ``a_src[l]`` the activation patched in, ``grad[l]`` = dF/d eps_l at eps = 0.
+    """
+
+    a_base: list[Tensor]
+    a_src: list[Tensor]
+    grad: list[Tensor]
+    f_base: Float[Tensor, " batch"]  # per-pair metric of the base run
+    f_src: Float[Tensor, " batch"]  # per-pair metric of the source run
+    ref_logprobs: Tensor | None = None  # clean log-probs at the last position (kl)
+    key: str = ""
+    cost: Cost = field(default_factory=Cost)
+
+    @property
+    def delta(self) -> list[Tensor]:
+        return [s - b for s, b in zip(self.a_src, self.a_base, strict=True)]
+
+    @property
+    def nbytes(self) -> int:
+        ts = [*self.a_base, *self.a_src, *self.grad, self.f_base, self.f_src]
+        if self.ref_logprobs is not None:
+            ts.append(self.ref_logprobs)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {"f_base": self.f_base, "f_src": self.f_src}
+        for i, (b, s, g) in enumerate(zip(self.a_base, self.a_src, self.grad, strict=True)):
+            out[f"a_base.{i}"], out[f"a_src.{i}"], out[f"grad.{i}"] = b, s, g
+        if self.ref_logprobs is not None:
+            out["ref_logprobs"] = self.ref_logprobs
+        return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+    def save(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.tensors(), path, metadata={"key": self.key})
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device | None = None) -> BaseCache:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if device is not None:
+            t = {k: v.to(device) for k, v in t.items()}
+        n = sum(1 for k in t if k.startswith("a_base."))
+        return cls(
+            a_base=[t[f"a_base.{i}"] for i in range(n)],
+            a_src=[t[f"a_src.{i}"] for i in range(n)],
+            grad=[t[f"grad.{i}"] for i in range(n)],
+            f_base=t["f_base"],
+            f_src=t["f_src"],
+            ref_logprobs=t.get("ref_logprobs"),
+            key=meta.get("key", ""),
+        )
+
+
+@dataclass
+class Problem:
+    """Everything an estimator needs: model, the two token batches, site, metric, direction."""
+
+    model: object
+    base_tokens: Int[Tensor, "batch pos"]  # the run that gets patched
+    src_tokens: Int[Tensor, "batch pos"]  # the run whose activations are patched in
+    targets: MetricTargets
+    site: Site
+    metric: str
+    direction: str
+    max_copies: int = 64  # copies of the batch per forward (memory budget)
+
+    @property
+    def batch(self) -> int:
+        return int(self.base_tokens.shape[0])
+
+    @property
+    def n_components(self) -> int:
+        return self.site.n_layers * self.site.n_comp
+
+    def copies_metric(self, logits: Tensor) -> Float[Tensor, " copies"]:
+        return per_copy(self.metric, logits, self.targets)
+
+
+def make_problem(
+    model,
+    clean: Tensor,
+    corrupted: Tensor,
+    answer_ids: Tensor,
+    wrong_ids: Tensor,
+    last_pos: Tensor,
+    site: str,
+    metric: str,
+    direction: str,
+    memory_budget_mb: float | None = None,
+) -> Problem:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}: choose noising or denoising")
+    base, src = (clean, corrupted) if direction == "noising" else (corrupted, clean)
+    dev = model_device(model)
+    targets = MetricTargets(answer_ids.to(dev), wrong_ids.to(dev), last_pos.to(dev))
+    s = make_site(model, site, int(clean.shape[1]))
+    p = Problem(model, base.to(dev), src.to(dev), targets, s, metric, direction)
+    p.max_copies = copies_for_budget(model, p, memory_budget_mb)
+    return p
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def copies_for_budget(model, p: Problem, memory_budget_mb: float | None) -> int:
+    """How many copies of the batch one forward+double-backward may carry.
+
+    A rough upper estimate of the activations a double backward keeps per copy:
+    ~48 tensors of [batch, pos, d_model] per layer plus 4 of [batch, pos, d_vocab].
+    """
+    cfg = model.cfg
+    b, pos = p.base_tokens.shape
+    per_copy_bytes = 4 * b * pos * (48 * cfg.n_layers * cfg.d_model + 4 * cfg.d_vocab)
+    if memory_budget_mb is None:
+        dev = model_device(model)
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            memory_budget_mb = 0.6 * free / 2**20
+        else:
+            memory_budget_mb = 4096.0
+    return int(max(1, min(1024, memory_budget_mb * 2**20 // per_copy_bytes)))
+
+
+def run(
+    p: Problem,
+    tokens: Tensor,
+    eps: Sequence[Tensor | None] | None = None,
+    replace: dict[int, tuple[Tensor, Tensor]] | None = None,
+    capture: list[Tensor | None] | None = None,
+) -> Tensor:
+    """One forward of ``tokens`` ([copies*batch, pos]).
+
+    eps[l] is added to layer l's activation; replace[l] = (mask, value) sets
+    act = where(mask, value, act); capture[l] receives layer l's activation.
+    """
+    hooks = []
+    for layer, name in enumerate(p.site.hook_names):
+        e = eps[layer] if eps is not None else None
+        r = replace.get(layer) if replace is not None else None
+        if e is None and r is None and capture is None:
+            continue
+
+        def hook(act, hook, layer=layer, e=e, r=r):
+            if e is not None:
+                act = act + e.view(act.shape)
+            if r is not None:
+                mask, value = r
+                act = torch.where(mask, value.view(act.shape), act)
+            if capture is not None:
+                capture[layer] = act
+            return act
+
+        hooks.append((name, hook))
+    return p.model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def tile(x: Tensor, copies: int) -> Tensor:
+    """[batch, ...] -> [copies * batch, ...], copy-major."""
+    return x.repeat(copies, *([1] * (x.dim() - 1)))
+
+
+def compute_base(p: Problem, tracker: Tracker | None = None) -> BaseCache:
+    """Source forward (activations), base forward with eps = 0 (activations) and one backward
+    (gradient): the shared first step of every estimator. Cost 2 forwards + 1 backward."""
+    tracker = tracker or Tracker()
+    t0 = time.perf_counter()
+    n = p.site.n_layers
+    src: list[Tensor | None] = [None] * n
+    with torch.no_grad():
+        lg_src = run(p, p.src_tokens, capture=src)
+    tracker.forward += 1
+    a_src = [a.detach() for a in src if a is not None]
+    base: list[Tensor | None] = [None] * n
+    eps = [torch.zeros_like(a, requires_grad=True) for a in a_src]
+    lg_base = run(p, p.base_tokens, eps=eps, capture=base)
+    tracker.forward += 1
+    f_base = p.copies_metric(lg_base)
+    grads = torch.autograd.grad(f_base.sum(), eps)
+    tracker.backward += 1
+    a_base = [a.detach() for a in base if a is not None]
+    # clean log-probs at the last position (the kl metric's reference)
+    clean_lg = lg_base if p.direction == "noising" else lg_src
+    idx = torch.arange(p.batch, device=clean_lg.device)
+    ref = clean_lg[idx, p.targets.last_pos].detach().float().log_softmax(-1)  # [batch, d_vocab]
+    from ..tasks.metrics import per_example
+
+    targets = MetricTargets(p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref)
+    p.targets = targets
+    with torch.no_grad():
+        fb = per_example(p.metric, lg_base.detach(), targets)
+        fs = per_example(p.metric, lg_src.detach(), targets)
+    cost = Cost(2, 1, time.perf_counter() - t0)
+    return BaseCache(a_base, a_src, [g.detach() for g in grads], fb, fs, ref, cost=cost)
+
+
+def attach_base(p: Problem, base: BaseCache) -> None:
+    """Reuse a cached base: the metric targets need the clean reference distribution."""
+    dev = model_device(p.model)
+    for name in ("a_base", "a_src", "grad"):
+        setattr(base, name, [t.to(dev) for t in getattr(base, name)])
+    base.f_base, base.f_src = base.f_base.to(dev), base.f_src.to(dev)
+    if base.ref_logprobs is not None:
+        base.ref_logprobs = base.ref_logprobs.to(dev)
+    p.targets = MetricTargets(
+        p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, base.ref_logprobs
+    )
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    size = max(1, size)
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def grad_hvp(
+    p: Problem,
+    base: BaseCache,
+    ts: Float[Tensor, " k"],
+    signs: Float[Tensor, "k n_layers n_comp"] | None,
+    tracker: Tracker,
+    frac: tuple[float, float] = (0.0, 1.0),
+) -> tuple[Float[Tensor, "k n_layers n_comp"], Float[Tensor, "k n_layers n_comp"] | None]:
+    """The one generic kernel behind atp, hvp, hvp_joint, hvp_exact, ig and mhvp.
+
+    Copy k of the batch runs at eps = ts[k] * delta (all components together). Returns
+    phi[k, l, c] = <g_c(ts[k] delta), delta_c> and, when ``signs`` is given, with the tangent
+    v_k = sum_c signs[k, c] delta_c, y[k, l, c] = signs[k, c] <delta_c, [Hess F(ts[k] delta) v_k]_c>
+    computed by double backward (never a Hessian). Copies are chunked to the memory budget.
+    """
+    k_all = int(ts.shape[0])
+    delta = base.delta
+    nl, nc = p.site.n_layers, p.site.n_comp
+    phi = torch.zeros(k_all, nl, nc, device=delta[0].device)
+    y = torch.zeros(k_all, nl, nc, device=delta[0].device) if signs is not None else None
+    parts = chunks(k_all, p.max_copies)
+    for j, (lo, hi) in enumerate(parts):
+        tracker.check()
+        k = hi - lo
+        t = ts[lo:hi].to(delta[0].device, delta[0].dtype)
+        tokens = tile(p.base_tokens, k)  # [k*batch, pos]
+        eps = []
+        for d in delta:
+            tt = t.repeat_interleave(p.batch).view(-1, *([1] * (d.dim() - 1)))  # [k*batch, 1...]
+            eps.append((tile(d, k) * tt).detach().requires_grad_(True))
+        create = signs is not None
+        with torch.enable_grad():
+            f = p.copies_metric(run(p, tokens, eps=eps)).sum()
+            tracker.forward += 1
+            g = torch.autograd.grad(f, eps, create_graph=create)
+            tracker.backward += 1
+            for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
+                prod = p.site.reduce(gl.detach() * tile(d, k))  # [k*batch, n_comp]
+                phi[lo:hi, layer] = prod.view(k, p.batch, nc).sum(1)
+            if signs is not None:
+                s = signs[lo:hi].to(delta[0].device, delta[0].dtype)  # [k, n_layers, n_comp]
+                inner = torch.zeros((), device=delta[0].device)
+                for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
+                    sl = s[:, layer].repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
+                    v = tile(d, k) * p.site.expand(sl)  # tangent, [k*batch, pos, ...]
+                    inner = inner + (gl * v).sum()
+                hv = torch.autograd.grad(inner, eps, allow_unused=True)
+                tracker.backward += 1
+                assert y is not None
+                for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
+                    if h is None:  # the metric does not depend on this layer twice
+                        continue
+                    prod = p.site.reduce(h * tile(d, k)).view(k, p.batch, nc).sum(1)  # [k, n_comp]
+                    y[lo:hi, layer] = s[:, layer] * prod
+        tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(parts))
+    return phi, y
+
+
+def patch_components(
+    p: Problem,
+    base: BaseCache,
+    components: Sequence[tuple[int, int]],
+    tracker: Tracker,
+    frac: tuple[float, float] = (0.0, 1.0),
+) -> dict[tuple[int, int], float]:
+    """Activation patching: for each component, one forward of the base run with that
+    component's activation replaced by the source run's; returns F(patched) - F(base).
+    Components of one layer share a forward (copies on the batch axis, chunked)."""
+    from .sites import component_mask
+
+    f0 = base.f_base.mean()
+    by_layer: dict[int, list[int]] = {}
+    for layer, comp in components:
+        by_layer.setdefault(int(layer), []).append(int(comp))
+    work = [
+        (layer, comps[lo:hi])
+        for layer, comps in sorted(by_layer.items())
+        for lo, hi in chunks(len(comps), p.max_copies)
+    ]
+    out: dict[tuple[int, int], float] = {}
+    for j, (layer, comps) in enumerate(work):
+        tracker.check()
+        k = len(comps)
+        tokens = tile(p.base_tokens, k)
+        a_src = base.a_src[layer]
+        idx = torch.tensor(comps, device=a_src.device).repeat_interleave(p.batch)  # [k*batch]
+        mask = component_mask(p.site, idx, a_src) > 0  # broadcastable bool
+        with torch.no_grad():
+            vals = p.copies_metric(run(p, tokens, replace={layer: (mask, tile(a_src, k))}))
+        tracker.forward += 1
+        for c, v in zip(comps, (vals - f0).tolist(), strict=True):
+            out[(layer, c)] = float(v)
+        tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(work))
+    return out
+
+
+def rademacher(k: int, shape: tuple[int, int], seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(int(seed))
+    return (torch.randint(0, 2, (k, *shape), generator=g) * 2 - 1).float()
+
+
+def onehots(shape: tuple[int, int], idx: Sequence[int] | None = None) -> Tensor:
+    n = shape[0] * shape[1]
+    idx = list(range(n)) if idx is None else list(idx)
+    s = torch.zeros(len(idx), n)
+    s[torch.arange(len(idx)), torch.tensor(idx, dtype=torch.long)] = 1.0
+    return s.view(len(idx), *shape)
+
+
+def se_of_mean(y: Tensor) -> Tensor:
+    k = y.shape[0]
+    if k < 2:
+        return torch.zeros_like(y[0])
+    return y.std(0, unbiased=True) / math.sqrt(k)

@@ -1,0 +1,161 @@
+"""The estimators of METHODS.md, as thin specialisations of the kernels in ``core``.
+
+Each returns an :class:`Estimate`: one number per component ([n_layers, n_comp]), in the
+metric's units, plus the second-order term q (and its standard error) where there is one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .core import (
+    BaseCache,
+    Cost,
+    Problem,
+    Tracker,
+    grad_hvp,
+    onehots,
+    patch_components,
+    rademacher,
+    se_of_mean,
+)
+
+METHODS = ("ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp")
+SECOND_ORDER = ("hvp_exact", "hvp", "hvp_joint")  # preference order for the reliability
+
+
+@dataclass
+class Estimate:
+    values: Tensor  # [n_layers, n_comp]
+    cost: Cost
+    q: Tensor | None = None  # second-order term, [n_layers, n_comp]
+    q_se: Tensor | None = None  # its standard error over probes
+    probes: int = 0  # probes used (0: exact or deterministic)
+
+
+def _timed(tracker: Tracker, phase: str, fn: Callable[[], Estimate]) -> Estimate:
+    tracker.phase = phase
+    f0, b0, t0 = tracker.forward, tracker.backward, time.perf_counter()
+    est = fn()
+    est.cost = Cost(tracker.forward - f0, tracker.backward - b0, time.perf_counter() - t0)
+    return est
+
+
+def atp(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """A1_c = <g_c, delta_c>: read off the base pass, no extra pass."""
+    vals = torch.stack(
+        [
+            p.site.reduce(g * d).sum(0)  # [n_comp]
+            for g, d in zip(base.grad, base.delta, strict=True)
+        ]
+    )
+    return Estimate(vals, Cost())
+
+
+def _second_order(
+    p: Problem, base: BaseCache, signs: Tensor, combine: str, tracker: Tracker
+) -> Estimate:
+    a1 = atp(p, base).values
+    ts = torch.zeros(signs.shape[0])
+    _, y = grad_hvp(p, base, ts, signs, tracker)
+    assert y is not None
+    if combine == "mean":
+        q, se = y.mean(0), se_of_mean(y)
+    else:  # "sum": one-hot tangents, each row holds one component's exact term
+        q, se = y.sum(0), None
+    return Estimate(a1 + q / 2, Cost(), q=q, q_se=se, probes=signs.shape[0] if se is not None else 0)
+
+
+def hvp_exact(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """Exact q_c: one tangent delta_c e_c per component, chunked on the batch axis."""
+    tracker = tracker or Tracker()
+    return _timed(
+        tracker,
+        "hvp_exact",
+        lambda: _second_order(p, base, onehots(p.site.shape), "sum", tracker),
+    )
+
+
+def hvp_joint(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """q from the single probe v = sum_c delta_c (biased by the cross terms)."""
+    tracker = tracker or Tracker()
+    signs = torch.ones(1, *p.site.shape)
+    return _timed(tracker, "hvp_joint", lambda: _second_order(p, base, signs, "sum", tracker))
+
+
+def hvp(
+    p: Problem, base: BaseCache, probes: int = 8, seed: int = 0, tracker: Tracker | None = None
+) -> Estimate:
+    """q from P Rademacher probes on the batch axis of one double-backward pass; unbiased,
+    with the standard error over probes. When N <= P the exact diagonal is used."""
+    if probes <= 0:
+        raise ValueError(f"hvp_probes must be a positive integer, got {probes}")
+    tracker = tracker or Tracker()
+    if p.n_components <= probes:
+        est = hvp_exact(p, base, tracker)
+        est.q_se = torch.zeros_like(est.values)
+        return est
+    signs = rademacher(probes, p.site.shape, seed)
+    return _timed(tracker, "hvp", lambda: _second_order(p, base, signs, "mean", tracker))
+
+
+def ig(p: Problem, base: BaseCache, steps: int = 16, tracker: Tracker | None = None) -> Estimate:
+    """Integrated gradients on the joint path eps = t delta, midpoint rule with K steps."""
+    if steps <= 0:
+        raise ValueError(f"ig_steps must be a positive integer, got {steps}")
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        ts = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+        phi, _ = grad_hvp(p, base, ts, None, tracker)
+        return Estimate(phi.mean(0), Cost())
+
+    return _timed(tracker, "ig", go)
+
+
+def mhvp(p: Problem, base: BaseCache, steps: int = 2, tracker: Tracker | None = None) -> Estimate:
+    """Multi-step HVP: corrected trapezoid rule on the joint path, K segments,
+    h [phi(0)/2 + phi(t_1) + ... + phi(1)/2] - (h^2/12) (phi'(1) - phi'(0))."""
+    if steps <= 0:
+        raise ValueError(f"mhvp_steps must be a positive integer, got {steps}")
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        h = 1.0 / steps
+        ends = torch.tensor([0.0, 1.0])
+        phi_end, dphi = grad_hvp(p, base, ends, torch.ones(2, *p.site.shape), tracker)
+        assert dphi is not None
+        total = (phi_end[0] + phi_end[1]) / 2
+        if steps > 1:
+            inner = torch.arange(1, steps, dtype=torch.float32) * h
+            phi_in, _ = grad_hvp(p, base, inner, None, tracker)
+            total = total + phi_in.sum(0)
+        return Estimate(h * total - (h * h / 12) * (dphi[1] - dphi[0]), Cost())
+
+    return _timed(tracker, "mhvp", go)
+
+
+def ap(
+    p: Problem,
+    base: BaseCache,
+    components: list[tuple[int, int]] | None = None,
+    tracker: Tracker | None = None,
+) -> Estimate:
+    """Activation patching, batched by layer. Unpatched components are NaN."""
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        comps = components
+        if comps is None:
+            comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
+        vals = torch.full(p.site.shape, float("nan"))
+        for (layer, c), v in patch_components(p, base, comps, tracker).items():
+            vals[layer, c] = v
+        return Estimate(vals, Cost())
+
+    return _timed(tracker, "ap", go)

@@ -1,0 +1,128 @@
+"""Model loading through TransformerLens's TransformerBridge.
+
+``load_model(source)`` takes "bundled" (the project's own model, offline), a TransformerLens /
+Hugging Face model name, a local Hugging Face directory, or a ``transformers.PreTrainedModel``.
+The bridge runs eager attention, which double backward needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _boot(name_or_dir: str, device, dtype, hf_model=None, tokenizer=None):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(
+        name_or_dir, device=device, dtype=dtype, hf_model=hf_model, tokenizer=tokenizer
+    )
+
+
+def _load_local(path: Path, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    tok = None
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(str(path))
+    return _boot(str(path), device, dtype, hf_model=hf, tokenizer=tok)
+
+
+def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32):
+    """Load a model as a TransformerBridge on ``device`` (CUDA when present, else CPU)."""
+    device = torch.device(device) if device is not None else default_device()
+    try:
+        if not isinstance(source, str):
+            from transformers import PreTrainedModel
+
+            if not isinstance(source, PreTrainedModel):
+                raise ModelLoadError(
+                    f"cannot load a model from a {type(source).__name__}: pass 'bundled', a model "
+                    "name, a local directory or a transformers PreTrainedModel"
+                )
+            name = getattr(source.config, "_name_or_path", "") or source.config.model_type
+            model = _boot(name, device, dtype, hf_model=source.to(device=device, dtype=dtype))
+        elif source == "bundled":
+            if not (BUNDLED_DIR / "model.safetensors").exists():
+                raise ModelLoadError(
+                    f"the bundled model is missing from {BUNDLED_DIR}: run "
+                    "`python -m patchaudit.models.train_bundled`"
+                )
+            model = _load_local(BUNDLED_DIR, device, dtype)
+        elif Path(source).expanduser().is_dir():
+            model = _load_local(Path(source).expanduser(), device, dtype)
+        else:
+            model = _boot(source, device, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) and the model is not in the "
+            "local cache"
+            if offline or "connect" in str(e).lower() or "offline" in str(e).lower()
+            or "couldn't" in str(e).lower() or "not a valid model" in str(e).lower()
+            or "does not appear" in str(e).lower() or "is not a local folder" in str(e).lower()
+            else str(e).splitlines()[0][:200]
+        )
+        raise ModelLoadError(f"cannot load model {source!r}: {hint}") from e
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model
+
+
+FEATURED = (
+    ("gpt2", "GPT-2 small, 124M, 12 layers x 12 heads"),
+    ("gpt2-medium", "GPT-2 medium, 355M, 24 x 16"),
+    ("gpt2-xl", "GPT-2 XL, 1.5B, 48 x 25"),
+    ("EleutherAI/pythia-160m", "Pythia 160M (GPT-NeoX), 12 x 12"),
+    ("EleutherAI/pythia-1.4b", "Pythia 1.4B (GPT-NeoX), 24 x 16"),
+    ("google/gemma-2-2b", "Gemma-2 2B, 26 x 8"),
+    ("google/gemma-2-9b", "Gemma-2 9B, 42 x 16"),
+    ("meta-llama/Llama-3.2-1B", "Llama 3.2 1B, 16 x 32"),
+)
+
+
+def supported_model_names() -> list[str]:
+    """Every model name TransformerLens's bridge supports (the default service allowlist)."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return [str(n) for n in TransformerBridge.list_supported_models()]
+    except Exception as e:  # pragma: no cover - depends on the TransformerLens version
+        log.debug("no TransformerLens model list: %s", e)
+        return [n for n, _ in FEATURED]
+
+
+def list_models() -> list[dict]:
+    """Models offered in the UI: the bundled one first, then a few hub models (they need the
+    hub or a local Hugging Face cache)."""
+    out = [
+        {
+            "name": "bundled",
+            "description": "patchaudit's own small GPT-2-style model, trained on IOI and "
+            "induction (offline, CPU-friendly)",
+            "bundled": True,
+        }
+    ]
+    out += [{"name": n, "description": d, "bundled": False} for n, d in FEATURED]
+    return out

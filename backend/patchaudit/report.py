@@ -1,0 +1,249 @@
+"""The typed result of an audit, its JSON form and its Plotly figure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .estimators.core import BaseCache
+
+METHOD_LABELS = {
+    "ap": "activation patching",
+    "atp": "AtP",
+    "hvp": "HVP-corrected",
+    "hvp_joint": "HVP-corrected (joint probe)",
+    "hvp_exact": "HVP-corrected (exact)",
+    "ig": "integrated gradients",
+    "mhvp": "multi-step HVP",
+}
+
+
+def _jsonable(t: Tensor | None):
+    if t is None:
+        return None
+    if t.dtype == torch.bool:
+        return t.tolist()
+    return [[None if not math.isfinite(v) else float(v) for v in row] for row in t.tolist()]
+
+
+def _tensor(x, dtype=torch.float32) -> Tensor | None:
+    if x is None:
+        return None
+    if dtype == torch.bool:
+        return torch.tensor(x, dtype=torch.bool)
+    return torch.tensor([[float("nan") if v is None else v for v in row] for row in x], dtype=dtype)
+
+
+@dataclass
+class Report:
+    site: str
+    metric: str
+    direction: str
+    methods: list[str]
+    labels: dict
+    scores: dict[str, Tensor]
+    reliability: Tensor | None = None
+    error_bound: Tensor | None = None
+    flags: Tensor | None = None
+    material: Tensor | None = None
+    q: Tensor | None = None
+    q_se: Tensor | None = None
+    reliability_source: str | None = None
+    verified: dict[tuple[int, int], float] = field(default_factory=dict)
+    cost: dict[str, dict] = field(default_factory=dict)
+    tau: float = 0.5
+    cutoff: float | None = None
+    metric_base: float = 0.0
+    metric_src: float = 0.0
+    settings: dict = field(default_factory=dict)
+    base: BaseCache | None = None
+
+    @property
+    def total_effect(self) -> float:
+        """m(x~) - m(x) for noising: what patching everything at once changes."""
+        return self.metric_src - self.metric_base
+
+    @property
+    def estimate(self) -> Tensor:
+        """The best screen estimate: the corrected one where present, else the first method."""
+        for m in ("hvp", "hvp_exact", "hvp_joint", "mhvp", "ig", "atp", "ap"):
+            if m in self.scores:
+                return self.scores[m]
+        raise ValueError("the report has no scores")
+
+    def component_names(self) -> list[tuple[int, int]]:
+        rows, cols = len(self.labels["rows"]), len(self.labels["cols"])
+        return [(i, j) for i in range(rows) for j in range(cols)]
+
+    def circuit(self, k: int | None = None) -> list[dict]:
+        """Top-k components by |estimate| (verified values where present)."""
+        est = self.estimate.clone()
+        for (i, j), v in self.verified.items():
+            est[i, j] = v
+        n = est.numel()
+        k = max(1, round(0.1 * n)) if k is None else k
+        flat = est.flatten().nan_to_num(0.0)
+        idx = flat.abs().argsort(descending=True)[:k].tolist()
+        cols = est.shape[1]
+        return [
+            {
+                "layer": i // cols,
+                "comp": i % cols,
+                "estimate": float(flat[i]),
+                "verified": (i // cols, i % cols) in self.verified,
+            }
+            for i in idx
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "site": self.site,
+            "metric": self.metric,
+            "direction": self.direction,
+            "methods": list(self.methods),
+            "labels": self.labels,
+            "scores": {m: _jsonable(v) for m, v in self.scores.items()},
+            "reliability": _jsonable(self.reliability),
+            "error_bound": _jsonable(self.error_bound),
+            "flags": _jsonable(self.flags),
+            "material": _jsonable(self.material),
+            "q": _jsonable(self.q),
+            "q_se": _jsonable(self.q_se),
+            "reliability_source": self.reliability_source,
+            "verified": {f"{i}.{j}": v for (i, j), v in sorted(self.verified.items())},
+            "cost": self.cost,
+            "tau": self.tau,
+            "cutoff": self.cutoff,
+            "metric_base": self.metric_base,
+            "metric_src": self.metric_src,
+            "total_effect": self.total_effect,
+            "settings": self.settings,
+            "circuit": self.circuit(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        verified = {}
+        for k, v in (d.get("verified") or {}).items():
+            i, j = k.split(".")
+            verified[(int(i), int(j))] = float(v)
+        return cls(
+            site=d["site"],
+            metric=d["metric"],
+            direction=d["direction"],
+            methods=list(d["methods"]),
+            labels=d["labels"],
+            scores={m: _tensor(v) for m, v in d["scores"].items()},  # type: ignore[misc]
+            reliability=_tensor(d.get("reliability")),
+            error_bound=_tensor(d.get("error_bound")),  # None -> nan; inf is stored as None
+            flags=_tensor(d.get("flags"), torch.bool),
+            material=_tensor(d.get("material"), torch.bool),
+            q=_tensor(d.get("q")),
+            q_se=_tensor(d.get("q_se")),
+            reliability_source=d.get("reliability_source"),
+            verified=verified,
+            cost=d.get("cost", {}),
+            tau=d.get("tau", 0.5),
+            cutoff=d.get("cutoff"),
+            metric_base=d.get("metric_base", 0.0),
+            metric_src=d.get("metric_src", 0.0),
+            settings=d.get("settings", {}),
+        )
+
+    def table(self, top: int = 10) -> list[dict]:
+        """The ``top`` components by |estimate| with every number (for the CLI and the UI)."""
+        est = self.estimate
+        order = est.flatten().nan_to_num(0.0).abs().argsort(descending=True)[:top].tolist()
+        cols = est.shape[1]
+        rows = []
+        for i in order:
+            li, ci = i // cols, i % cols
+            row = {"layer": li, "comp": ci}
+            for m, v in self.scores.items():
+                row[m] = float(v[li, ci])
+            if self.reliability is not None:
+                row["reliability"] = float(self.reliability[li, ci])
+                row["error_bound"] = float(self.error_bound[li, ci]) if self.error_bound is not None else None
+                row["flag"] = bool(self.flags[li, ci]) if self.flags is not None else False
+            row["verified"] = self.verified.get((li, ci))
+            rows.append(row)
+        return rows
+
+    def figure(self, method: str = "hvp"):
+        """A Plotly heatmap: layer rows, component columns, diverging scale centred at 0,
+        flagged cells outlined, hover with every number of the cell."""
+        import plotly.graph_objects as go
+
+        if method not in self.scores:
+            raise ValueError(f"method {method!r} is not in this report: {', '.join(self.scores)}")
+        z = self.scores[method]
+        n_rows, n_cols = z.shape
+        zmax = float(z.nan_to_num(0.0).abs().max()) or 1.0
+        text = []
+        for i in range(n_rows):
+            row = []
+            for j in range(n_cols):
+                parts = [f"{self.labels['row_name']} {i}, {self.labels['col_name']} {j}"]
+                for m, v in self.scores.items():
+                    parts.append(f"{METHOD_LABELS.get(m, m)}: {float(v[i, j]):.4g}")
+                if self.reliability is not None:
+                    parts.append(f"reliability: {float(self.reliability[i, j]):.3f}")
+                if self.error_bound is not None:
+                    e = float(self.error_bound[i, j])
+                    parts.append(f"error bound: {'unbounded' if not math.isfinite(e) else f'{e:.3g}'}")
+                if self.flags is not None and bool(self.flags[i, j]):
+                    parts.append("FLAGGED: do not trust the estimate")
+                if (i, j) in self.verified:
+                    parts.append(f"verified (activation patching): {self.verified[(i, j)]:.4g}")
+                row.append("<br>".join(parts))
+            text.append(row)
+        fig = go.Figure(
+            go.Heatmap(
+                z=z.tolist(),
+                x=self.labels["cols"],
+                y=self.labels["rows"],
+                colorscale="RdBu",
+                zmid=0.0,
+                zmin=-zmax,
+                zmax=zmax,
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+                colorbar={"title": {"text": self.metric}},
+            )
+        )
+        if self.flags is not None:
+            fi = self.flags.nonzero().tolist()
+            fig.add_trace(
+                go.Scatter(
+                    x=[self.labels["cols"][j] for _, j in fi],
+                    y=[self.labels["rows"][i] for i, _ in fi],
+                    mode="markers",
+                    marker={"symbol": "square-open", "size": 18, "color": "black", "line": {"width": 3}},
+                    name="flagged",
+                    hoverinfo="skip",
+                )
+            )
+        if self.verified:
+            vi = list(self.verified)
+            fig.add_trace(
+                go.Scatter(
+                    x=[self.labels["cols"][j] for _, j in vi],
+                    y=[self.labels["rows"][i] for i, _ in vi],
+                    mode="markers",
+                    marker={"symbol": "circle", "size": 6, "color": "black"},
+                    name="verified",
+                    hoverinfo="skip",
+                )
+            )
+        fig.update_layout(
+            title=f"{METHOD_LABELS.get(method, method)} ({self.metric}, {self.direction})",
+            xaxis_title=self.labels["col_name"],
+            yaxis_title=self.labels["row_name"],
+            yaxis={"autorange": "reversed", "type": "category"},
+            xaxis={"type": "category"},
+            legend={"orientation": "h", "y": -0.15},
+        )
+        return fig
