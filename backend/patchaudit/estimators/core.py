@@ -262,7 +262,8 @@ def compute_base(p: Problem, tracker: Tracker | None = None) -> BaseCache:
     # clean log-probs at the last position (the kl metric's reference)
     clean_lg = lg_base if p.direction == "noising" else lg_src
     idx = torch.arange(p.batch, device=clean_lg.device)
-    ref = clean_lg[idx, p.targets.last_pos].detach().float().log_softmax(-1)  # [batch, d_vocab]
+    ref = clean_lg[idx, p.targets.last_pos].detach()
+    ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)  # [batch, d_vocab]
     from ..tasks.metrics import per_example
 
     targets = MetricTargets(p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref)
@@ -310,8 +311,9 @@ def grad_hvp(
     k_all = int(ts.shape[0])
     delta = base.delta
     nl, nc = p.site.n_layers, p.site.n_comp
-    phi = torch.zeros(k_all, nl, nc, device=delta[0].device)
-    y = torch.zeros(k_all, nl, nc, device=delta[0].device) if signs is not None else None
+    acc = torch.promote_types(delta[0].dtype, torch.float32)
+    phi = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
+    y = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc) if signs is not None else None
     parts = chunks(k_all, p.max_copies)
     for j, (lo, hi) in enumerate(parts):
         tracker.check()
@@ -338,7 +340,10 @@ def grad_hvp(
                     sl = s[:, layer].repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
                     v = tile(d, k) * p.site.expand(sl)  # tangent, [k*batch, pos, ...]
                     inner = inner + (gl * v).sum()
-                hv = torch.autograd.grad(inner, eps, allow_unused=True)
+                if inner.requires_grad:
+                    hv = torch.autograd.grad(inner, eps, allow_unused=True)
+                else:  # the gradient does not depend on eps: F is linear, the Hessian is 0
+                    hv = tuple(None for _ in eps)
                 tracker.backward += 1
                 assert y is not None
                 for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):

@@ -34,16 +34,50 @@ def _boot(name_or_dir: str, device, dtype, hf_model=None, tokenizer=None):
     )
 
 
+def placeholder_tokenizer(vocab_size: int):
+    """A tokenizer for models that ship none (random-initialised configs, bare weight
+    directories): token i is spelled ``<i>``. Prompts for such models come as token ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<{i}>": i for i in range(vocab_size)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<0>")
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
 def _load_local(path: Path, device, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    tok = None
-    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+    if _has_tokenizer(path):
         tok = AutoTokenizer.from_pretrained(str(path))
-    return _boot(str(path), device, dtype, hf_model=hf, tokenizer=tok)
+    else:
+        tok = placeholder_tokenizer(hf.config.vocab_size)
+    return _boot(str(path), device, dtype, hf_model=hf.to(device), tokenizer=tok)
+
+
+def _load_object(hf, device, dtype, tokenizer=None):
+    """A transformers PreTrainedModel: the bridge reads its config from a local copy, so no
+    hub access is needed; the tokenizer comes from its source directory when there is one."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    src = Path(str(getattr(hf.config, "_name_or_path", "") or ""))
+    if tokenizer is None and str(src) and src.is_dir() and _has_tokenizer(src):
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+    if tokenizer is None:
+        tokenizer = placeholder_tokenizer(hf.config.vocab_size)
+    with tempfile.TemporaryDirectory(prefix="patchaudit-cfg-") as d:
+        hf.config.save_pretrained(d)
+        return _boot(d, device, dtype, hf_model=hf.to(device=device, dtype=dtype), tokenizer=tokenizer)
 
 
 def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32):
@@ -58,8 +92,7 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
                     f"cannot load a model from a {type(source).__name__}: pass 'bundled', a model "
                     "name, a local directory or a transformers PreTrainedModel"
                 )
-            name = getattr(source.config, "_name_or_path", "") or source.config.model_type
-            model = _boot(name, device, dtype, hf_model=source.to(device=device, dtype=dtype))
+            model = _load_object(source, device, dtype)
         elif source == "bundled":
             if not (BUNDLED_DIR / "model.safetensors").exists():
                 raise ModelLoadError(

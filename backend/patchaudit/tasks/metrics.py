@@ -40,7 +40,8 @@ def per_example(
 ) -> Float[Tensor, " n"]:
     """Metric of every row of ``logits``; rows are copies of the batch (copy-major)."""
     copies = logits.shape[0] // t.n
-    lg = _last_logits(logits, t).float()  # [N, d_vocab]
+    lg = _last_logits(logits, t)  # [N, d_vocab]
+    lg = lg.to(torch.promote_types(lg.dtype, torch.float32))  # fp16/bf16 -> fp32, keep fp64
     ans = t.answer_ids.repeat(copies)[:, None]  # [N, 1]
     wrong = t.wrong_ids.repeat(copies)[:, None]  # [N, 1]
     if name == "logit_diff":
@@ -53,7 +54,7 @@ def per_example(
     if name == "kl":
         if t.ref_logprobs is None:
             raise ValueError("metric 'kl' needs the clean distribution")
-        ref = t.ref_logprobs.float().repeat(copies, 1)  # [N, d_vocab]
+        ref = t.ref_logprobs.to(lg.dtype).repeat(copies, 1)  # [N, d_vocab]
         return (ref.exp() * (ref - lg.log_softmax(-1))).sum(-1)
     raise ValueError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}")
 

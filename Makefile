@@ -1,0 +1,64 @@
+# patchaudit: `make run` serves the dashboard, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install system-deps run test lint unit integration e2e bench bench-quick screenshots clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first (here it comes from local disk; elsewhere pip fetches it)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Chromium for the browser tests (Debian's package; browser downloads do not work here).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
+	  else echo "WARNING: no chromium found; install Debian's chromium package for the browser tests"; fi; \
+	fi
+
+run: install
+	$(VENV)/bin/patchaudit serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check backend tests bench
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: install
+	$(VENV)/bin/pytest -q tests/integration
+
+e2e: install system-deps
+	$(VENV)/bin/pytest -q tests/e2e
+
+test: install system-deps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(VENV)/bin/patchaudit bench accuracy --out bench/results/accuracy.json --write-defaults
+	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
+	$(PY) bench/bench_verify_latency.py
+	$(PY) bench/make_report.py
+
+bench-quick: install
+	$(VENV)/bin/patchaudit bench accuracy --quick --out /tmp/patchaudit-accuracy-quick.json
+	$(VENV)/bin/patchaudit bench cost --quick --out /tmp/patchaudit-cost-quick.json
+
+screenshots: install system-deps
+	$(VENV)/bin/python tests/e2e/make_screenshots.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import patchaudit as pa
+from tests.conftest import shared_dir
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict:
+    return json.loads((shared_dir() / "testvectors" / "tiny_gpt2" / "vectors.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return pa.load_model(str(shared_dir() / "testvectors" / "tiny_gpt2"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(vectors):
+    return pa.PromptPairs.from_tokens(
+        torch.tensor(vectors["clean"]),
+        torch.tensor(vectors["corrupted"]),
+        vectors["answer_ids"],
+        vectors["wrong_ids"],
+    )
+
+
+def random_model(arch: str, dtype=torch.float32):
+    """A randomly initialised model of a real architecture, from its transformers config."""
+    import transformers as tr
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = tr.GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=64, n_positions=32,
+                            attn_pdrop=0, resid_pdrop=0, embd_pdrop=0)
+        hf = tr.GPT2LMHeadModel(cfg)
+    elif arch == "neox":
+        cfg = tr.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
+                               intermediate_size=64, vocab_size=64, max_position_embeddings=32,
+                               rotary_pct=0.25, attention_dropout=0.0, hidden_dropout=0.0)
+        hf = tr.GPTNeoXForCausalLM(cfg)
+    elif arch == "llama":
+        cfg = tr.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             hidden_size=32, intermediate_size=64, vocab_size=64,
+                             max_position_embeddings=32)
+        hf = tr.LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(arch)
+    # scale weights up a little so the random network is visibly non-linear
+    with torch.no_grad():
+        for prm in hf.parameters():
+            if prm.dim() == 2:
+                prm.mul_(3.0)
+    return pa.load_model(hf.to(dtype), device="cpu", dtype=dtype)
+
+
+def random_pairs(n: int = 3, pos: int = 8, vocab: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, vocab, (n, pos), generator=g)
+    corr = clean.clone()
+    corr[:, 1:-1] = torch.randint(0, vocab, (n, pos - 2), generator=g)
+    ans = torch.randint(0, vocab, (n,), generator=g)
+    wrong = (ans + 1 + torch.randint(0, vocab - 1, (n,), generator=g)) % vocab
+    return pa.PromptPairs.from_tokens(clean, corr, ans, wrong)
+
+
+ARCHS = ("gpt2", "neox", "llama")
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def arch_model(request):
+    return request.param, random_model(request.param)
