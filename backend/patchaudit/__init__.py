@@ -1,9 +1,9 @@
 """patchaudit: which attribution-patching estimates to trust.
 
-    import patchaudit as pa
-    model = pa.load_model("bundled")
-    pairs = pa.PromptPairs.from_task("ioi", n=16, seed=0)
-    report = pa.audit(model, pairs, methods=("atp", "hvp", "ap"))
+import patchaudit as pa
+model = pa.load_model("bundled")
+pairs = pa.PromptPairs.from_task("ioi", n=16, seed=0)
+report = pa.audit(model, pairs, methods=("atp", "hvp", "ap"))
 """
 
 from .audit import FixResult, VerifyResult, audit, base_key, screen_flag_fix, verify
@@ -19,8 +19,25 @@ from .tasks.pairs import PromptPairs, TokenPairs, check_pairs
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUNDLED_DIR", "DIRECTIONS", "METHODS", "METRICS", "SITES", "BaseCache", "Cancelled",
-    "FixResult", "ModelLoadError", "PromptPairs", "Report", "TokenPairs", "VerifyResult",
-    "audit", "base_key", "check_pairs", "list_models", "list_tasks", "load_model",
-    "screen_flag_fix", "verify",
+    "BUNDLED_DIR",
+    "DIRECTIONS",
+    "METHODS",
+    "METRICS",
+    "SITES",
+    "BaseCache",
+    "Cancelled",
+    "FixResult",
+    "ModelLoadError",
+    "PromptPairs",
+    "Report",
+    "TokenPairs",
+    "VerifyResult",
+    "audit",
+    "base_key",
+    "check_pairs",
+    "list_models",
+    "list_tasks",
+    "load_model",
+    "screen_flag_fix",
+    "verify",
 ]

@@ -49,8 +49,16 @@ def _problem(model, pairs, site, metric, direction, memory_budget_mb) -> tuple[P
         raise ValueError("pairs must be a PromptPairs (from_task, from_text or from_tokens)")
     tp = pairs if isinstance(pairs, TokenPairs) else pairs.tokenize(model)
     p = make_problem(
-        model, tp.clean, tp.corrupted, tp.answer_ids, tp.wrong_ids, tp.last_pos,
-        site, metric, direction, memory_budget_mb,
+        model,
+        tp.clean,
+        tp.corrupted,
+        tp.answer_ids,
+        tp.wrong_ids,
+        tp.last_pos,
+        site,
+        metric,
+        direction,
+        memory_budget_mb,
     )
     return p, tp
 
@@ -104,9 +112,15 @@ def audit(
     for m in methods:
         _check_choice("method", m, M.METHODS)
     dev = model_device(model).type
-    hvp_probes = _positive_int("hvp_probes", defaults.hvp_probes(dev) if hvp_probes is None else hvp_probes)
-    ig_steps = _positive_int("ig_steps", defaults.load()["ig_steps"] if ig_steps is None else ig_steps)
-    mhvp_steps = _positive_int("mhvp_steps", defaults.load()["mhvp_steps"] if mhvp_steps is None else mhvp_steps)
+    hvp_probes = _positive_int(
+        "hvp_probes", defaults.hvp_probes(dev) if hvp_probes is None else hvp_probes
+    )
+    ig_steps = _positive_int(
+        "ig_steps", defaults.load()["ig_steps"] if ig_steps is None else ig_steps
+    )
+    mhvp_steps = _positive_int(
+        "mhvp_steps", defaults.load()["mhvp_steps"] if mhvp_steps is None else mhvp_steps
+    )
     tau = defaults.tau() if tau is None else float(tau)
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
@@ -157,9 +171,15 @@ def audit(
         metric_base=float(b.f_base.mean()),
         metric_src=float(b.f_src.mean()),
         settings={
-            "hvp_probes": hvp_probes, "ig_steps": ig_steps, "mhvp_steps": mhvp_steps,
-            "seed": seed, "n_pairs": len(tp), "n_pos": int(tp.clean.shape[1]),
-            "model": model_name, "bound_scale": scale, "base_cached": cached,
+            "hvp_probes": hvp_probes,
+            "ig_steps": ig_steps,
+            "mhvp_steps": mhvp_steps,
+            "seed": seed,
+            "n_pairs": len(tp),
+            "n_pos": int(tp.clean.shape[1]),
+            "model": model_name,
+            "bound_scale": scale,
+            "base_cached": cached,
         },
         base=b,
     )
@@ -168,7 +188,9 @@ def audit(
         report.cost[m] = (e.cost + base_cost).as_dict()
     if "ap" in ests:
         v = ests["ap"].values
-        report.verified = {(i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])}
+        report.verified = {
+            (i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])
+        }
     source = next((m for m in M.SECOND_ORDER if m in ests), None)
     if source is not None:
         a1 = M.atp(p, b).values.detach().cpu()
@@ -222,7 +244,11 @@ def verify(
     b, _ = _get_base(p, base, tracker)
     tracker.phase = "verify"
     values = patch_components(p, b, sorted(set(comps)), tracker) if comps else {}
-    cost = {"forward": tracker.forward, "backward": tracker.backward, "seconds": time.perf_counter() - t0}
+    cost = {
+        "forward": tracker.forward,
+        "backward": tracker.backward,
+        "seconds": time.perf_counter() - t0,
+    }
     return VerifyResult(values, cost, b)
 
 
@@ -256,19 +282,36 @@ def screen_flag_fix(
     ``budget`` caps how many components are verified (least reliable first)."""
     if report is None:
         report = audit(
-            model, pairs, site, metric, direction, ("atp", "hvp"), hvp_probes=hvp_probes,
-            seed=seed, tau=tau, progress=progress, should_stop=should_stop,
+            model,
+            pairs,
+            site,
+            metric,
+            direction,
+            ("atp", "hvp"),
+            hvp_probes=hvp_probes,
+            seed=seed,
+            tau=tau,
+            progress=progress,
+            should_stop=should_stop,
             memory_budget_mb=memory_budget_mb,
         )
     assert report.flags is not None and report.reliability is not None
+    rho = report.reliability
     flagged = [tuple(x) for x in report.flags.nonzero().tolist()]
-    flagged.sort(key=lambda c: float(report.reliability[c[0], c[1]]))
+    flagged.sort(key=lambda c: float(rho[c[0], c[1]]))
     if budget is not None:
         flagged = flagged[:budget]
     flagged_t = [(int(i), int(j)) for i, j in flagged]
     v = verify(
-        model, pairs, flagged_t, site, metric, direction, base=report.base,
-        should_stop=should_stop, memory_budget_mb=memory_budget_mb,
+        model,
+        pairs,
+        flagged_t,
+        site,
+        metric,
+        direction,
+        base=report.base,
+        should_stop=should_stop,
+        memory_budget_mb=memory_budget_mb,
     )
     est = report.estimate.clone()
     for (i, j), val in v.values.items():

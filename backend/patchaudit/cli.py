@@ -31,12 +31,19 @@ def print_table(report, top: int = 15) -> None:
     for r in report.table(top):
         name = f"L{r['layer']}.{report.labels['col_name'][0]}{r['comp']}"
         rows.append(
-            [name, *[_fmt(r[m]) for m in cols],
-             _fmt(r.get("reliability")).lstrip("+") if r.get("reliability") is not None else "-",
-             _fmt(r.get("error_bound")).lstrip("+") if r.get("error_bound") is not None else "-",
-             "FLAG" if r.get("flag") else "", _fmt(r.get("verified"))]
+            [
+                name,
+                *[_fmt(r[m]) for m in cols],
+                _fmt(r.get("reliability")).lstrip("+") if r.get("reliability") is not None else "-",
+                _fmt(r.get("error_bound")).lstrip("+") if r.get("error_bound") is not None else "-",
+                "FLAG" if r.get("flag") else "",
+                _fmt(r.get("verified")),
+            ]
         )
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(header)
+    ]
     _write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         _write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
@@ -63,7 +70,9 @@ def write_html(report, path: str | Path) -> None:
 
 
 def cmd_audit(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="patchaudit audit", description="Audit attribution patching on one task.")
+    ap = argparse.ArgumentParser(
+        prog="patchaudit audit", description="Audit attribution patching on one task."
+    )
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--task", default="ioi", help="ioi or induction")
     ap.add_argument("--corruption", default=None, help="ioi: abc (default) or swap")
@@ -82,16 +91,24 @@ def cmd_audit(argv: list[str]) -> int:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", default=None, help="write the report as JSON")
     ap.add_argument("--html", default=None, help="write a standalone HTML page with the heatmaps")
-    ap.add_argument("--png", default=None, help="write the corrected-estimate heatmap as PNG (needs kaleido)")
+    ap.add_argument(
+        "--png", default=None, help="write the corrected-estimate heatmap as PNG (needs kaleido)"
+    )
     a = ap.parse_args(argv)
 
-    import patchaudit as pa
     from tqdm import tqdm
+
+    import patchaudit as pa
 
     try:
         model = pa.load_model(a.model, device=a.device)
         pairs = pa.PromptPairs.from_task(a.task, n=a.n, seed=a.seed, corruption=a.corruption)
-        bar = tqdm(total=1000, desc="audit", file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        bar = tqdm(
+            total=1000,
+            desc="audit",
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+        )
 
         def progress(phase: str, frac: float, passes: int) -> None:
             bar.set_description(f"{phase} ({passes} passes)")
@@ -99,10 +116,19 @@ def cmd_audit(argv: list[str]) -> int:
             bar.refresh()
 
         report = pa.audit(
-            model, pairs, site=a.site, metric=a.metric, direction=a.direction,
+            model,
+            pairs,
+            site=a.site,
+            metric=a.metric,
+            direction=a.direction,
             methods=[m.strip() for m in a.methods.split(",") if m.strip()],
-            hvp_probes=a.hvp_probes, ig_steps=a.ig_steps, mhvp_steps=a.mhvp_steps,
-            seed=a.seed, tau=a.tau, progress=progress, model_name=a.model,
+            hvp_probes=a.hvp_probes,
+            ig_steps=a.ig_steps,
+            mhvp_steps=a.mhvp_steps,
+            seed=a.seed,
+            tau=a.tau,
+            progress=progress,
+            model_name=a.model,
         )
         if a.fix and report.flags is not None:
             fix = pa.screen_flag_fix(model, pairs, a.site, a.metric, a.direction, report=report)
@@ -118,7 +144,9 @@ def cmd_audit(argv: list[str]) -> int:
         f"{flagged} flagged of {report.estimate.numel()} (tau {report.tau})"
     )
     print_table(report, a.top)
-    costs = ", ".join(f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m != "base")
+    costs = ", ".join(
+        f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m != "base"
+    )
     _write(f"cost: {costs}")
     if a.out:
         Path(a.out).write_text(json.dumps(report.to_dict(), indent=1))
@@ -135,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cmds = {"serve", "worker", "audit", "bench"}
     if not argv or argv[0] not in cmds:
-        _write("usage: patchaudit {serve|worker|audit|bench} [options]  (--help after a command)", sys.stderr)
+        _write(
+            "usage: patchaudit {serve|worker|audit|bench} [options]  (--help after a command)",
+            sys.stderr,
+        )
         return 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "audit":

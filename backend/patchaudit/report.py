@@ -166,7 +166,9 @@ class Report:
                 row[m] = float(v[li, ci])
             if self.reliability is not None:
                 row["reliability"] = float(self.reliability[li, ci])
-                row["error_bound"] = float(self.error_bound[li, ci]) if self.error_bound is not None else None
+                row["error_bound"] = (
+                    float(self.error_bound[li, ci]) if self.error_bound is not None else None
+                )
                 row["flag"] = bool(self.flags[li, ci]) if self.flags is not None else False
             row["verified"] = self.verified.get((li, ci))
             rows.append(row)
@@ -193,7 +195,9 @@ class Report:
                     parts.append(f"reliability: {float(self.reliability[i, j]):.3f}")
                 if self.error_bound is not None:
                     e = float(self.error_bound[i, j])
-                    parts.append(f"error bound: {'unbounded' if not math.isfinite(e) else f'{e:.3g}'}")
+                    parts.append(
+                        f"error bound: {'unbounded' if not math.isfinite(e) else f'{e:.3g}'}"
+                    )
                 if self.flags is not None and bool(self.flags[i, j]):
                     parts.append("FLAGGED: do not trust the estimate")
                 if (i, j) in self.verified:
@@ -221,7 +225,12 @@ class Report:
                     x=[self.labels["cols"][j] for _, j in fi],
                     y=[self.labels["rows"][i] for i, _ in fi],
                     mode="markers",
-                    marker={"symbol": "square-open", "size": 18, "color": "black", "line": {"width": 3}},
+                    marker={
+                        "symbol": "square-open",
+                        "size": 18,
+                        "color": "black",
+                        "line": {"width": 3},
+                    },
                     name="flagged",
                     hoverinfo="skip",
                 )

@@ -35,18 +35,40 @@ def random_model(arch: str, dtype=torch.float32):
 
     torch.manual_seed(0)
     if arch == "gpt2":
-        cfg = tr.GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=64, n_positions=32,
-                            attn_pdrop=0, resid_pdrop=0, embd_pdrop=0)
+        cfg = tr.GPT2Config(
+            n_layer=2,
+            n_head=4,
+            n_embd=32,
+            vocab_size=64,
+            n_positions=32,
+            attn_pdrop=0,
+            resid_pdrop=0,
+            embd_pdrop=0,
+        )
         hf = tr.GPT2LMHeadModel(cfg)
     elif arch == "neox":
-        cfg = tr.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
-                               intermediate_size=64, vocab_size=64, max_position_embeddings=32,
-                               rotary_pct=0.25, attention_dropout=0.0, hidden_dropout=0.0)
+        cfg = tr.GPTNeoXConfig(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=64,
+            max_position_embeddings=32,
+            rotary_pct=0.25,
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+        )
         hf = tr.GPTNeoXForCausalLM(cfg)
     elif arch == "llama":
-        cfg = tr.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             hidden_size=32, intermediate_size=64, vocab_size=64,
-                             max_position_embeddings=32)
+        cfg = tr.LlamaConfig(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=64,
+            max_position_embeddings=32,
+        )
         hf = tr.LlamaForCausalLM(cfg)
     else:
         raise ValueError(arch)

@@ -26,8 +26,15 @@ class ToyNet(HookedRootModule):
     def __init__(self, quadratic: bool, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.cfg = SimpleNamespace(n_layers=2, n_heads=3, d_head=4, d_model=12, d_vocab=7,
-                                   n_ctx=16, default_prepend_bos=False)
+        self.cfg = SimpleNamespace(
+            n_layers=2,
+            n_heads=3,
+            d_head=4,
+            d_model=12,
+            d_vocab=7,
+            n_ctx=16,
+            default_prepend_bos=False,
+        )
         self.quadratic = quadratic
         self.embed = nn.Parameter(torch.randn(7, 12, generator=g), requires_grad=False)
         self.mix = nn.Parameter(torch.randn(12, 12, generator=g) / 3, requires_grad=False)
@@ -106,16 +113,28 @@ def _fd(p, base, layer, comp, h):
     model, so a tiny h would measure rounding noise."""
 
     def plain(hh):
-        return (_F(p, base, layer, comp, hh) - 2 * _F(p, base, layer, comp, 0.0)
-                + _F(p, base, layer, comp, -hh)) / hh**2
+        return (
+            _F(p, base, layer, comp, hh)
+            - 2 * _F(p, base, layer, comp, 0.0)
+            + _F(p, base, layer, comp, -hh)
+        ) / hh**2
 
     return (4 * plain(h / 2) - plain(h)) / 3
 
 
 def _problem(model, pairs, site="heads"):
     tp = pairs.tokenize(model)
-    p = core.make_problem(model, tp.clean, tp.corrupted, tp.answer_ids, tp.wrong_ids,
-                          tp.last_pos, site, "logit_diff", "noising")
+    p = core.make_problem(
+        model,
+        tp.clean,
+        tp.corrupted,
+        tp.answer_ids,
+        tp.wrong_ids,
+        tp.last_pos,
+        site,
+        "logit_diff",
+        "noising",
+    )
     return p, core.compute_base(p)
 
 
@@ -146,11 +165,15 @@ def test_ap_matches_transformerlens_patching(arch_model):
 
     def metric(lg):
         last = lg[:, -1]
-        return (last.gather(1, tp.answer_ids[:, None]) - last.gather(1, tp.wrong_ids[:, None])).mean()
+        return (
+            last.gather(1, tp.answer_ids[:, None]) - last.gather(1, tp.wrong_ids[:, None])
+        ).mean()
 
     theirs = tlp.get_act_patch_attn_head_out_all_pos(model, tp.corrupted, cache, metric)
     ours = r.scores["ap"] + r.metric_base
-    assert torch.allclose(ours, theirs.float(), rtol=1e-5, atol=1e-5 * float(theirs.abs().max())), arch
+    assert torch.allclose(ours, theirs.float(), rtol=1e-5, atol=1e-5 * float(theirs.abs().max())), (
+        arch
+    )
 
 
 def test_atp_matches_transformerlens_attribution_patch(arch_model):
@@ -166,6 +189,7 @@ def test_atp_matches_transformerlens_attribution_patch(arch_model):
         prm.requires_grad_(True)
     try:
         for b in range(len(tp)):
+
             def metric(lg, b=b):
                 return lg[0, -1, tp.answer_ids[b]] - lg[0, -1, tp.wrong_ids[b]]
 
@@ -192,7 +216,10 @@ def test_perturbation_hooks_change_the_logits(arch_model, site):
         plain = core.run(p, p.base_tokens)
         pert = core.run(p, p.base_tokens, eps=eps)
     assert float((pert - plain).abs().max()) > 1e-3, (arch, site)
-    assert float(pa.audit(model, random_pairs(), site=site, methods=["atp"]).scores["atp"].abs().max()) > 0
+    assert (
+        float(pa.audit(model, random_pairs(), site=site, methods=["atp"]).scores["atp"].abs().max())
+        > 0
+    )
 
 
 @pytest.mark.parametrize("site", ["mlp", "resid"])

@@ -8,8 +8,14 @@ import torch
 import patchaudit as pa
 
 ALL = ["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp"]
-PAIRS = [("ap", "ap"), ("atp", "atp"), ("hvp_exact", "hvp_exact"), ("hvp_joint", "hvp_joint"),
-         ("ig", "ig_K4"), ("mhvp", "mhvp_K2")]
+PAIRS = [
+    ("ap", "ap"),
+    ("atp", "atp"),
+    ("hvp_exact", "hvp_exact"),
+    ("hvp_joint", "hvp_joint"),
+    ("ig", "ig_K4"),
+    ("mhvp", "mhvp_K2"),
+]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -18,8 +24,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_every_estimator_matches_reference(tiny_model, tiny_pairs, vectors, direction):
-    r = pa.audit(tiny_model, tiny_pairs, direction=direction, methods=ALL, ig_steps=4,
-                 mhvp_steps=2, hvp_probes=8)
+    r = pa.audit(
+        tiny_model,
+        tiny_pairs,
+        direction=direction,
+        methods=ALL,
+        ig_steps=4,
+        mhvp_steps=2,
+        hvp_probes=8,
+    )
     ref = vectors[direction]
     assert r.metric_base == pytest.approx(ref["metric_base"], rel=1e-5)
     for ours, theirs in PAIRS:

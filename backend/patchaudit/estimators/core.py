@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -42,7 +43,9 @@ class Cost:
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
-            self.forward + other.forward, self.backward + other.backward, self.seconds + other.seconds
+            self.forward + other.forward,
+            self.backward + other.backward,
+            self.seconds + other.seconds,
         )
 
 
@@ -135,7 +138,7 @@ class BaseCache:
 class Problem:
     """Everything an estimator needs: model, the two token batches, site, metric, direction."""
 
-    model: object
+    model: Any  # a TransformerBridge (or any HookedRootModule with cfg)
     base_tokens: Int[Tensor, "batch pos"]  # the run that gets patched
     src_tokens: Int[Tensor, "batch pos"]  # the run whose activations are patched in
     targets: MetricTargets
@@ -340,10 +343,11 @@ def grad_hvp(
                     sl = s[:, layer].repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
                     v = tile(d, k) * p.site.expand(sl)  # tangent, [k*batch, pos, ...]
                     inner = inner + (gl * v).sum()
+                hv: Sequence[Tensor | None]
                 if inner.requires_grad:
                     hv = torch.autograd.grad(inner, eps, allow_unused=True)
                 else:  # the gradient does not depend on eps: F is linear, the Hessian is 0
-                    hv = tuple(None for _ in eps)
+                    hv = [None] * len(eps)
                 tracker.backward += 1
                 assert y is not None
                 for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):

@@ -68,7 +68,9 @@ def _second_order(
         q, se = y.mean(0), se_of_mean(y)
     else:  # "sum": one-hot tangents, each row holds one component's exact term
         q, se = y.sum(0), None
-    return Estimate(a1 + q / 2, Cost(), q=q, q_se=se, probes=signs.shape[0] if se is not None else 0)
+    return Estimate(
+        a1 + q / 2, Cost(), q=q, q_se=se, probes=signs.shape[0] if se is not None else 0
+    )
 
 
 def hvp_exact(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
@@ -96,8 +98,10 @@ def hvp(
     if probes <= 0:
         raise ValueError(f"hvp_probes must be a positive integer, got {probes}")
     tracker = tracker or Tracker()
-    if p.n_components <= probes:
-        est = hvp_exact(p, base, tracker)
+    if p.n_components <= probes:  # the exact diagonal costs no more than the probes
+        est = _timed(
+            tracker, "hvp", lambda: _second_order(p, base, onehots(p.site.shape), "sum", tracker)
+        )
         est.q_se = torch.zeros_like(est.values)
         return est
     signs = rademacher(probes, p.site.shape, seed)

@@ -32,7 +32,9 @@ def error_bound(q: Tensor, r: Tensor, q_se: Tensor | None = None, scale: float =
     """e_c = |q_c/2| r_c / (1 - r_c) for r_c < 1, else inf; with probes add 2 standard errors
     of q_c / 2 (= one standard error of q_c). ``scale`` is the calibration factor."""
     half = (q / 2).abs()
-    e = torch.where(r < 1, half * r / torch.clamp(1 - r, min=1e-12), torch.full_like(r, float("inf")))
+    e = torch.where(
+        r < 1, half * r / torch.clamp(1 - r, min=1e-12), torch.full_like(r, float("inf"))
+    )
     if q_se is not None:
         e = e + q_se
     return e * scale

@@ -55,7 +55,9 @@ class Site:
         return f"L{layer}H{comp}"
 
 
-def _heads_reduce(x: Float[Tensor, "copies pos head_index d_head"]) -> Float[Tensor, "copies head_index"]:
+def _heads_reduce(
+    x: Float[Tensor, "copies pos head_index d_head"],
+) -> Float[Tensor, "copies head_index"]:
     return x.sum(dim=(1, 3))
 
 

@@ -47,7 +47,9 @@ def placeholder_tokenizer(vocab_size: int):
 
 
 def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    return any(
+        (path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    )
 
 
 def _load_local(path: Path, device, dtype):
@@ -77,7 +79,9 @@ def _load_object(hf, device, dtype, tokenizer=None):
         tokenizer = placeholder_tokenizer(hf.config.vocab_size)
     with tempfile.TemporaryDirectory(prefix="patchaudit-cfg-") as d:
         hf.config.save_pretrained(d)
-        return _boot(d, device, dtype, hf_model=hf.to(device=device, dtype=dtype), tokenizer=tokenizer)
+        return _boot(
+            d, device, dtype, hf_model=hf.to(device=device, dtype=dtype), tokenizer=tokenizer
+        )
 
 
 def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32):
@@ -111,9 +115,13 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
         hint = (
             "the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) and the model is not in the "
             "local cache"
-            if offline or "connect" in str(e).lower() or "offline" in str(e).lower()
-            or "couldn't" in str(e).lower() or "not a valid model" in str(e).lower()
-            or "does not appear" in str(e).lower() or "is not a local folder" in str(e).lower()
+            if offline
+            or "connect" in str(e).lower()
+            or "offline" in str(e).lower()
+            or "couldn't" in str(e).lower()
+            or "not a valid model" in str(e).lower()
+            or "does not appear" in str(e).lower()
+            or "is not a local folder" in str(e).lower()
             else str(e).splitlines()[0][:200]
         )
         raise ModelLoadError(f"cannot load model {source!r}: {hint}") from e
@@ -140,7 +148,7 @@ def supported_model_names() -> list[str]:
     try:
         from transformer_lens.model_bridge import TransformerBridge
 
-        return [str(n) for n in TransformerBridge.list_supported_models()]
+        return [str(n) for n in TransformerBridge.list_supported_models()]  # type: ignore[attr-defined]
     except Exception as e:  # pragma: no cover - depends on the TransformerLens version
         log.debug("no TransformerLens model list: %s", e)
         return [n for n, _ in FEATURED]

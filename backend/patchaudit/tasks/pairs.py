@@ -79,7 +79,12 @@ def check_pairs(
         )
     for c, x, a, w in zip(clean, corrupted, answers, wrong, strict=True):
         problems = []
-        for label, s in (("clean prompt", c), ("corrupted prompt", x), ("answer", a), ("wrong answer", w)):
+        for label, s in (
+            ("clean prompt", c),
+            ("corrupted prompt", x),
+            ("answer", a),
+            ("wrong answer", w),
+        ):
             if not isinstance(s, str) or not s.strip():
                 problems.append(f"the {label} is empty")
         ci, xi = bos + _encode(tok, c or ""), bos + _encode(tok, x or "")
@@ -97,7 +102,9 @@ def check_pairs(
         if c and x and ai and ai == wi:
             problems.append("the answer and the wrong answer are the same token")
         if n_ctx and max(len(ci), len(xi)) > n_ctx:
-            problems.append(f"the prompt has {max(len(ci), len(xi))} tokens, over the model's context of {n_ctx}")
+            problems.append(
+                f"the prompt has {max(len(ci), len(xi))} tokens, over the model's context of {n_ctx}"
+            )
         out.append(
             {
                 "clean_tokens": _show(tok, ci),
@@ -155,7 +162,9 @@ class PromptPairs:
         if lengths[0] == 0:
             raise ValueError("no prompt pairs given: pass at least one pair")
         for i, row in enumerate(zip(clean, corrupted, answers, wrong, strict=True)):
-            for label, s in zip(("clean prompt", "corrupted prompt", "answer", "wrong answer"), row, strict=True):
+            for label, s in zip(
+                ("clean prompt", "corrupted prompt", "answer", "wrong answer"), row, strict=True
+            ):
                 if not isinstance(s, str) or not s.strip():
                     raise ValueError(f"pair {i}: the {label} is empty; give a non-empty string")
         return cls(list(clean), list(corrupted), list(answers), list(wrong))
@@ -209,7 +218,9 @@ class PromptPairs:
             return p
         if name == "induction":
             if corruption not in (None, "random"):
-                raise ValueError(f"task 'induction' has corruption 'random' only, got {corruption!r}")
+                raise ValueError(
+                    f"task 'induction' has corruption 'random' only, got {corruption!r}"
+                )
             return cls(task={"name": name, "n": n, "seed": seed, "corruption": "random", **kw})
         raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
 
@@ -225,20 +236,35 @@ class PromptPairs:
                 )
             vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
             if vocab:
-                for label, x in (("clean", t.clean), ("corrupted", t.corrupted), ("answer", t.answer_ids), ("wrong", t.wrong_ids)):
+                for label, x in (
+                    ("clean", t.clean),
+                    ("corrupted", t.corrupted),
+                    ("answer", t.answer_ids),
+                    ("wrong", t.wrong_ids),
+                ):
                     if int(x.max()) >= vocab or int(x.min()) < 0:
-                        raise ValueError(f"{label} token ids must lie in [0, {vocab}) for this model")
+                        raise ValueError(
+                            f"{label} token ids must lie in [0, {vocab}) for this model"
+                        )
             return t
         if self.task is not None and self.task["name"] == "induction" and not self.clean:
             from .induction import make_induction
 
-            kw = {k: v for k, v in self.task.items() if k not in ("name", "n", "seed", "corruption")}
-            c, x, a, w = make_induction(_tokenizer_of(model), self.task["n"], seed=self.task["seed"], **kw)
-            self.tokens = TokenPairs(c, x, a, w, torch.full((c.shape[0],), c.shape[1] - 1, dtype=torch.long))
+            kw = {
+                k: v for k, v in self.task.items() if k not in ("name", "n", "seed", "corruption")
+            }
+            c, x, a, w = make_induction(
+                _tokenizer_of(model), self.task["n"], seed=self.task["seed"], **kw
+            )
+            self.tokens = TokenPairs(
+                c, x, a, w, torch.full((c.shape[0],), c.shape[1] - 1, dtype=torch.long)
+            )
             return self.tokens
         tok = _tokenizer_of(model)
         if tok is None:
-            raise ValueError("this model has no tokenizer: pass tokens with PromptPairs.from_tokens")
+            raise ValueError(
+                "this model has no tokenizer: pass tokens with PromptPairs.from_tokens"
+            )
         report = check_pairs(model, self.clean, self.corrupted, self.answers, self.wrong)
         for i, r in enumerate(report):
             if r["problems"]:
