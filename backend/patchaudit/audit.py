@@ -41,7 +41,9 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
-def _problem(model, pairs, site, metric, direction, memory_budget_mb) -> tuple[Problem, TokenPairs]:
+def _problem(
+    model, pairs, site, metric, direction, memory_budget_mb, hvp_mode=None
+) -> tuple[Problem, TokenPairs]:
     _check_choice("site", site, SITES)
     _check_choice("metric", metric, METRICS)
     _check_choice("direction", direction, ("noising", "denoising"))
@@ -59,6 +61,7 @@ def _problem(model, pairs, site, metric, direction, memory_budget_mb) -> tuple[P
         metric,
         direction,
         memory_budget_mb,
+        hvp_mode,
     )
     return p, tp
 
@@ -69,6 +72,9 @@ def base_key(model_name: str, tp: TokenPairs, site: str, metric: str, direction:
 
 
 def _model_name(model) -> str:
+    name = getattr(model, "patchaudit_name", None)
+    if name:
+        return str(name)
     return str(getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", "model"))
 
 
@@ -101,6 +107,7 @@ def audit(
     bound_scale: float | None = None,
     circuit_k: int | None = None,
     model_name: str | None = None,
+    hvp_mode: str | None = None,
 ) -> Report:
     """Every requested estimate for every component of ``site``, with the reliability score,
     error bound, materiality and flags (METHODS.md)."""
@@ -126,7 +133,7 @@ def audit(
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
     scale = defaults.bound_scale(model_name) if bound_scale is None else bound_scale
-    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode)
     torch.manual_seed(seed)
 
     steps = ["base", *methods]

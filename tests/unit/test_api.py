@@ -108,7 +108,9 @@ def test_unknown_task():
 
 
 def test_report_serialises_and_round_trips(tiny_model, tiny_pairs):
-    r = pa.audit(tiny_model, tiny_pairs, methods=["atp", "hvp", "ap"], hvp_probes=3)
+    r = pa.audit(
+        tiny_model, tiny_pairs, methods=["atp", "hvp", "ap"], hvp_probes=3, hvp_mode="tile"
+    )
     d = r.to_dict()
     s = json.dumps(d, allow_nan=False)  # strictly JSON-safe: inf/nan become null
     back = pa.Report.from_dict(json.loads(s))
@@ -170,19 +172,13 @@ def test_verify_with_cached_base_costs_one_forward(tiny_model, tiny_pairs, tmp_p
 
 def test_memory_budget_chunks_give_the_same_numbers(tiny_model, tiny_pairs):
     methods = ["ap", "hvp", "hvp_exact", "ig", "mhvp"]
-    big = pa.audit(tiny_model, tiny_pairs, methods=methods, hvp_probes=5, ig_steps=5, mhvp_steps=3)
-    small = pa.audit(
-        tiny_model,
-        tiny_pairs,
-        methods=methods,
-        hvp_probes=5,
-        ig_steps=5,
-        mhvp_steps=3,
-        memory_budget_mb=1e-6,
-    )  # one copy of the batch per forward
+    kw = dict(methods=methods, hvp_probes=5, ig_steps=5, mhvp_steps=3, hvp_mode="tile")
+    big = pa.audit(tiny_model, tiny_pairs, **kw)
+    small = pa.audit(tiny_model, tiny_pairs, memory_budget_mb=1e-6, **kw)  # one copy per forward
     for m in methods:
         assert torch.allclose(big.scores[m], small.scores[m], rtol=1e-4, atol=1e-7), m
     assert small.cost["hvp_exact"]["forward"] > big.cost["hvp_exact"]["forward"]
+    assert small.cost["ap"]["forward"] > big.cost["ap"]["forward"]
 
 
 def test_cancellation_between_chunks(tiny_model, tiny_pairs):
@@ -231,3 +227,21 @@ def test_screen_flag_fix(arch_model):
     # the fix never makes the estimate worse than the screen
     screen_err = (fix.report.scores["hvp"] - full).abs().sum()
     assert float((fix.estimates - full).abs().sum()) <= float(screen_err) + 1e-6
+
+
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_hvp_tile_and_loop_modes_agree(tiny_model, tiny_pairs, direction):
+    """The batch-axis (GPU) and shared-graph (CPU) HVP schedules compute the same numbers."""
+    methods = ["hvp", "hvp_joint", "hvp_exact", "mhvp"]
+    kw = dict(direction=direction, methods=methods, hvp_probes=3, mhvp_steps=2, seed=4)
+    a = pa.audit(tiny_model, tiny_pairs, hvp_mode="tile", **kw)
+    b = pa.audit(tiny_model, tiny_pairs, hvp_mode="loop", **kw)
+    for m in methods:
+        assert torch.allclose(a.scores[m], b.scores[m], rtol=1e-5, atol=1e-8), m
+    sa = pa.audit(tiny_model, tiny_pairs, hvp_mode="tile", **{**kw, "methods": ["hvp"]})
+    sb = pa.audit(tiny_model, tiny_pairs, hvp_mode="loop", **{**kw, "methods": ["hvp"]})
+    assert torch.allclose(sa.q_se, sb.q_se, rtol=1e-4, atol=1e-8)
+    # loop: one forward, one backward, then one double backward per probe
+    assert b.cost["hvp"]["forward"] - b.cost["base"]["forward"] == 1
+    assert b.cost["hvp"]["backward"] - b.cost["base"]["backward"] == 1 + 3
+    assert a.cost["hvp"]["backward"] - a.cost["base"]["backward"] == 2

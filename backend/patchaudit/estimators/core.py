@@ -146,6 +146,11 @@ class Problem:
     metric: str
     direction: str
     max_copies: int = 64  # copies of the batch per forward (memory budget)
+    # How the HVP tangents of one point share work: "tile" puts them on the batch axis of one
+    # double-backward pass (a GPU is launch-bound: nearly free); "loop" runs one forward with
+    # create_graph and one double backward per tangent on the shared graph (a CPU is
+    # compute-bound: this skips the P-1 redundant copies of the forward and first backward).
+    hvp_mode: str = "tile"
 
     @property
     def batch(self) -> int:
@@ -170,6 +175,7 @@ def make_problem(
     metric: str,
     direction: str,
     memory_budget_mb: float | None = None,
+    hvp_mode: str | None = None,
 ) -> Problem:
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}: choose noising or denoising")
@@ -179,6 +185,9 @@ def make_problem(
     s = make_site(model, site, int(clean.shape[1]))
     p = Problem(model, base.to(dev), src.to(dev), targets, s, metric, direction)
     p.max_copies = copies_for_budget(model, p, memory_budget_mb)
+    p.hvp_mode = hvp_mode or ("tile" if dev.type == "cuda" else "loop")
+    if p.hvp_mode not in ("tile", "loop"):
+        raise ValueError(f"unknown hvp_mode {hvp_mode!r}: choose tile or loop")
     return p
 
 
@@ -311,6 +320,8 @@ def grad_hvp(
     v_k = sum_c signs[k, c] delta_c, y[k, l, c] = signs[k, c] <delta_c, [Hess F(ts[k] delta) v_k]_c>
     computed by double backward (never a Hessian). Copies are chunked to the memory budget.
     """
+    if signs is not None and p.hvp_mode == "loop":
+        return _grad_hvp_loop(p, base, ts, signs, tracker, frac)
     k_all = int(ts.shape[0])
     delta = base.delta
     nl, nc = p.site.n_layers, p.site.n_comp
@@ -356,6 +367,58 @@ def grad_hvp(
                     prod = p.site.reduce(h * tile(d, k)).view(k, p.batch, nc).sum(1)  # [k, n_comp]
                     y[lo:hi, layer] = s[:, layer] * prod
         tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(parts))
+    return phi, y
+
+
+def _grad_hvp_loop(
+    p: Problem,
+    base: BaseCache,
+    ts: Tensor,
+    signs: Tensor,
+    tracker: Tracker,
+    frac: tuple[float, float],
+) -> tuple[Tensor, Tensor]:
+    """``grad_hvp`` with the tangents of one point sharing a single graph: one forward with
+    create_graph per distinct t, then one double backward per tangent (retain_graph)."""
+    delta = base.delta
+    nl, nc = p.site.n_layers, p.site.n_comp
+    acc = torch.promote_types(delta[0].dtype, torch.float32)
+    k_all = int(ts.shape[0])
+    phi = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
+    y = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
+    done = 0
+    for t in dict.fromkeys(float(x) for x in ts.tolist()):
+        rows = [k for k in range(k_all) if float(ts[k]) == t]
+        tracker.check()
+        eps = [(d * t).detach().requires_grad_(True) for d in delta]
+        with torch.enable_grad():
+            f = p.copies_metric(run(p, p.base_tokens, eps=eps)).sum()
+            tracker.forward += 1
+            g = torch.autograd.grad(f, eps, create_graph=True)
+            tracker.backward += 1
+            phi_t = torch.stack(
+                [p.site.reduce(gl.detach() * d).sum(0) for gl, d in zip(g, delta, strict=True)]
+            )  # [n_layers, n_comp]
+            for k in rows:
+                tracker.check()
+                phi[k] = phi_t
+                s = signs[k].to(delta[0].device, delta[0].dtype)  # [n_layers, n_comp]
+                inner = sum(
+                    (gl * d * p.site.expand(s[layer][None])).sum()
+                    for layer, (gl, d) in enumerate(zip(g, delta, strict=True))
+                )
+                assert isinstance(inner, Tensor)
+                hv: Sequence[Tensor | None]
+                if inner.requires_grad:
+                    hv = torch.autograd.grad(inner, eps, retain_graph=True, allow_unused=True)
+                else:  # F is linear: the Hessian is 0
+                    hv = [None] * len(eps)
+                tracker.backward += 1
+                for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
+                    if h is not None:
+                        y[k, layer] = s[layer] * p.site.reduce(h * d).sum(0)
+                done += 1
+                tracker.report(frac[0] + (frac[1] - frac[0]) * done / k_all)
     return phi, y
 
 

@@ -128,6 +128,8 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
+    # the name the defaults (bound calibration) and the cache key use
+    model.patchaudit_name = source if isinstance(source, str) else "object"
     return model
 
 
