@@ -255,6 +255,16 @@ def tile(x: Tensor, copies: int) -> Tensor:
 def compute_base(p: Problem, tracker: Tracker | None = None) -> BaseCache:
     """Source forward (activations), base forward with eps = 0 (activations) and one backward
     (gradient): the shared first step of every estimator. Cost 2 forwards + 1 backward."""
+    return compute_base_fused(p, tracker)[0]
+
+
+def compute_base_fused(
+    p: Problem, tracker: Tracker | None = None, signs: Tensor | None = None
+) -> tuple[BaseCache, Tensor | None]:
+    """The base pass; with ``signs`` ([k, n_layers, n_comp]) it also carries the HVP tangents
+    v_k = sum_c signs[k, c] delta_c at eps = 0 (the fused screen: the base forward is taken
+    with create_graph, so the second-order term costs double backwards on top of AtP).
+    Returns the base and y (as ``grad_hvp``), or None without signs."""
     tracker = tracker or Tracker()
     t0 = time.perf_counter()
     n = p.site.n_layers
@@ -263,28 +273,81 @@ def compute_base(p: Problem, tracker: Tracker | None = None) -> BaseCache:
         lg_src = run(p, p.src_tokens, capture=src)
     tracker.forward += 1
     a_src = [a.detach() for a in src if a is not None]
-    base: list[Tensor | None] = [None] * n
-    eps = [torch.zeros_like(a, requires_grad=True) for a in a_src]
-    lg_base = run(p, p.base_tokens, eps=eps, capture=base)
-    tracker.forward += 1
-    f_base = p.copies_metric(lg_base)
-    grads = torch.autograd.grad(f_base.sum(), eps)
-    tracker.backward += 1
-    a_base = [a.detach() for a in base if a is not None]
-    # clean log-probs at the last position (the kl metric's reference)
-    clean_lg = lg_base if p.direction == "noising" else lg_src
-    idx = torch.arange(p.batch, device=clean_lg.device)
-    ref = clean_lg[idx, p.targets.last_pos].detach()
-    ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)  # [batch, d_vocab]
+    k = 1
+    if signs is not None and p.hvp_mode == "tile" and signs.shape[0] <= p.max_copies:
+        k = int(signs.shape[0])  # the tangents ride on the batch axis of this very pass
+    cap: list[Tensor | None] = [None] * n
+    eps = [torch.zeros_like(tile(a, k), requires_grad=True) for a in a_src]
+    with torch.enable_grad():
+        lg = run(p, tile(p.base_tokens, k), eps=eps, capture=cap)
+        tracker.forward += 1
+        lg_base = lg[: p.batch].detach()
+        # clean log-probs at the last position (the kl metric's reference), before the metric
+        clean_lg = lg_base if p.direction == "noising" else lg_src
+        idx = torch.arange(p.batch, device=clean_lg.device)
+        ref = clean_lg[idx, p.targets.last_pos].detach()
+        ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)
+        p.targets = MetricTargets(
+            p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref
+        )
+        f = p.copies_metric(lg)  # [k]
+        g = torch.autograd.grad(f.sum(), eps, create_graph=signs is not None)
+        tracker.backward += 1
+        a_base = [c[: p.batch].detach() for c in cap if c is not None]
+        grads = [x[: p.batch].detach() for x in g]
+        cost = Cost(2, 1, time.perf_counter() - t0)  # what AtP alone costs
+        y = None
+        if signs is not None:
+            delta = [s_ - b_ for s_, b_ in zip(a_src, a_base, strict=True)]
+            y = hvp_from_graph(p, g, eps, delta, signs, k, tracker)
     from ..tasks.metrics import per_example
 
-    targets = MetricTargets(p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref)
-    p.targets = targets
     with torch.no_grad():
-        fb = per_example(p.metric, lg_base.detach(), targets)
-        fs = per_example(p.metric, lg_src.detach(), targets)
-    cost = Cost(2, 1, time.perf_counter() - t0)
-    return BaseCache(a_base, a_src, [g.detach() for g in grads], fb, fs, ref, cost=cost)
+        fb = per_example(p.metric, lg_base, p.targets)
+        fs = per_example(p.metric, lg_src.detach(), p.targets)
+    return BaseCache(a_base, a_src, grads, fb, fs, ref, cost=cost), y
+
+
+def hvp_from_graph(
+    p: Problem,
+    g: Sequence[Tensor],
+    eps: Sequence[Tensor],
+    delta: Sequence[Tensor],
+    signs: Tensor,
+    copies: int,
+    tracker: Tracker,
+) -> Tensor:
+    """Double backward(s) on a live graph, g = dF/d eps taken with create_graph on ``copies``
+    copies of the batch. With copies == k (> 1) all k tangents ride on the batch axis of one
+    pass; with copies == 1 each tangent takes one pass on the shared graph (retain_graph).
+    Returns y[k, l, c] = signs[k, l, c] <delta_c, [Hess F v_k]_c>."""
+    k_all = int(signs.shape[0])
+    nl, nc = p.site.n_layers, p.site.n_comp
+    dev, dt = delta[0].device, delta[0].dtype
+    y = torch.zeros(k_all, nl, nc, device=dev, dtype=torch.promote_types(dt, torch.float32))
+    tiled = copies == k_all and copies > 1
+    groups = [list(range(k_all))] if tiled else [[i] for i in range(k_all)]
+    for j, rows in enumerate(groups):
+        tracker.check()
+        s = signs[rows].to(dev, dt)  # [r, n_layers, n_comp]
+        inner = torch.zeros((), device=dev, dtype=dt)
+        for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
+            # [r*batch, n_comp] on the batch axis, or [1, n_comp] broadcast over the batch
+            sl = s[:, layer].repeat_interleave(p.batch, 0) if tiled else s[:, layer]
+            inner = inner + (gl * tile(d, copies) * p.site.expand(sl)).sum()  # <g, v>
+        hv: Sequence[Tensor | None]
+        if inner.requires_grad:
+            last = j == len(groups) - 1
+            hv = torch.autograd.grad(inner, eps, retain_graph=not last, allow_unused=True)
+        else:  # the gradient does not depend on eps: F is linear, the Hessian is 0
+            hv = [None] * len(eps)
+        tracker.backward += 1
+        for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
+            if h is None:  # the metric does not depend on this layer twice
+                continue
+            prod = p.site.reduce(h * tile(d, copies)).view(copies, p.batch, nc).sum(1)
+            y[rows, layer] = s[:, layer] * (prod if tiled else prod.sum(0, keepdim=True))
+    return y
 
 
 def attach_base(p: Problem, base: BaseCache) -> None:
@@ -318,107 +381,43 @@ def grad_hvp(
     Copy k of the batch runs at eps = ts[k] * delta (all components together). Returns
     phi[k, l, c] = <g_c(ts[k] delta), delta_c> and, when ``signs`` is given, with the tangent
     v_k = sum_c signs[k, c] delta_c, y[k, l, c] = signs[k, c] <delta_c, [Hess F(ts[k] delta) v_k]_c>
-    computed by double backward (never a Hessian). Copies are chunked to the memory budget.
+    computed by double backward (never a Hessian). Copies are chunked to the memory budget;
+    in "loop" mode the tangents of one point share one graph instead of the batch axis.
     """
-    if signs is not None and p.hvp_mode == "loop":
-        return _grad_hvp_loop(p, base, ts, signs, tracker, frac)
     k_all = int(ts.shape[0])
     delta = base.delta
     nl, nc = p.site.n_layers, p.site.n_comp
     acc = torch.promote_types(delta[0].dtype, torch.float32)
     phi = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
     y = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc) if signs is not None else None
-    parts = chunks(k_all, p.max_copies)
-    for j, (lo, hi) in enumerate(parts):
+    loop = signs is not None and p.hvp_mode == "loop"
+    if loop:  # one graph per distinct point; its tangents one double backward each
+        values = list(dict.fromkeys(float(x) for x in ts.tolist()))
+        parts = [[k for k in range(k_all) if float(ts[k]) == t] for t in values]
+    else:
+        parts = [list(range(lo, hi)) for lo, hi in chunks(k_all, p.max_copies)]
+    for j, rows in enumerate(parts):
         tracker.check()
-        k = hi - lo
-        t = ts[lo:hi].to(delta[0].device, delta[0].dtype)
-        tokens = tile(p.base_tokens, k)  # [k*batch, pos]
+        copies = 1 if loop else len(rows)
+        t = ts[rows[:copies]].to(delta[0].device, delta[0].dtype)
         eps = []
         for d in delta:
-            tt = t.repeat_interleave(p.batch).view(-1, *([1] * (d.dim() - 1)))  # [k*batch, 1...]
-            eps.append((tile(d, k) * tt).detach().requires_grad_(True))
-        create = signs is not None
+            tt = t.repeat_interleave(p.batch).view(
+                -1, *([1] * (d.dim() - 1))
+            )  # [copies*batch, 1..]
+            eps.append((tile(d, copies) * tt).detach().requires_grad_(True))
         with torch.enable_grad():
-            f = p.copies_metric(run(p, tokens, eps=eps)).sum()
+            f = p.copies_metric(run(p, tile(p.base_tokens, copies), eps=eps)).sum()
             tracker.forward += 1
-            g = torch.autograd.grad(f, eps, create_graph=create)
+            g = torch.autograd.grad(f, eps, create_graph=signs is not None)
             tracker.backward += 1
             for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
-                prod = p.site.reduce(gl.detach() * tile(d, k))  # [k*batch, n_comp]
-                phi[lo:hi, layer] = prod.view(k, p.batch, nc).sum(1)
+                prod = p.site.reduce(gl.detach() * tile(d, copies))  # [copies*batch, n_comp]
+                phi[rows, layer] = prod.view(copies, p.batch, nc).sum(1)  # broadcasts in loop mode
             if signs is not None:
-                s = signs[lo:hi].to(delta[0].device, delta[0].dtype)  # [k, n_layers, n_comp]
-                inner = torch.zeros((), device=delta[0].device)
-                for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
-                    sl = s[:, layer].repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
-                    v = tile(d, k) * p.site.expand(sl)  # tangent, [k*batch, pos, ...]
-                    inner = inner + (gl * v).sum()
-                hv: Sequence[Tensor | None]
-                if inner.requires_grad:
-                    hv = torch.autograd.grad(inner, eps, allow_unused=True)
-                else:  # the gradient does not depend on eps: F is linear, the Hessian is 0
-                    hv = [None] * len(eps)
-                tracker.backward += 1
                 assert y is not None
-                for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
-                    if h is None:  # the metric does not depend on this layer twice
-                        continue
-                    prod = p.site.reduce(h * tile(d, k)).view(k, p.batch, nc).sum(1)  # [k, n_comp]
-                    y[lo:hi, layer] = s[:, layer] * prod
+                y[rows] = hvp_from_graph(p, g, eps, delta, signs[rows], copies, tracker)
         tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(parts))
-    return phi, y
-
-
-def _grad_hvp_loop(
-    p: Problem,
-    base: BaseCache,
-    ts: Tensor,
-    signs: Tensor,
-    tracker: Tracker,
-    frac: tuple[float, float],
-) -> tuple[Tensor, Tensor]:
-    """``grad_hvp`` with the tangents of one point sharing a single graph: one forward with
-    create_graph per distinct t, then one double backward per tangent (retain_graph)."""
-    delta = base.delta
-    nl, nc = p.site.n_layers, p.site.n_comp
-    acc = torch.promote_types(delta[0].dtype, torch.float32)
-    k_all = int(ts.shape[0])
-    phi = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
-    y = torch.zeros(k_all, nl, nc, device=delta[0].device, dtype=acc)
-    done = 0
-    for t in dict.fromkeys(float(x) for x in ts.tolist()):
-        rows = [k for k in range(k_all) if float(ts[k]) == t]
-        tracker.check()
-        eps = [(d * t).detach().requires_grad_(True) for d in delta]
-        with torch.enable_grad():
-            f = p.copies_metric(run(p, p.base_tokens, eps=eps)).sum()
-            tracker.forward += 1
-            g = torch.autograd.grad(f, eps, create_graph=True)
-            tracker.backward += 1
-            phi_t = torch.stack(
-                [p.site.reduce(gl.detach() * d).sum(0) for gl, d in zip(g, delta, strict=True)]
-            )  # [n_layers, n_comp]
-            for k in rows:
-                tracker.check()
-                phi[k] = phi_t
-                s = signs[k].to(delta[0].device, delta[0].dtype)  # [n_layers, n_comp]
-                inner = sum(
-                    (gl * d * p.site.expand(s[layer][None])).sum()
-                    for layer, (gl, d) in enumerate(zip(g, delta, strict=True))
-                )
-                assert isinstance(inner, Tensor)
-                hv: Sequence[Tensor | None]
-                if inner.requires_grad:
-                    hv = torch.autograd.grad(inner, eps, retain_graph=True, allow_unused=True)
-                else:  # F is linear: the Hessian is 0
-                    hv = [None] * len(eps)
-                tracker.backward += 1
-                for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
-                    if h is not None:
-                        y[k, layer] = s[layer] * p.site.reduce(h * d).sum(0)
-                done += 1
-                tracker.report(frac[0] + (frac[1] - frac[0]) * done / k_all)
     return phi, y
 
 

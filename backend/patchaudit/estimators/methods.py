@@ -57,37 +57,65 @@ def atp(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate
     return Estimate(vals, Cost())
 
 
-def _second_order(
-    p: Problem, base: BaseCache, signs: Tensor, combine: str, tracker: Tracker
-) -> Estimate:
+def second_order_signs(
+    p: Problem, method: str, probes: int = 8, seed: int = 0
+) -> tuple[Tensor, str]:
+    """The tangents of each second-order method and how their rows combine into q:
+    hvp: P Rademacher probes, averaged (the exact diagonal when N <= P: it costs no more);
+    hvp_joint: the single all-ones probe; hvp_exact: one one-hot tangent per component."""
+    if method == "hvp":
+        if probes <= 0:
+            raise ValueError(f"hvp_probes must be a positive integer, got {probes}")
+        if p.n_components <= probes:
+            return onehots(p.site.shape), "exact"
+        return rademacher(probes, p.site.shape, seed), "mean"
+    if method == "hvp_joint":
+        return torch.ones(1, *p.site.shape), "sum"
+    if method == "hvp_exact":
+        return onehots(p.site.shape), "sum"
+    raise ValueError(f"{method!r} is not a second-order method")
+
+
+def from_tangents(p: Problem, base: BaseCache, y: Tensor, combine: str) -> Estimate:
+    """q from the rows y[k] of the tangents, and A2 = A1 + q / 2."""
     a1 = atp(p, base).values
-    ts = torch.zeros(signs.shape[0])
-    _, y = grad_hvp(p, base, ts, signs, tracker)
-    assert y is not None
+    se: Tensor | None
     if combine == "mean":
         q, se = y.mean(0), se_of_mean(y)
-    else:  # "sum": one-hot tangents, each row holds one component's exact term
-        q, se = y.sum(0), None
-    return Estimate(
-        a1 + q / 2, Cost(), q=q, q_se=se, probes=signs.shape[0] if se is not None else 0
-    )
+    else:  # one-hot tangents (each row holds one component's exact term) or a single probe
+        q = y.sum(0)
+        se = torch.zeros_like(q) if combine == "exact" else None
+    probes = int(y.shape[0]) if combine == "mean" else 0
+    return Estimate(a1 + q / 2, Cost(), q=q, q_se=se, probes=probes)
+
+
+def second_order(
+    p: Problem,
+    base: BaseCache,
+    method: str,
+    probes: int = 8,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+) -> Estimate:
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        signs, combine = second_order_signs(p, method, probes, seed)
+        _, y = grad_hvp(p, base, torch.zeros(signs.shape[0]), signs, tracker)
+        assert y is not None
+        return from_tangents(p, base, y, combine)
+
+    return _timed(tracker, method, go)
 
 
 def hvp_exact(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
     """Exact q_c: one tangent delta_c e_c per component, chunked on the batch axis."""
-    tracker = tracker or Tracker()
-    return _timed(
-        tracker,
-        "hvp_exact",
-        lambda: _second_order(p, base, onehots(p.site.shape), "sum", tracker),
-    )
+    return second_order(p, base, "hvp_exact", tracker=tracker)
 
 
 def hvp_joint(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
     """q from the single probe v = sum_c delta_c (biased by the cross terms)."""
-    tracker = tracker or Tracker()
-    signs = torch.ones(1, *p.site.shape)
-    return _timed(tracker, "hvp_joint", lambda: _second_order(p, base, signs, "sum", tracker))
+    return second_order(p, base, "hvp_joint", tracker=tracker)
 
 
 def hvp(
@@ -95,17 +123,7 @@ def hvp(
 ) -> Estimate:
     """q from P Rademacher probes on the batch axis of one double-backward pass; unbiased,
     with the standard error over probes. When N <= P the exact diagonal is used."""
-    if probes <= 0:
-        raise ValueError(f"hvp_probes must be a positive integer, got {probes}")
-    tracker = tracker or Tracker()
-    if p.n_components <= probes:  # the exact diagonal costs no more than the probes
-        est = _timed(
-            tracker, "hvp", lambda: _second_order(p, base, onehots(p.site.shape), "sum", tracker)
-        )
-        est.q_se = torch.zeros_like(est.values)
-        return est
-    signs = rademacher(probes, p.site.shape, seed)
-    return _timed(tracker, "hvp", lambda: _second_order(p, base, signs, "mean", tracker))
+    return second_order(p, base, "hvp", probes, seed, tracker)
 
 
 def ig(p: Problem, base: BaseCache, steps: int = 16, tracker: Tracker | None = None) -> Estimate:

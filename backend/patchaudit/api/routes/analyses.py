@@ -1,0 +1,396 @@
+"""/api/analyses: submit, read, verify, fix, cancel, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+from typing import Any
+
+from fastapi import APIRouter, Response
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from ...store import JobStatus, component_key, parse_component_key
+from ...store.results import Analysis as StoredAnalysis
+from ...worker.jobs import flagged_components, n_components
+from ...worker.queue import enqueue
+from ..deps import QueueDep, RedisDep, SettingsDep, StoreDep, WriteAccess
+from ..errors import ApiError
+from ..schemas import (
+    Accepted,
+    Analysis,
+    AnalysisRequest,
+    ErrorResponse,
+    VerifyAccepted,
+    VerifyRequest,
+)
+from ..validation import normalise, unprocessable
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/analyses", tags=["analyses"])
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "API token missing or wrong"},
+    404: {"model": ErrorResponse, "description": "no analysis with this id"},
+    409: {"model": ErrorResponse, "description": "the analysis is not in a state that allows this"},
+    413: {"model": ErrorResponse, "description": "request body too large"},
+    422: {"model": ErrorResponse, "description": "invalid request (the message says what to fix)"},
+}
+
+
+def page_url(analysis_id: str) -> str:
+    return f"/a/{analysis_id}"
+
+
+def load(store: Any, analysis_id: str) -> StoredAnalysis:
+    rec = store.get(analysis_id) if _ID.match(analysis_id) else None
+    if rec is None:
+        raise ApiError(404, f"no analysis {analysis_id!r}: check the link")
+    return rec
+
+
+def to_schema(rec: StoredAnalysis) -> Analysis:
+    result = None
+    if rec.result is not None:
+        result = dict(rec.result)
+        verified = dict(result.get("verified") or {})
+        verified.update(rec.verified)
+        result["verified"] = dict(
+            sorted(verified.items(), key=lambda kv: parse_component_key(kv[0]))
+        )
+        result["fix"] = rec.fix
+    error = None
+    if rec.error:
+        error = {"type": rec.error.get("type", "Error"), "message": rec.error.get("message", "")}
+    progress = dict(rec.progress or {})
+    return Analysis.model_validate(
+        {
+            "id": rec.id,
+            "status": rec.status,
+            "url": page_url(rec.id),
+            "progress": {
+                "phase": progress.get("phase", rec.status.value),
+                "fraction": progress.get("fraction", 0.0),
+                "passes": progress.get("passes", 0),
+            },
+            "request": rec.request,
+            "result": result,
+            "error": error,
+            "pending": rec.pending,
+            "verifications": rec.verifications,
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+    summary="Submit an analysis (the same request returns the existing one)",
+)
+def create_analysis(
+    body: AnalysisRequest,
+    response: Response,
+    _: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+) -> Accepted:
+    request = normalise(body, settings)
+    analysis_id, existed = store.create_or_get(request)
+    if not existed:
+        try:
+            job_id = enqueue(
+                queue, store, "analysis", analysis_id, job_timeout_s=settings.job_timeout_s
+            )
+            store.update(analysis_id, job_id=job_id)
+        except Exception as e:
+            store.set_error(
+                analysis_id,
+                {"type": type(e).__name__, "message": "could not queue the job", "traceback": ""},
+            )
+            raise
+    status = store.status(analysis_id) or JobStatus.QUEUED
+    response.headers["Location"] = f"/api/analyses/{analysis_id}"
+    return Accepted(id=analysis_id, status=status, url=page_url(analysis_id), existing=existed)
+
+
+@router.get(
+    "/{analysis_id}",
+    response_model=Analysis,
+    responses={404: ERRORS[404]},
+    summary="Status, progress and result of an analysis",
+)
+def get_analysis(analysis_id: str, store: StoreDep) -> Analysis:
+    return to_schema(load(store, analysis_id))
+
+
+def _components(body: VerifyRequest, rec: StoredAnalysis) -> list[str]:
+    assert rec.result is not None
+    labels = rec.result.get("labels") or {}
+    n_rows, n_cols = len(labels.get("rows") or []), len(labels.get("cols") or [])
+    out: list[str] = []
+    for i, comp in enumerate(body.components):
+        c = list(comp)
+        if len(c) == 1 and n_cols == 1:
+            c = [c[0], 0]
+        if len(c) != 2:
+            raise unprocessable(f"components.{i}", f"a component is [layer, head], got {comp}")
+        if not (0 <= c[0] < n_rows and 0 <= c[1] < n_cols):
+            raise unprocessable(
+                f"components.{i}",
+                f"{comp} is outside the {n_rows} x {n_cols} map of this analysis",
+            )
+        key = component_key(c)
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _require_done(rec: StoredAnalysis, what: str) -> None:
+    if rec.status != JobStatus.DONE or rec.result is None:
+        raise ApiError(409, f"the analysis is {rec.status.value}: {what} once it is done")
+
+
+@router.post(
+    "/{analysis_id}/verify",
+    status_code=202,
+    response_model=VerifyAccepted,
+    responses=ERRORS,
+    summary="Verify components with activation patching (click-to-verify)",
+)
+def verify_components(
+    analysis_id: str,
+    body: VerifyRequest,
+    _: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+) -> VerifyAccepted:
+    rec = load(store, analysis_id)
+    _require_done(rec, "verify components")
+    comps = _components(body, rec)
+    if len(comps) > settings.max_verify_components:
+        raise unprocessable(
+            "components", f"{len(comps)} is over the limit of {settings.max_verify_components}"
+        )
+    done = set(rec.verified) | set((rec.result or {}).get("verified") or {})
+    new = [c for c in comps if c not in done and c not in rec.pending]
+    job_id = None
+    if new:
+        store.add_pending(analysis_id, new)
+        job_id = enqueue(
+            queue, store, "verify", analysis_id, new, job_timeout_s=settings.job_timeout_s
+        )
+    return VerifyAccepted(
+        id=analysis_id,
+        status=rec.status,
+        url=page_url(analysis_id),
+        components=new,
+        pending=sorted(set(rec.pending) | set(new), key=parse_component_key),
+        job_id=job_id,
+    )
+
+
+@router.post(
+    "/{analysis_id}/fix",
+    status_code=202,
+    response_model=VerifyAccepted,
+    responses=ERRORS,
+    summary="Verify every flagged component (Screen-Flag-Fix)",
+)
+def fix_flagged(
+    analysis_id: str,
+    _: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+) -> VerifyAccepted:
+    rec = load(store, analysis_id)
+    _require_done(rec, "fix flagged components")
+    assert rec.result is not None
+    if rec.result.get("flags") is None:
+        raise ApiError(
+            409, "this analysis has no flags: include 'hvp' in methods to screen and flag"
+        )
+    if rec.fix and rec.fix.get("status") in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+        comps = list(rec.fix.get("components") or [])
+        return VerifyAccepted(
+            id=analysis_id,
+            status=rec.status,
+            url=page_url(analysis_id),
+            components=comps,
+            pending=rec.pending,
+            job_id=rec.fix.get("job_id"),
+        )
+    done = set(rec.verified) | set(rec.result.get("verified") or {})
+    flagged = [c for c in flagged_components(rec.result, done) if c not in rec.pending]
+    total = n_components(rec.result)
+    job_id = None
+    if flagged:
+        store.add_pending(analysis_id, flagged)
+        job_id = enqueue(
+            queue, store, "fix", analysis_id, flagged, job_timeout_s=settings.job_timeout_s
+        )
+        store.update(
+            analysis_id,
+            fix={
+                "status": JobStatus.QUEUED.value,
+                "components": flagged,
+                "forwards": 0,
+                "full_sweep_forwards": total,
+                "job_id": job_id,
+            },
+        )
+    else:
+        store.update(
+            analysis_id,
+            fix={
+                "status": JobStatus.DONE.value,
+                "components": [],
+                "forwards": 0,
+                "full_sweep_forwards": total,
+            },
+        )
+    return VerifyAccepted(
+        id=analysis_id,
+        status=rec.status,
+        url=page_url(analysis_id),
+        components=flagged,
+        pending=sorted(set(rec.pending) | set(flagged), key=parse_component_key),
+        job_id=job_id,
+    )
+
+
+@router.post(
+    "/{analysis_id}/cancel",
+    status_code=202,
+    response_model=Analysis,
+    responses={401: ERRORS[401], 404: ERRORS[404]},
+    summary="Cancel the analysis and its pending verifications",
+)
+def cancel_analysis(
+    analysis_id: str, _: WriteAccess, store: StoreDep, redis_conn: RedisDep
+) -> Analysis:
+    rec = load(store, analysis_id)
+    for job_id in store.active_jobs(analysis_id):
+        store.request_cancel(job_id)  # a running job sees it at its next check
+        try:
+            job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            store.remove_job(analysis_id, job_id)
+            continue
+        status = job.get_status()
+        if status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED):
+            try:
+                job.cancel()
+            except Exception:  # it just started: the flag stops it
+                log.debug("could not cancel queued job %s", job_id, exc_info=True)
+                continue
+            store.remove_job(analysis_id, job_id)
+            kind = (job.meta or {}).get("kind")
+            if kind in ("verify", "fix") and len(job.args) > 1:
+                store.remove_pending(analysis_id, list(job.args[1]))
+            if kind == "fix":
+                store.update(
+                    analysis_id, fix={"status": JobStatus.CANCELLED.value, "components": []}
+                )
+            if kind == "analysis":
+                store.set_status(analysis_id, JobStatus.CANCELLED)
+    if rec.status == JobStatus.QUEUED and store.status(analysis_id) == JobStatus.QUEUED:
+        # queued with no live job left (or the job is being picked up: it sees the flag)
+        if not store.active_jobs(analysis_id):
+            store.set_status(analysis_id, JobStatus.CANCELLED)
+    return to_schema(load(store, analysis_id))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else repr(v)
+    return str(v)
+
+
+def export_rows(rec: StoredAnalysis) -> tuple[list[str], list[list[str]]]:
+    assert rec.result is not None
+    res = to_schema(rec).result
+    assert res is not None
+    labels = res.labels
+    methods = list(res.scores)
+    header = [
+        labels.row_name,
+        labels.col_name,
+        *methods,
+        "reliability",
+        "error_bound",
+        "material",
+        "flag",
+        "verified",
+    ]
+    rows = []
+    for i, _r in enumerate(labels.rows):
+        for j, _c in enumerate(labels.cols):
+
+            def at(m: list[list[Any]] | None, i: int = i, j: int = j) -> Any:
+                return m[i][j] if m is not None else None
+
+            bound = at(res.error_bound)
+            if bound is None and res.reliability is not None:
+                bound = float("inf")  # null in JSON = unbounded
+            rows.append(
+                [
+                    str(i),
+                    str(j),
+                    *(_cell(at(res.scores[m])) for m in methods),
+                    _cell(at(res.reliability)),
+                    _cell(bound),
+                    _cell(at(res.material)),
+                    _cell(at(res.flags)),
+                    _cell(res.verified.get(f"{i}.{j}")),
+                ]
+            )
+    return header, rows
+
+
+@router.get(
+    "/{analysis_id}/export.csv",
+    response_class=Response,
+    response_model=None,
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "one row per component: layer, head, every method's score, "
+            "reliability, error_bound, material, flag, verified",
+        },
+        404: ERRORS[404],
+        409: ERRORS[409],
+    },
+    summary="Every component's numbers as CSV",
+)
+def export_csv(analysis_id: str, store: StoreDep) -> Response:
+    rec = load(store, analysis_id)
+    _require_done(rec, "export")
+    header, rows = export_rows(rec)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="patchaudit-{analysis_id}.csv"'},
+    )

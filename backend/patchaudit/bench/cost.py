@@ -1,0 +1,327 @@
+"""Cost benchmark (issue 3): wall time, passes and peak memory of every method side by side on
+the same inputs, with TransformerLens's own loops as the reference systems.
+
+CPU: a randomly initialised GPT-2-small config, batch 4 x 16 tokens (quick and full).
+GPU (``--gpu``): GPT-2 small / medium / XL configs, 8 pairs x 16 tokens, fp32.
+Site heads, metric logit_diff, direction noising; every measurement starts from the tokens
+(base pass included), as a user would run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from .. import defaults as D
+from ..estimators import methods as M
+from ..estimators.core import Tracker, compute_base, make_problem
+from . import common as C
+from .accuracy import batch_passes
+
+log = logging.getLogger("patchaudit.bench")
+
+
+def _tl_metric(tp):
+    idx = torch.arange(len(tp))
+    last, ans, wr = tp.last_pos, tp.answer_ids, tp.wrong_ids
+
+    def metric(logits):
+        i = idx.to(logits.device)
+        lg = logits[i, last.to(logits.device)]
+        return (lg[i, ans.to(logits.device)] - lg[i, wr.to(logits.device)]).mean()
+
+    a0, w0, l0 = int(ans[0]), int(wr[0]), int(last[0])
+
+    def metric1(logits):  # attribution_patch calls it with one pair's logits
+        return logits[0, l0, a0] - logits[0, l0, w0]
+
+    return metric, metric1
+
+
+def tl_ap_loop(model, tp):
+    """TransformerLens's serial loop: one patched forward per head (clean cache included)."""
+    from transformer_lens import patching
+
+    metric, _ = _tl_metric(tp)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tp.clean)
+        return patching.get_act_patch_attn_head_out_all_pos(model, tp.corrupted, cache, metric)
+
+
+def tl_atp(model, tp):
+    """TransformerLens's attribution_patch (node granularity; per-pair forwards/backward).
+    It needs activations that require grad: the embedding weight is switched on meanwhile."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    _, metric1 = _tl_metric(tp)
+    w = next(model.parameters())
+    w.requires_grad_(True)
+    try:
+        return attribution_patch(model, tp.clean, tp.corrupted, metric1)
+    finally:
+        w.requires_grad_(False)
+
+
+def _silence_tqdm() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:  # TL's patching loop shows a tqdm bar per sweep
+        import transformer_lens.patching as P
+
+        if hasattr(P, "tqdm"):
+            P.tqdm = lambda it, *a, **k: it  # type: ignore[assignment]
+    except ImportError:
+        pass
+
+
+def bench_model(
+    model,
+    tp,
+    device: torch.device,
+    probes: int,
+    ig_steps: int,
+    mhvp_steps: int,
+    repeats: int,
+    max_seconds: float,
+    with_tl: bool,
+    with_exact: bool,
+    tl_loop: bool = True,
+    deadline: float | None = None,
+    warmup: int = 1,
+    memory: bool = True,
+) -> dict:
+    import patchaudit as pa
+
+    # every path (ours, TransformerLens's loops, the plain forward) gets the tokens on the device
+    tp = pa.TokenPairs(
+        tp.clean.to(device),
+        tp.corrupted.to(device),
+        tp.answer_ids.to(device),
+        tp.wrong_ids.to(device),
+        tp.last_pos.to(device),
+    )
+
+    def problem():
+        return make_problem(
+            model,
+            tp.clean,
+            tp.corrupted,
+            tp.answer_ids,
+            tp.wrong_ids,
+            tp.last_pos,
+            "heads",
+            "logit_diff",
+            "noising",
+        )
+
+    n = int(model.cfg.n_layers * model.cfg.n_heads)
+    passes: dict[str, dict] = {}
+
+    def ours(name: str, method: str, k: int, fn):
+        def go():
+            p = problem()
+            tr = Tracker()
+            b = compute_base(p, tr)
+            fn(p, b, tr)
+            passes[name] = {
+                "passes": tr.forward + tr.backward,
+                "forward": tr.forward,
+                "backward": tr.backward,
+                "batch_passes": batch_passes(method, k, n) if method else None,
+            }
+
+        return go
+
+    def sff():
+        r = pa.screen_flag_fix(model, tp, hvp_probes=probes)
+        passes["screen_flag_fix"] = {
+            "passes": 3 + 3 + len({c[0] for c in r.flagged}),
+            "flagged": len(r.flagged),
+            "batch_passes": batch_passes("hvp", probes, n) + len(r.flagged),
+        }
+
+    def fwd():
+        with torch.no_grad():
+            model(tp.clean)
+        passes["forward"] = {"passes": 1, "batch_passes": 1}
+
+    jobs = [
+        ("forward", fwd),
+        ("atp", ours("atp", "atp", 0, lambda p, b, tr: M.atp(p, b, tr))),
+        ("hvp_joint", ours("hvp_joint", "hvp_joint", 0, lambda p, b, tr: M.hvp_joint(p, b, tr))),
+        (
+            f"hvp_P{probes}",
+            ours(
+                f"hvp_P{probes}",
+                "hvp",
+                probes,
+                lambda p, b, tr: M.hvp(p, b, probes=probes, tracker=tr),
+            ),
+        ),
+        (
+            f"ig_K{ig_steps}",
+            ours(
+                f"ig_K{ig_steps}",
+                "ig",
+                ig_steps,
+                lambda p, b, tr: M.ig(p, b, steps=ig_steps, tracker=tr),
+            ),
+        ),
+        (
+            f"mhvp_K{mhvp_steps}",
+            ours(
+                f"mhvp_K{mhvp_steps}",
+                "mhvp",
+                mhvp_steps,
+                lambda p, b, tr: M.mhvp(p, b, steps=mhvp_steps, tracker=tr),
+            ),
+        ),
+        ("screen_flag_fix", sff),
+        ("ap", ours("ap", "ap", 0, lambda p, b, tr: M.ap(p, b, tracker=tr))),
+    ]
+    if with_exact:
+        jobs.append(
+            ("hvp_exact", ours("hvp_exact", "hvp_exact", 0, lambda p, b, tr: M.hvp_exact(p, b, tr)))
+        )
+    if with_tl:
+        jobs.append(("tl_atp", lambda: tl_atp(model, tp)))
+        passes["tl_atp"] = {"passes": 3 * len(tp), "batch_passes": 3 * len(tp)}
+        if tl_loop:
+            jobs.append(("tl_ap_loop", lambda: tl_ap_loop(model, tp)))
+            passes["tl_ap_loop"] = {"passes": 1 + n, "batch_passes": 1 + n}
+    out: dict = {}
+    for name, fn in jobs:
+        if deadline is not None and time.perf_counter() > deadline:
+            out[name] = {"skipped": "time budget"}
+            log.warning("skip %s: time budget", name)
+            continue
+        t0 = time.perf_counter()
+        try:
+            m = C.measure(
+                fn, device, repeats=repeats, warmup=warmup, max_seconds=max_seconds, memory=memory
+            )
+        except Exception as e:  # a failing reference system is recorded, not fatal
+            log.exception("%s failed", name)
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            continue
+        m.update(passes.get(name, {}))
+        out[name] = m
+        log.info(
+            "%s: median %.4fs (%d runs, %.0fs)",
+            name,
+            m["median_s"],
+            m["repeats"],
+            time.perf_counter() - t0,
+        )
+    return out
+
+
+def _sizes_env(default: list[str]) -> list[str]:
+    env = os.environ.get("PATCHAUDIT_BENCH_SIZES")
+    return env.split(",") if env else default
+
+
+def run(out: str, quick: bool = False, gpu: bool = False, sizes: list[str] | None = None) -> dict:
+    t_start = time.perf_counter()
+    _silence_tqdm()
+    # PATCHAUDIT_BENCH_DEVICE=cpu dry-runs the --gpu code path on a CPU (tests, tiny sizes)
+    device = torch.device(os.environ.get("PATCHAUDIT_BENCH_DEVICE", "cuda") if gpu else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device")
+    try:
+        import transformer_lens  # noqa: F401
+
+        with_tl = True
+    except ImportError:
+        with_tl = False
+    dflt = D.load()
+    probes = int(dflt["hvp_probes"]["cuda" if gpu else "cpu"])
+    ig_steps, mhvp_steps = 16, int(dflt["mhvp_steps"])
+    budget = float(os.environ.get("PATCHAUDIT_BENCH_BUDGET_S", "300" if gpu else "1e9"))
+    deadline = t_start + budget
+    res: dict = {
+        "kind": "cost",
+        "mode": "gpu" if gpu else ("quick" if quick else "full"),
+        "environment": C.environment(device),
+        "site": "heads",
+        "metric": "logit_diff",
+        "direction": "noising",
+        "dtype": "float32",
+        "settings": {"hvp_probes": probes, "ig_steps": ig_steps, "mhvp_steps": mhvp_steps},
+        "models": {},
+    }
+    if gpu:
+        sizes = sizes or _sizes_env(["small", "medium", "xl"])
+        n_pairs, n_pos, repeats, cap = 8, 16, 3, 15.0
+    else:
+        sizes = sizes or _sizes_env(["small"])
+        n_pairs, n_pos = 4, 16
+        repeats, cap = (5, 30.0) if quick else (7, 120.0)
+    res["settings"].update(
+        {
+            "n_pairs": n_pairs,
+            "n_pos": n_pos,
+            "repeats": repeats,
+            "stat": "median (min also given) after 1 warm-up",
+        }
+    )
+    for size in sizes:
+        t0 = time.perf_counter()
+        model = C.random_gpt2(size, device=device)
+        load_s = time.perf_counter() - t0
+        tp = C.random_token_pairs(n_pairs, n_pos, int(model.cfg.d_vocab), seed=0).tokenize(model)
+        r = bench_model(
+            model,
+            tp,
+            device,
+            probes,
+            ig_steps,
+            mhvp_steps,
+            repeats=repeats,
+            max_seconds=cap,
+            with_tl=with_tl,
+            with_exact=(size in ("tiny", "small")) and (gpu or not quick),
+            deadline=deadline,
+        )
+        res["models"][size] = {
+            "n_layers": int(model.cfg.n_layers),
+            "n_heads": int(model.cfg.n_heads),
+            "d_model": int(model.cfg.d_model),
+            "n_components": int(model.cfg.n_layers * model.cfg.n_heads),
+            "load_seconds": load_s,
+            "methods": r,
+        }
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        res["seconds"] = time.perf_counter() - t_start
+        C.write_json(out, res)
+    if not gpu:
+        res["audit_bundled"] = audit_bundled(quick)
+    res["seconds"] = time.perf_counter() - t_start
+    C.write_json(out, res)
+    return res
+
+
+def audit_bundled(quick: bool) -> dict:
+    """End-to-end ``pa.audit(bundled, ioi n=16, methods atp,hvp,ap)`` on the CPU."""
+    import patchaudit as pa
+
+    from .accuracy import bundled_available
+
+    if not bundled_available():
+        return {"skipped": "bundled model missing"}
+    t0 = time.perf_counter()
+    model = pa.load_model("bundled", device="cpu")
+    load_s = time.perf_counter() - t0
+    pairs = pa.PromptPairs.from_task("ioi", n=16, seed=0)
+    m = C.measure(
+        lambda: pa.audit(model, pairs, methods=("atp", "hvp", "ap")),
+        torch.device("cpu"),
+        repeats=3 if quick else 5,
+    )
+    m["load_seconds"] = load_s
+    m["call"] = "pa.audit(model, PromptPairs.from_task('ioi', n=16), methods=('atp','hvp','ap'))"
+    return m

@@ -1,0 +1,67 @@
+"""Every Redis key (and RQ queue name) the service uses, in one place.
+
+All keys live under the ``pa:`` prefix so a shared Redis can host other applications.
+RQ keeps its own keys under ``rq:`` (queue ``patchaudit``).
+"""
+
+from __future__ import annotations
+
+PREFIX = "pa"
+
+#: RQ queue the API enqueues on and workers listen to.
+QUEUE_NAME = "patchaudit"
+
+#: Hash per analysis: request, status, progress, result, error, job ids, timestamps.
+ANALYSIS = f"{PREFIX}:analysis:"
+#: Hash per analysis: "L.H" -> activation-patching value (click-to-verify / fix results).
+VERIFIED = f"{PREFIX}:verified:"
+#: Set per analysis: "L.H" components whose verify job has not finished yet.
+PENDING = f"{PREFIX}:pending:"
+#: List per analysis: one JSON record per finished verify / fix run (components, forwards).
+VERIFICATIONS = f"{PREFIX}:verifications:"
+#: String per request hash: the analysis id that already holds this request's result.
+DEDUP = f"{PREFIX}:dedup:"
+#: String per RQ job id: set when a user asked to cancel; polled by the engine's should_stop.
+CANCEL = f"{PREFIX}:cancel:"
+#: Set per analysis: ids of its RQ jobs (analysis, verify, fix) not finished yet.
+JOBS = f"{PREFIX}:jobs:"
+#: Sorted set of every analysis id by creation time.
+ANALYSES_INDEX = f"{PREFIX}:analyses"
+
+#: Activation cache index: hash cache key -> bytes, sorted set cache key -> last use time.
+CACHE_SIZES = f"{PREFIX}:cache:sizes"
+CACHE_LRU = f"{PREFIX}:cache:lru"
+CACHE_LOCK = f"{PREFIX}:cache:lock"
+#: Counters of cache hits / misses (diagnostics, /healthz).
+CACHE_STATS = f"{PREFIX}:cache:stats"
+
+#: Short lock taken by the worker's startup / periodic sweep of abandoned jobs.
+SWEEP_LOCK = f"{PREFIX}:sweep:lock"
+
+
+def analysis(analysis_id: str) -> str:
+    return ANALYSIS + analysis_id
+
+
+def verified(analysis_id: str) -> str:
+    return VERIFIED + analysis_id
+
+
+def pending(analysis_id: str) -> str:
+    return PENDING + analysis_id
+
+
+def dedup(request_hash: str) -> str:
+    return DEDUP + request_hash
+
+
+def cancel(job_id: str) -> str:
+    return CANCEL + job_id
+
+
+def jobs(analysis_id: str) -> str:
+    return JOBS + analysis_id
+
+
+def verifications(analysis_id: str) -> str:
+    return VERIFICATIONS + analysis_id

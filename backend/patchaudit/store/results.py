@@ -1,0 +1,276 @@
+"""Analyses in Redis: request, status, progress, result (JSON), errors, verified values.
+
+Everything here is small (per-component numbers); Redis keeps it durably with AOF.
+An analysis id is 128 random bits (``secrets.token_hex(16)``): the id is a capability URL.
+The same normalised request maps to the existing analysis (``request_hash``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from . import keys
+from .status import RETRYABLE, JobStatus
+
+#: Compare-and-set of the dedup pointer: set KEYS[1] to ARGV[2] when it is unset or equals
+#: ARGV[1] (the id of a failed / cancelled analysis being replaced); return the winner.
+_CAS_DEDUP = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return cur
+"""
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def request_hash(normalised_request: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a normalised request."""
+    return hashlib.sha256(canonical_json(normalised_request).encode()).hexdigest()
+
+
+def new_id() -> str:
+    """128 random bits, hex."""
+    return secrets.token_hex(16)
+
+
+def component_key(component: tuple[int, ...] | list[int]) -> str:
+    """(layer, head) -> "L.H" (the API's key for a component)."""
+    return ".".join(str(int(c)) for c in component)
+
+
+def parse_component_key(key: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in key.split("."))
+
+
+@dataclass
+class Analysis:
+    """One analysis as stored (decoded)."""
+
+    id: str
+    status: JobStatus
+    request: dict[str, Any]
+    request_hash: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    verified: dict[str, float | None] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+    verifications: list[dict[str, Any]] = field(default_factory=list)
+    fix: dict[str, Any] | None = None
+    cache_key: str | None = None
+    job_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+_JSON_FIELDS = ("request", "progress", "result", "error", "fix")
+
+
+class AnalysisStore:
+    """Analyses in Redis (one hash per analysis plus a verified hash and a pending set)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    # -- creation / dedup -------------------------------------------------------------
+
+    def create_or_get(self, request: dict[str, Any]) -> tuple[str, bool]:
+        """Return (id, existed). A new analysis starts ``queued``; the same request returns the
+        id of the analysis that already holds it, unless that one failed or was cancelled."""
+        h = request_hash(request)
+        dedup_key = keys.dedup(h)
+        current = self._text(self.r.get(dedup_key))
+        replace = ""
+        if current is not None:
+            existing = self.status(current)
+            if existing is not None and existing not in RETRYABLE:
+                return current, True
+            replace = current
+        analysis_id = new_id()
+        now = time.time()
+        with self.r.pipeline() as p:
+            p.hset(
+                keys.analysis(analysis_id),
+                mapping={
+                    "id": analysis_id,
+                    "status": JobStatus.QUEUED.value,
+                    "request": canonical_json(request),
+                    "request_hash": h,
+                    "progress": canonical_json({"phase": "queued", "fraction": 0.0, "passes": 0}),
+                    "created_at": repr(now),
+                    "updated_at": repr(now),
+                },
+            )
+            p.zadd(keys.ANALYSES_INDEX, {analysis_id: now})
+            p.execute()
+        winner = self._text(self.r.eval(_CAS_DEDUP, 1, dedup_key, replace, analysis_id))
+        if winner != analysis_id:  # another request won the race: drop ours
+            self.delete(analysis_id)
+            return str(winner), True
+        return analysis_id, False
+
+    def delete(self, analysis_id: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(keys.analysis(analysis_id), keys.verified(analysis_id))
+            p.delete(keys.pending(analysis_id), keys.jobs(analysis_id))
+            p.delete(keys.verifications(analysis_id))
+            p.zrem(keys.ANALYSES_INDEX, analysis_id)
+            p.execute()
+
+    # -- reads ------------------------------------------------------------------------
+
+    def exists(self, analysis_id: str) -> bool:
+        return bool(self.r.exists(keys.analysis(analysis_id)))
+
+    def status(self, analysis_id: str) -> JobStatus | None:
+        raw = self._text(self.r.hget(keys.analysis(analysis_id), "status"))
+        return JobStatus(raw) if raw else None
+
+    def get(self, analysis_id: str) -> Analysis | None:
+        with self.r.pipeline() as p:
+            p.hgetall(keys.analysis(analysis_id))
+            p.hgetall(keys.verified(analysis_id))
+            p.smembers(keys.pending(analysis_id))
+            p.lrange(keys.verifications(analysis_id), 0, -1)
+            raw, verified, pending, runs = p.execute()
+        if not raw:
+            return None
+        d = {self._text(k): self._text(v) for k, v in raw.items()}
+        decoded: dict[str, Any] = {}
+        for name in _JSON_FIELDS:
+            if d.get(name):
+                decoded[name] = json.loads(d[name])
+        ver: dict[str, float | None] = {}
+        for k, v in verified.items():
+            val = json.loads(self._text(v))
+            ver[self._text(k)] = None if val is None else float(val)
+        return Analysis(
+            id=d["id"],
+            status=JobStatus(d["status"]),
+            request=decoded.get("request", {}),
+            request_hash=d.get("request_hash", ""),
+            progress=decoded.get("progress") or {},
+            result=decoded.get("result"),
+            error=decoded.get("error"),
+            verified=dict(sorted(ver.items(), key=lambda kv: parse_component_key(kv[0]))),
+            pending=sorted((self._text(x) for x in pending), key=parse_component_key),
+            verifications=[json.loads(self._text(x)) for x in runs],
+            fix=decoded.get("fix"),
+            cache_key=d.get("cache_key") or None,
+            job_id=d.get("job_id") or None,
+            created_at=float(d.get("created_at") or 0.0),
+            updated_at=float(d.get("updated_at") or 0.0),
+        )
+
+    # -- writes -----------------------------------------------------------------------
+
+    def update(self, analysis_id: str, **fields: Any) -> None:
+        """Set fields (JSON fields are encoded, the status is validated)."""
+        mapping: dict[Any, Any] = {"updated_at": repr(time.time())}
+        for name, value in fields.items():
+            if name == "status":
+                mapping[name] = JobStatus(value).value
+            elif name in _JSON_FIELDS:
+                mapping[name] = canonical_json(value)
+            elif value is None:
+                mapping[name] = ""
+            else:
+                mapping[name] = str(value)
+        self.r.hset(keys.analysis(analysis_id), mapping=mapping)
+
+    def set_status(self, analysis_id: str, status: JobStatus, **fields: Any) -> None:
+        self.update(analysis_id, status=status, **fields)
+
+    def set_progress(
+        self, analysis_id: str, phase: str, fraction: float, passes: int = 0
+    ) -> dict[str, Any]:
+        progress = {
+            "phase": phase,
+            "fraction": float(max(0.0, min(1.0, fraction))),
+            "passes": passes,
+        }
+        self.r.hset(keys.analysis(analysis_id), "progress", canonical_json(progress))
+        return progress
+
+    def set_result(self, analysis_id: str, result: dict[str, Any], cache_key: str | None) -> None:
+        self.update(
+            analysis_id,
+            status=JobStatus.DONE,
+            result=result,
+            error=None,
+            cache_key=cache_key or "",
+            progress={"phase": "done", "fraction": 1.0, "passes": _passes(result)},
+        )
+
+    def set_error(self, analysis_id: str, error: dict[str, Any]) -> None:
+        """``error`` = {type, message, traceback}; the API shows only type and message."""
+        self.update(analysis_id, status=JobStatus.FAILED, error=error)
+
+    def add_verified(self, analysis_id: str, values: dict[str, float | None]) -> None:
+        if values:
+            self.r.hset(
+                keys.verified(analysis_id),
+                mapping={k: canonical_json(v) for k, v in values.items()},
+            )
+
+    def add_pending(self, analysis_id: str, components: list[str]) -> None:
+        if components:
+            self.r.sadd(keys.pending(analysis_id), *components)
+
+    def remove_pending(self, analysis_id: str, components: list[str]) -> None:
+        if components:
+            self.r.srem(keys.pending(analysis_id), *components)
+
+    def append_verification(self, analysis_id: str, entry: dict[str, Any]) -> None:
+        """Append one verify run's record (components, forwards, cache_hit, seconds)."""
+        self.r.rpush(keys.verifications(analysis_id), canonical_json(entry))
+
+    # -- jobs and cancellation ----------------------------------------------------------
+
+    def add_job(self, analysis_id: str, job_id: str) -> None:
+        self.r.sadd(keys.jobs(analysis_id), job_id)
+
+    def remove_job(self, analysis_id: str, job_id: str) -> None:
+        self.r.srem(keys.jobs(analysis_id), job_id)
+
+    def active_jobs(self, analysis_id: str) -> list[str]:
+        return sorted(self._text(x) for x in self.r.smembers(keys.jobs(analysis_id)))
+
+    def request_cancel(self, job_id: str, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r.set(keys.cancel(job_id), "1", ex=ttl_s)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(keys.cancel(job_id)))
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self.r.zcard(keys.ANALYSES_INDEX))
+
+    @staticmethod
+    def _text(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode()
+        return value
+
+
+def _passes(result: dict[str, Any]) -> int:
+    cost = result.get("cost") or {}
+    total = 0
+    for c in cost.values():
+        if isinstance(c, dict):
+            total += int(c.get("forward", 0) or 0) + int(c.get("backward", 0) or 0)
+    return total

@@ -1,0 +1,128 @@
+"""``patchaudit worker``: run jobs from the queue (any number of machines, one Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+
+log = logging.getLogger("patchaudit.worker")
+
+
+#: Set for the workers `serve` starts: they ask Linux for SIGTERM when `serve` dies.
+PARENT_ENV = "_PATCHAUDIT_PARENT_PID"
+
+
+def exit_with_parent() -> None:
+    """Called by a worker at start-up: when ``serve`` dies without cleaning up (SIGKILL), the
+    worker gets SIGTERM (Linux PR_SET_PDEATHSIG) instead of running on as an orphan."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover
+        return
+    if os.getppid() != int(parent):  # serve died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="patchaudit worker",
+        description="Run patchaudit jobs (analyses, verify, fix) from the Redis queue. "
+        "Settings come from PATCHAUDIT_* environment variables; flags override them.",
+    )
+    p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL / $PATCHAUDIT_REDIS_URL)")
+    p.add_argument("--data-dir", help="data directory (activation cache under cache/)")
+    p.add_argument("--name", help="worker name (default: host.pid)")
+    p.add_argument("--device", help="torch device, e.g. cuda:0 (default: cuda if present)")
+    p.add_argument(
+        "--preload",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help="load this model before taking jobs (repeatable)",
+    )
+    p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    exit_with_parent()
+    from pydantic import ValidationError
+
+    from ..api.settings import Settings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "redis_url": args.redis_url,
+            "data_dir": args.data_dir,
+            "device": args.device,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        sys.stderr.write(f"patchaudit worker: invalid settings:\n{e}\n")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
+    )
+    if not settings.redis_url:
+        sys.stderr.write(
+            "patchaudit worker: no Redis. Set REDIS_URL (or PATCHAUDIT_REDIS_URL, or "
+            "--redis-url); `patchaudit serve` starts workers with its own Redis.\n"
+        )
+        return 2
+
+    import redis
+
+    from ..store import keys
+    from .queue import get_queue
+    from .runtime import Runtime, WorkerConfig, set_runtime
+    from .worker import PatchauditWorker
+
+    config = WorkerConfig.from_settings(settings)
+    rt = Runtime(config)
+    set_runtime(rt)
+    for name in args.preload or settings.preload_models:
+        try:
+            rt.models.get(name)
+        except Exception as e:
+            log.error("could not preload %s: %s", name, e)
+
+    conn = redis.Redis.from_url(settings.redis_url)
+    queue = get_queue(conn, settings.job_timeout_s)
+    worker = PatchauditWorker(
+        [queue],
+        connection=conn,
+        name=args.name or f"{socket.gethostname()}.{os.getpid()}",
+        worker_ttl=settings.worker_ttl_s,
+        maintenance_interval=settings.maintenance_interval_s,
+        execution_ttl=settings.execution_ttl_s,
+        default_result_ttl=7 * 24 * 3600,
+    )
+    log.info("worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, settings.redis_url)
+    worker.work(
+        burst=args.burst,
+        max_jobs=args.max_jobs,
+        logging_level=settings.log_level.upper(),
+    )
+    return 0
+
+
+if __name__ == "__main__":  # python -m patchaudit.worker.cli
+    sys.exit(main(sys.argv[1:]))

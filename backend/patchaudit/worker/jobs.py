@@ -1,0 +1,473 @@
+"""RQ job functions: run an analysis, verify components, fix every flagged component.
+
+Jobs take only ids and small JSON (the queue uses JSON serialisation); everything else is read
+from Redis. Progress goes to the job's meta ({phase, fraction, passes}) and to the analysis.
+Cancellation is cooperative: the engine polls ``should_stop`` (a Redis flag per job) between
+chunks and raises ``pa.Cancelled``. Errors are stored as {type, message, traceback}; the API
+shows type and message only. A job whose worker died (abandoned) is retried once by RQ
+(``Retry(max=1)``, see ``worker.PatchauditWorker``); an error raised by the job is not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Collection
+from typing import Any
+
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from ..store import JobStatus, cache_key, component_key, parse_component_key
+from .runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """Raised by the progress reporter's test delay when a cancel flag is seen."""
+
+
+# ----------------------------------------------------------------------------------------
+# progress and cancellation
+# ----------------------------------------------------------------------------------------
+
+
+class JobProgress:
+    """``progress(phase, fraction, passes)`` for the engine: writes the job meta and (for the
+    analysis job) the analysis's progress, at most every ``min_interval_s`` within a phase.
+    When ``PATCHAUDIT_TEST_JOB_DELAY_S`` is set it sleeps that long at each new phase (tests
+    use it to kill or cancel a job mid-way); production keeps it 0."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        analysis_id: str,
+        job_id: str | None,
+        mirror: bool,
+        min_interval_s: float = 0.25,
+    ) -> None:
+        self.rt = rt
+        self.analysis_id = analysis_id
+        self.job_id = job_id
+        self.mirror = mirror
+        self.min_interval_s = min_interval_s
+        self.delay_s = float(rt.config.test_job_delay_s)
+        self._phase: str | None = None
+        self._last = 0.0
+        self.passes = 0
+
+    def should_stop(self) -> bool:
+        return bool(self.job_id) and self.rt.store.cancel_requested(self.job_id)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise JobCancelled("cancelled by request")
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
+
+    def __call__(self, phase: str, fraction: float, passes: int = 0) -> None:
+        now = time.monotonic()
+        new_phase = phase != self._phase
+        self.passes = int(passes)
+        if not new_phase and fraction < 1.0 and now - self._last < self.min_interval_s:
+            return
+        self._phase, self._last = phase, now
+        self._write(phase, fraction, passes)
+        if new_phase and self.delay_s > 0 and phase != "done":
+            self.sleep(self.delay_s)
+
+    def _write(self, phase: str, fraction: float, passes: int) -> None:
+        progress = {"phase": phase, "fraction": float(fraction), "passes": int(passes)}
+        job = get_current_job()
+        if job is not None:
+            try:
+                job.meta.update(progress)
+                job.save_meta()
+            except Exception:  # progress is best effort
+                log.debug("could not save job meta", exc_info=True)
+        if self.mirror:
+            self.rt.store.set_progress(self.analysis_id, phase, fraction, passes)
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+
+
+def error_info(exc: BaseException, rt: Runtime | None = None) -> dict[str, str]:
+    """{type, message, traceback} of an exception, with a message a person can act on."""
+    if isinstance(exc, JobTimeoutException):
+        limit = rt.config.job_timeout_s if rt else "the"
+        return {
+            "type": "JobTimeout",
+            "message": f"the job ran longer than its {limit} s limit (PATCHAUDIT_JOB_TIMEOUT_S): "
+            "use fewer pairs or methods, or raise the limit",
+            "traceback": traceback.format_exc(),
+        }
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return {
+        "type": exc.__class__.__name__,
+        "message": message[:2000],
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def build_pairs(request: dict[str, Any]) -> Any:
+    """The engine's PromptPairs for a normalised request (task, text pairs or token pairs)."""
+    import torch
+
+    import patchaudit as pa
+
+    if request.get("tokens"):
+        t = request["tokens"]
+        return pa.PromptPairs.from_tokens(
+            torch.tensor(t["clean"], dtype=torch.long),
+            torch.tensor(t["corrupted"], dtype=torch.long),
+            torch.tensor(t["answer"], dtype=torch.long),
+            torch.tensor(t["wrong"], dtype=torch.long),
+        )
+    if request.get("pairs"):
+        ps = request["pairs"]
+        return pa.PromptPairs.from_text(
+            clean=[p["clean"] for p in ps],
+            corrupted=[p["corrupted"] for p in ps],
+            answers=[p["answer"] for p in ps],
+            wrong=[p["wrong"] for p in ps],
+        )
+    kwargs: dict[str, Any] = {"n": int(request["n_pairs"]), "seed": int(request.get("seed", 0))}
+    if request.get("corruption"):
+        kwargs["corruption"] = request["corruption"]
+    return pa.PromptPairs.from_task(request["task"], **kwargs)
+
+
+def _prepare(rt: Runtime, request: dict[str, Any]) -> tuple[Any, Any, str]:
+    """(model, token pairs, cache key) of a request."""
+    import patchaudit as pa
+
+    model = rt.models.get(request["model"])
+    tp = build_pairs(request).tokenize(model)
+    n_pos = int(tp.clean.shape[1])
+    if n_pos > rt.config.max_tokens:
+        raise ValueError(
+            f"the prompts have {n_pos} tokens, over the limit of {rt.config.max_tokens} "
+            "(PATCHAUDIT_MAX_TOKENS): shorten them"
+        )
+    bkey = pa.base_key(
+        request["model"], tp, request["site"], request["metric"], request["direction"]
+    )
+    return model, tp, cache_key([bkey])
+
+
+def _load_base(rt: Runtime, key: str | None) -> Any:
+    import patchaudit as pa
+
+    device = rt.config.device
+    return rt.cache.get(key, lambda path: pa.BaseCache.load(str(path), device=device))
+
+
+def _save_base(rt: Runtime, key: str, base: Any) -> None:
+    if base is None:
+        return
+    try:
+        rt.cache.put(key, lambda path: base.save(str(path)))
+    except Exception:  # the cache is an optimisation: never fail a job on it
+        log.warning("could not write cache entry %s", key, exc_info=True)
+
+
+def _finish_job(rt: Runtime, analysis_id: str, job_id: str | None) -> None:
+    if job_id:
+        rt.store.remove_job(analysis_id, job_id)
+
+
+def _no_retry() -> None:
+    """An error raised by the job itself is deterministic: do not let RQ retry it."""
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
+
+
+def _current_job_id() -> str | None:
+    job = get_current_job()
+    return job.id if job is not None else None
+
+
+# ----------------------------------------------------------------------------------------
+# jobs
+# ----------------------------------------------------------------------------------------
+
+
+def run_analysis(analysis_id: str) -> dict[str, Any]:
+    """Audit one analysis's request and store the result (JSON) in Redis."""
+    import patchaudit as pa
+
+    rt = get_runtime()
+    store = rt.store
+    job_id = _current_job_id()
+    rec = store.get(analysis_id)
+    if rec is None:
+        log.warning("analysis %s vanished before it ran", analysis_id)
+        return {"status": "missing"}
+    if rec.status.finished:
+        _finish_job(rt, analysis_id, job_id)
+        return {"status": rec.status.value}
+    progress = JobProgress(rt, analysis_id, job_id, mirror=True)
+    req = rec.request
+    try:
+        progress.check()
+        store.set_status(analysis_id, JobStatus.RUNNING, error=None)
+        progress("load_model", 0.0, 0)
+        model, tp, key = _prepare(rt, req)
+        base = _load_base(rt, key)
+        report = pa.audit(
+            model,
+            tp,
+            site=req["site"],
+            metric=req["metric"],
+            direction=req["direction"],
+            methods=tuple(req["methods"]),
+            hvp_probes=req.get("hvp_probes"),
+            ig_steps=req.get("ig_steps"),
+            seed=int(req.get("seed", 0)),
+            tau=req.get("tau"),
+            progress=progress,
+            should_stop=progress.should_stop,
+            base=base,
+        )
+        if base is None:
+            _save_base(rt, key, report.base)
+        result = report.to_dict()
+        result["cache_hit"] = base is not None
+        store.set_result(analysis_id, result, key)
+        log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
+        return {"status": "done"}
+    except (pa.Cancelled, JobCancelled):
+        store.set_status(analysis_id, JobStatus.CANCELLED)
+        log.info("analysis %s cancelled", analysis_id)
+        return {"status": "cancelled"}
+    except BaseException as exc:
+        if not isinstance(exc, Exception | JobTimeoutException):
+            raise  # SystemExit / KeyboardInterrupt: the worker is going down; RQ retries it
+        store.set_error(analysis_id, error_info(exc, rt))
+        log.exception("analysis %s failed", analysis_id)
+        _no_retry()
+        raise
+    finally:
+        _finish_job(rt, analysis_id, job_id)
+
+
+def _verify(
+    rt: Runtime, analysis_id: str, components: list[str], kind: str
+) -> tuple[dict[str, float | None], dict[str, Any], bool]:
+    import patchaudit as pa
+
+    rec = rt.store.get(analysis_id)
+    if rec is None or rec.result is None:
+        raise ValueError(f"analysis {analysis_id} has no result to verify")
+    req = rec.request
+    progress = JobProgress(rt, analysis_id, _current_job_id(), mirror=False)
+    progress.check()
+    progress(kind, 0.0, 0)
+    model, tp, key = _prepare(rt, req)
+    base = _load_base(rt, rec.cache_key or key)
+    res = pa.verify(
+        model,
+        tp,
+        [list(parse_component_key(c)) for c in components],
+        site=req["site"],
+        metric=req["metric"],
+        direction=req["direction"],
+        base=base,
+        progress=progress,
+        should_stop=progress.should_stop,
+    )
+    if base is None:
+        _save_base(rt, key, getattr(res, "base", None))
+    values = {component_key(c): (None if v != v else float(v)) for c, v in res.values.items()}
+    cost = dict(res.cost)
+    return values, cost, base is not None
+
+
+def run_verify(analysis_id: str, components: list[str]) -> dict[str, Any]:
+    """Activation patching of the given components ("L.H" keys) of a finished analysis."""
+    import patchaudit as pa
+
+    rt = get_runtime()
+    job_id = _current_job_id()
+    try:
+        values, cost, hit = _verify(rt, analysis_id, components, "verify")
+        rt.store.add_verified(analysis_id, values)
+        rt.store.append_verification(
+            analysis_id,
+            {
+                "kind": "verify",
+                "components": sorted(values, key=parse_component_key),
+                "forwards": int(cost.get("forward", 0)),
+                "backwards": int(cost.get("backward", 0)),
+                "seconds": float(cost.get("seconds", 0.0)),
+                "cache_hit": hit,
+            },
+        )
+        return {"status": "done", "forwards": int(cost.get("forward", 0))}
+    except (pa.Cancelled, JobCancelled):
+        return {"status": "cancelled"}
+    except Exception as exc:
+        err = error_info(exc, rt)
+        rt.store.append_verification(
+            analysis_id,
+            {
+                "kind": "verify",
+                "components": components,
+                "error": {k: err[k] for k in ("type", "message")},
+            },
+        )
+        log.exception("verify of %s failed", analysis_id)
+        _no_retry()
+        raise
+    finally:
+        rt.store.remove_pending(analysis_id, components)
+        _finish_job(rt, analysis_id, job_id)
+
+
+def flagged_components(result: dict[str, Any], verified: Collection[str]) -> list[str]:
+    """Flagged components of a result not verified yet, least reliable first."""
+    flags = result.get("flags") or []
+    rel = result.get("reliability") or []
+    out = []
+    for i, row in enumerate(flags):
+        for j, f in enumerate(row):
+            k = f"{i}.{j}"
+            if f and k not in verified:
+                r = rel[i][j] if i < len(rel) and j < len(rel[i]) else None
+                out.append((1.0 if r is None else float(r), k))
+    return [k for _, k in sorted(out)]
+
+
+def n_components(result: dict[str, Any]) -> int:
+    labels = result.get("labels") or {}
+    return len(labels.get("rows") or []) * len(labels.get("cols") or [])
+
+
+def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
+    """Screen-Flag-Fix step 3: activation patching of every flagged component, with its cost
+    against a full activation-patching sweep (one patched forward per component)."""
+    import patchaudit as pa
+
+    rt = get_runtime()
+    job_id = _current_job_id()
+    try:
+        rec = rt.store.get(analysis_id)
+        total = n_components(rec.result) if rec and rec.result else 0
+        values, cost, hit = _verify(rt, analysis_id, components, "fix")
+        rt.store.add_verified(analysis_id, values)
+        labels = (rec.result or {}).get("labels") or {} if rec else {}
+        fix = {
+            # patched component-forwards (the engine's FixResult.fix_forwards) against one per
+            # component for a full sweep; "passes" counts the batched forward passes run
+            "forwards": len(values),
+            "full_sweep_forwards": total,
+            "passes": int(cost.get("forward", 0)),
+            "full_sweep_passes": len(labels.get("rows") or []),
+            "backwards": int(cost.get("backward", 0)),
+            "components": sorted(values, key=parse_component_key),
+            "seconds": float(cost.get("seconds", 0.0)),
+            "cache_hit": hit,
+            "status": JobStatus.DONE.value,
+        }
+        rt.store.update(analysis_id, fix=fix)
+        rt.store.append_verification(
+            analysis_id,
+            {
+                "kind": "fix",
+                **{k: fix[k] for k in ("components", "backwards", "seconds", "cache_hit")},
+                "forwards": fix["passes"],
+            },
+        )
+        return {"status": "done", "forwards": fix["forwards"], "passes": fix["passes"]}
+    except (pa.Cancelled, JobCancelled):
+        rt.store.update(analysis_id, fix={"status": JobStatus.CANCELLED.value, "components": []})
+        return {"status": "cancelled"}
+    except Exception as exc:
+        err = error_info(exc, rt)
+        rt.store.update(
+            analysis_id,
+            fix={
+                "status": JobStatus.FAILED.value,
+                "components": [],
+                "error": {k: err[k] for k in ("type", "message")},
+            },
+        )
+        log.exception("fix of %s failed", analysis_id)
+        _no_retry()
+        raise
+    finally:
+        rt.store.remove_pending(analysis_id, components)
+        _finish_job(rt, analysis_id, job_id)
+
+
+# ----------------------------------------------------------------------------------------
+# abandoned jobs
+# ----------------------------------------------------------------------------------------
+
+
+def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
+    """RQ failure callback. Errors raised by a job are already recorded by the job; this
+    handles a job abandoned by a dead worker: requeued once (status back to queued), then
+    failed with a clear message."""
+    from rq.exceptions import AbandonedJobError
+
+    if exc_type is not AbandonedJobError and not isinstance(exc_value, AbandonedJobError):
+        return
+    from ..store import AnalysisStore
+
+    store = AnalysisStore(connection)
+    args = list(job.args or [])
+    analysis_id = args[0] if args else None
+    kind = (job.meta or {}).get("kind", "analysis")
+    if not analysis_id:
+        return
+    retrying = bool(job.retries_left and job.retries_left > 0)
+    log.warning(
+        "job %s (%s) abandoned by its worker; %s",
+        job.id,
+        kind,
+        "retrying" if retrying else "giving up",
+    )
+    if kind == "analysis":
+        if retrying:
+            store.update(
+                analysis_id,
+                status=JobStatus.QUEUED,
+                progress={"phase": "requeued", "fraction": 0.0, "passes": 0},
+            )
+        else:
+            store.set_error(
+                analysis_id,
+                {
+                    "type": "WorkerLost",
+                    "message": "the worker running this analysis stopped twice; submit it again",
+                    "traceback": "",
+                },
+            )
+            store.remove_job(analysis_id, job.id)
+    elif not retrying:
+        comps = args[1] if len(args) > 1 else []
+        store.remove_pending(analysis_id, list(comps))
+        store.remove_job(analysis_id, job.id)
+        if kind == "fix":
+            store.update(
+                analysis_id,
+                fix={
+                    "status": JobStatus.FAILED.value,
+                    "components": [],
+                    "error": {"type": "WorkerLost", "message": "the worker stopped; try again"},
+                },
+            )

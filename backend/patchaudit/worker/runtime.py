@@ -1,0 +1,148 @@
+"""What a worker process holds between jobs: Redis clients, the stores and the loaded models."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..store import ActivationCache, AnalysisStore
+from ..store.redis_conn import connect
+
+if TYPE_CHECKING:  # pragma: no cover
+    import redis
+
+    from ..api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The settings a worker process needs (a plain copy of the service settings)."""
+
+    redis_url: str
+    data_dir: Path
+    cache_budget_bytes: int = 2 * 1024**3
+    job_timeout_s: int = 3600
+    max_loaded_models: int = 2
+    device: str | None = None
+    execution_ttl_s: int = 30
+    maintenance_interval_s: int = 15
+    worker_ttl_s: int = 35
+    test_job_delay_s: float = 0.0
+    max_tokens: int = 256
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WorkerConfig:
+        if not s.redis_url:
+            raise ValueError("no Redis URL: set REDIS_URL or PATCHAUDIT_REDIS_URL")
+        return cls(
+            redis_url=s.redis_url,
+            data_dir=Path(s.data_dir),
+            cache_budget_bytes=s.cache_budget_bytes,
+            job_timeout_s=s.job_timeout_s,
+            max_loaded_models=s.max_loaded_models,
+            device=s.device,
+            execution_ttl_s=s.execution_ttl_s,
+            maintenance_interval_s=s.maintenance_interval_s,
+            worker_ttl_s=s.worker_ttl_s,
+            test_job_delay_s=s.test_job_delay_s,
+            max_tokens=s.max_tokens,
+        )
+
+
+class ModelLRU:
+    """Loaded models, least recently used evicted beyond ``capacity`` (models stay resident
+    between jobs: loading is the slow part of a small job)."""
+
+    def __init__(self, capacity: int, loader: Callable[[str], Any]) -> None:
+        self.capacity = max(1, int(capacity))
+        self.loader = loader
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+        model = self.loader(name)
+        with self._lock:
+            self.loads += 1
+            self._models[name] = model
+            self._models.move_to_end(name)
+            while len(self._models) > self.capacity:
+                old, _ = self._models.popitem(last=False)
+                log.info("model cache: unloading %s", old)
+                self._release()
+        return model
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+        self._release()
+
+    @staticmethod
+    def _release() -> None:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _load_model(name: str, device: str | None) -> Any:
+    import patchaudit as pa
+
+    log.info("loading model %s", name)
+    return pa.load_model(name, device=device)
+
+
+class Runtime:
+    """One per worker process (set by ``patchaudit worker``)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.redis: redis.Redis = connect(config.redis_url)
+        self.store = AnalysisStore(self.redis)
+        self.cache = ActivationCache(
+            self.redis, Path(config.data_dir) / "cache", config.cache_budget_bytes
+        )
+        self.models = ModelLRU(
+            config.max_loaded_models, lambda name: _load_model(name, config.device)
+        )
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def set_runtime(rt: Runtime | None) -> None:
+    global _runtime
+    _runtime = rt
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime; built from the environment when a job runs under a plain
+    ``rq worker`` instead of ``patchaudit worker``."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from ..api.settings import Settings
+
+            _runtime = Runtime(WorkerConfig.from_settings(Settings()))
+        return _runtime

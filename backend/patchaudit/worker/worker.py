@@ -1,0 +1,77 @@
+"""The worker: an RQ SimpleWorker that runs jobs in its own process (no fork: CUDA and the
+loaded models stay put), with a heartbeat thread so a dead worker's job is noticed quickly
+and retried once by another worker (or by this one after a restart)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
+
+from ..store import keys
+
+log = logging.getLogger(__name__)
+
+
+class PatchauditWorker(SimpleWorker):
+    """SimpleWorker with a short, heart-beaten execution TTL.
+
+    RQ's SimpleWorker registers a running job for ``job_timeout + 60`` seconds, so a job of a
+    killed worker would sit "started" for up to an hour. Here the execution is registered for
+    ``execution_ttl`` seconds and a background thread renews it every third of that while the
+    job runs. When a worker dies (kill -9, lost machine) its executions expire; the next sweep
+    of the StartedJobRegistry, by any live worker (at start-up and every
+    ``maintenance_interval``), retries the job once (``Retry(max=1)``) or fails it.
+    """
+
+    def __init__(self, *args: Any, execution_ttl: int = 30, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        self.execution_ttl = max(2, int(execution_ttl))
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.execution_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._keep_alive, args=(job, execution, stop), name="pa-heartbeat", daemon=True
+        )
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _keep_alive(self, job: Job, execution: Any, stop: threading.Event) -> None:
+        interval = max(0.5, self.execution_ttl / 3)
+        while not stop.wait(interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # Redis briefly away: the next beat tries again
+                log.debug("heartbeat failed", exc_info=True)
+
+    def clean_registries(self) -> None:
+        self.sweep_abandoned()
+        super().clean_registries()
+
+    def sweep_abandoned(self) -> None:
+        """Retry (once) or fail the jobs of dead workers. Runs at start-up and at every
+        maintenance tick; a short lock keeps two workers from requeueing the same job."""
+        if not self.connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=10):
+            return
+        try:
+            for queue in self.queues:
+                queue.started_job_registry.cleanup(exception_handlers=self._exc_handlers)
+        except Exception:
+            log.warning("sweep of abandoned jobs failed", exc_info=True)
+        finally:
+            self.connection.delete(keys.SWEEP_LOCK)

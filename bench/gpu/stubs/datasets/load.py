@@ -1,0 +1,1 @@
+from . import load_dataset  # noqa: F401

@@ -1,0 +1,634 @@
+"""Turn bench/results/*.json into markdown tables (bench/results/*.md), plots (bench/plots/*.png)
+and the README's benchmark section (between <!-- bench:start --> and <!-- bench:end -->;
+without those markers the section goes to bench/results/README_tables.md).
+
+    python bench/make_report.py [--results bench/results] [--plots bench/plots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METHOD_ORDER = ["atp", "hvp_joint", "hvp_P", "hvp_exact", "ig_K", "mhvp_K"]
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _f(x, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def _iqr(s: dict | None, nd: int = 3) -> str:
+    if not s or s.get("median") is None:
+        return "n/a"
+    return f"{_f(s['median'], nd)} [{_f(s['q25'], nd)}, {_f(s['q75'], nd)}]"
+
+
+def _sort_key(k: str):
+    for i, pre in enumerate(METHOD_ORDER):
+        if k == pre or (pre.endswith(("_P", "_K")) and k.startswith(pre)):
+            num = int(k[len(pre) :]) if k != pre and k[len(pre) :].isdigit() else 0
+            return (i, num)
+    return (99, 0)
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * 1000:,.1f}" if x < 10 else f"{x * 1000:,.0f}"
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def accuracy_md(acc: dict) -> str:
+    out = [
+        "## Accuracy against activation patching",
+        "",
+        f"Mode `{acc.get('mode')}`; metric `{acc.get('metric')}`, direction `{acc.get('direction')}`; "
+        "median [interquartile range] over prompt sets. NMAE = mean |estimate - ap| / mean |ap|; "
+        "top-k recall with k = 10% of components; sign agreement over components with "
+        "|ap| >= 1% of the total effect. *passes* = forward/backward calls as the engine "
+        "launches them (copies ride the batch axis); *batch passes* counts every copy "
+        "(the compute).",
+        "",
+    ]
+    for name, c in acc["configs"].items():
+        cfg = c["config"]
+        n_sets = len(c["sets"])
+        shape = c["sets"][0]["shape"]
+        te = [s["total_effect"] for s in c["sets"]]
+        out += [
+            f"### {name}",
+            "",
+            f"{n_sets} prompt sets x {cfg['n_pairs']} pairs; {shape[0]} x {shape[1]} = "
+            f"{shape[0] * shape[1]} components; median total effect "
+            f"{sorted(te)[len(te) // 2]:.3f}.",
+            "",
+            "| method | Spearman | Pearson | NMAE | top-k recall | sign agreement | passes | batch passes |",
+            "|---|---|---|---|---|---|---:|---:|",
+        ]
+        t = c["analysis"]["methods"]
+        for k in sorted((k for k in t if k != "ap"), key=_sort_key):
+            r = t[k]
+            out.append(
+                f"| {k} | {_iqr(r['spearman'])} | {_iqr(r['pearson'])} | {_iqr(r['nmae'])} | "
+                f"{_iqr(r['topk_recall'], 2)} | {_iqr(r['sign_agreement'], 2)} | "
+                f"{_f(r['passes']['median'], 0)} | {_f(r['batch_passes']['median'], 0)} |"
+            )
+        out.append(
+            f"| ap (reference) | 1 | 1 | 0 | 1 | 1 | {_f(t['ap']['passes']['median'], 0)} | "
+            f"{_f(t['ap']['batch_passes']['median'], 0)} |"
+        )
+        out.append("")
+    if acc.get("skipped"):
+        out += ["Skipped: " + "; ".join(f"{s['config']} ({s['why']})" for s in acc["skipped"]), ""]
+    return "\n".join(out)
+
+
+def reliability_md(acc: dict) -> str:
+    out = [
+        "## Reliability score and error bound",
+        "",
+        "Positives: material components whose AtP error |atp - ap| / |ap| exceeds 50%. AUROC of "
+        "1 - rho; tau90 = the threshold on rho catching 90% of positives, with the share of "
+        "material components it flags; coverage = share of material components whose ap lies "
+        "in hvp +- error bound (unbounded intervals count as covering; their share is given). "
+        "Calibrated: split conformal scale fitted on the first half of the sets, coverage on the "
+        "held-out second half.",
+        "",
+        "| configuration | q from | material (positives) | AUROC | tau90 | flags (material) | "
+        "coverage raw | unbounded | scale | held-out raw | held-out calibrated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in acc["configs"].items():
+        a = c["analysis"]
+        for k, r in sorted(a["reliability"].items(), key=lambda kv: _sort_key(kv[0])):
+            if not r:
+                continue
+            cal = a.get("calibration", {}).get(k, {})
+            cov = r.get("coverage", {})
+            out.append(
+                f"| {name} | {k} | {r['n_material']} ({r['n_bad']}) | {_f(r.get('auroc'))} | "
+                f"{_f(r.get('tau90'), 2)} | {_f(r.get('tau90_flag_share_material'), 2)} | "
+                f"{_f(cov.get('coverage'), 2)} | {_f(cov.get('unbounded_share'), 2)} | "
+                f"{_f(cal.get('scale'), 2) if cal else '-'} | "
+                f"{_f(cal.get('coverage_heldout_raw'), 2) if cal else '-'} | "
+                f"{_f(cal.get('coverage_heldout_scaled'), 2) if cal else '-'} |"
+            )
+    out.append("")
+    return "\n".join(out)
+
+
+def sff_md(acc: dict) -> str:
+    out = [
+        "## Screen-Flag-Fix: accuracy against the share of components verified",
+        "",
+        "The screen estimate (hvp with the default probes) with the first f of the components "
+        "replaced by their ap values, verification order: least reliable first (rho), random, "
+        "largest |estimate| first. Median over prompt sets.",
+        "",
+    ]
+    for name, c in acc["configs"].items():
+        s = c["analysis"]["sff"]
+        cur = s["curve"]
+        fr = list(cur["rho"].keys())
+        out += [
+            f"### {name} (estimate {s['estimate']})",
+            "",
+            "| order | metric | " + " | ".join(f"{float(f):.0%}" for f in fr) + " |",
+            "|---|---|" + "---|" * len(fr),
+        ]
+        for order in cur:
+            for m in ("spearman", "nmae", "topk_recall"):
+                out.append(
+                    f"| {order} | {m} | "
+                    + " | ".join(_f(cur[order][f][m]["median"]) for f in fr)
+                    + " |"
+                )
+        out.append("")
+    return "\n".join(out)
+
+
+def defaults_md(acc: dict) -> str:
+    d = acc.get("defaults")
+    if not d:
+        return ""
+    why = acc.get("defaults_why", {})
+    out = [
+        "## Defaults chosen by the benchmark",
+        "",
+        "```json",
+        json.dumps(d, indent=1),
+        "```",
+        "",
+    ]
+    for k in ("hvp_probes", "tau", "ig_steps", "mhvp_steps", "bound_scale"):
+        if k in why:
+            out.append(f"- **{k}**: {why[k]}")
+    out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- cost
+
+COST_COLS = [
+    ("forward", "forward"),
+    ("atp", "atp"),
+    ("hvp_joint", "hvp_joint"),
+    ("hvp_P", "hvp"),
+    ("ig_K", "ig"),
+    ("mhvp_K", "mhvp"),
+    ("screen_flag_fix", "Screen-Flag-Fix"),
+    ("ap", "ap batched"),
+    ("tl_atp", "TL attribution_patch"),
+    ("tl_ap_loop", "TL patching loop"),
+    ("hvp_exact", "hvp_exact"),
+]
+
+
+def _find(methods: dict, prefix: str) -> tuple[str | None, dict | None]:
+    for k, v in methods.items():
+        if k == prefix or (prefix.endswith(("_P", "_K")) and k.startswith(prefix)):
+            return k, v
+    return None, None
+
+
+def cost_md(cost: dict, title: str) -> str:
+    env = cost.get("environment", {})
+    st = cost.get("settings", {})
+    dev = env.get("gpu") or f"CPU ({env.get('cpu')}, {env.get('cpu_threads')} threads)"
+    out = [
+        f"## {title}",
+        "",
+        f"Device: **{dev}**; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+        f"TransformerLens {env.get('transformer_lens')}; {env.get('date')}. Randomly initialised "
+        f"GPT-2-family configs, {st.get('n_pairs')} pairs x {st.get('n_pos')} tokens, heads, "
+        f"logit_diff, fp32; {st.get('stat')}, up to {st.get('repeats')} runs. Milliseconds for "
+        "the whole head map, base pass included; (passes / batch passes) below each time; "
+        "peak memory in MiB (CPU: RSS growth; GPU: max allocated).",
+        "",
+    ]
+    hdr, keys = [], []
+    for pre, label in COST_COLS:
+        if any(_find(m["methods"], pre)[0] for m in cost["models"].values()):
+            k0 = next(
+                _find(m["methods"], pre)[0]
+                for m in cost["models"].values()
+                if _find(m["methods"], pre)[0]
+            )
+            hdr.append(
+                label
+                if pre not in ("hvp_P", "ig_K", "mhvp_K")
+                else f"{label} ({k0.split('_')[-1]})"
+            )
+            keys.append(pre)
+    out.append("| model (heads) | " + " | ".join(hdr) + " |")
+    out.append("|---|" + "---:|" * len(hdr))
+    mem_rows = []
+    for size, m in cost["models"].items():
+        cells, mems = [], []
+        for pre in keys:
+            _, v = _find(m["methods"], pre)
+            if not v or "median_s" not in v:
+                cells.append((v or {}).get("skipped") or ("error" if v and "error" in v else "-"))
+                mems.append("-")
+                continue
+            p = v.get("passes")
+            bp = v.get("batch_passes")
+            cells.append(
+                f"{_ms(v['median_s'])} ({p if p is not None else '?'}/{bp if bp is not None else '?'})"
+            )
+            mems.append(_f(v.get("peak_mem_mb"), 0))
+        out.append(f"| GPT-2 {size} ({m['n_components']}) | " + " | ".join(cells) + " |")
+        mem_rows.append(f"| GPT-2 {size} | " + " | ".join(mems) + " |")
+    out += [
+        "",
+        "Peak memory (MiB):",
+        "",
+        "| model | " + " | ".join(hdr) + " |",
+        "|---|" + "---:|" * len(hdr),
+        *mem_rows,
+        "",
+    ]
+    ab = cost.get("audit_bundled")
+    if ab and "median_s" in ab:
+        out += [
+            f"End to end on the CPU, `{ab['call']}` on the bundled model: median "
+            f"{ab['median_s']:.2f} s over {ab['repeats']} runs (model load {ab['load_seconds']:.2f} s "
+            "once).",
+            "",
+        ]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _bundled_ioi(acc: dict) -> list[tuple[str, dict]]:
+    return [
+        (n, c)
+        for n, c in acc["configs"].items()
+        if c["config"]["model"] == "bundled" and c["config"]["task"] == "ioi"
+    ]
+
+
+def targets(
+    acc: dict | None, cpu: dict | None, gpus: list[dict]
+) -> list[tuple[str, bool | None, str]]:
+    rows: list[tuple[str, bool | None, str]] = []
+    d = (acc or {}).get("defaults", {})
+    p_cpu = d.get("hvp_probes", {}).get("cpu", 8)
+    hkey = f"hvp_P{p_cpu}"
+    # 1 hvp <= 3x atp
+    for cost in [c for c in [cpu, *gpus] if c]:
+        dev = cost["environment"].get("gpu") or "CPU"
+        for size, m in cost["models"].items():
+            k, h = _find(m["methods"], "hvp_P")
+            a = m["methods"].get("atp")
+            if h and a and "median_s" in h and "median_s" in a:
+                ratio = h["median_s"] / a["median_s"]
+                rows.append(
+                    (
+                        f"{k} costs <= 3x atp ({dev}, GPT-2 {size})",
+                        ratio <= 3,
+                        f"{ratio:.2f}x ({_ms(h['median_s'])} vs {_ms(a['median_s'])} ms)",
+                    )
+                )
+    # 2 batched ap >= 3x faster than TL's loop on the CPU
+    if cpu:
+        for size, m in cpu["models"].items():
+            t, a = m["methods"].get("tl_ap_loop"), m["methods"].get("ap")
+            if t and a and "median_s" in t and "median_s" in a:
+                sp = t["median_s"] / a["median_s"]
+                rows.append(
+                    (
+                        f"batched ap >= 3x faster than TransformerLens's loop (CPU, GPT-2 {size})",
+                        sp >= 3,
+                        f"{sp:.2f}x ({_ms(t['median_s'])} vs {_ms(a['median_s'])} ms)",
+                    )
+                )
+    for cost in gpus:
+        for size, m in cost["models"].items():
+            t, a = m["methods"].get("tl_ap_loop"), m["methods"].get("ap")
+            if t and a and "median_s" in t and "median_s" in a:
+                sp = t["median_s"] / a["median_s"]
+                rows.append(
+                    (
+                        f"(info) batched ap vs TL loop on {cost['environment'].get('gpu')}, GPT-2 {size}",
+                        None,
+                        f"{sp:.2f}x faster",
+                    )
+                )
+    if acc:
+        # 3 hvp accuracy on bundled IOI
+        for n, c in _bundled_ioi(acc):
+            if c["config"]["site"] != "heads":
+                continue
+            t = c["analysis"]["methods"]
+            if hkey in t:
+                sp = t[hkey]["spearman"]["median"]
+                nm, na = t[hkey]["nmae"]["median"], t["atp"]["nmae"]["median"]
+                ok = (
+                    sp is not None
+                    and sp >= 0.9
+                    and nm is not None
+                    and na is not None
+                    and nm <= na / 2
+                )
+                rows.append(
+                    (
+                        f"{n}: {hkey} median Spearman >= 0.9 and NMAE <= half of atp's",
+                        ok,
+                        f"Spearman {_f(sp)}, NMAE {_f(nm)} vs atp {_f(na)}",
+                    )
+                )
+        # 4 AUROC, 5 coverage
+        for n, c in acc["configs"].items():
+            rel = c["analysis"]["reliability"]
+            for k in (hkey, "hvp_exact"):
+                r = rel.get(k)
+                if r and r.get("auroc") is not None and not math.isnan(r["auroc"]):
+                    rows.append(
+                        (
+                            f"{n}: reliability AUROC ({k}) >= 0.9",
+                            r["auroc"] >= 0.9,
+                            f"{r['auroc']:.3f} ({r['n_bad']} positives of {r['n_material']})",
+                        )
+                    )
+                elif r:
+                    rows.append(
+                        (
+                            f"{n}: reliability AUROC ({k}) >= 0.9",
+                            None,
+                            f"undefined ({r.get('n_bad')} positives of {r.get('n_material')})",
+                        )
+                    )
+            cal = c["analysis"].get("calibration", {}).get(hkey)
+            r = rel.get(hkey)
+            if r and cal:
+                raw = r["coverage"]["coverage"]
+                rows.append(
+                    (
+                        f"{n}: error-bound coverage ({hkey}) >= 90%, raw",
+                        raw is not None and raw >= 0.9,
+                        f"{_f(raw, 2)}",
+                    )
+                )
+                ho = cal.get("coverage_heldout_scaled")
+                rows.append(
+                    (
+                        f"{n}: coverage on held-out sets after calibration (scale {_f(cal.get('scale'), 2)})",
+                        ho is not None and ho >= 0.9,
+                        f"{_f(ho, 2)}",
+                    )
+                )
+        # 6 SFF
+        for n, c in acc["configs"].items():
+            if c["config"]["model"] != "bundled":
+                continue
+            cur = c["analysis"]["sff"]["curve"]["rho"]
+            best = None
+            for f in sorted(cur, key=float):
+                if float(f) > 0.25:
+                    continue
+                s, tk = cur[f]["spearman"]["median"], cur[f]["topk_recall"]["median"]
+                if s is not None and tk is not None and s >= 0.98 and tk >= 0.95:
+                    best = (f, s, tk)
+                    break
+            f25 = cur.get("0.25", {})
+            rows.append(
+                (
+                    f"{n}: Screen-Flag-Fix with <= 25% verified reaches Spearman >= 0.98 and top-k recall >= 0.95",
+                    best is not None,
+                    (
+                        f"at {float(best[0]):.0%}: Spearman {_f(best[1])}, recall {_f(best[2], 2)}"
+                        if best
+                        else f"at 25%: Spearman {_f(f25.get('spearman', {}).get('median'))}, "
+                        f"recall {_f(f25.get('topk_recall', {}).get('median'), 2)}"
+                    ),
+                )
+            )
+        # 7 mhvp vs ig16
+        for n, c in acc["configs"].items():
+            t = c["analysis"]["methods"]
+            ig = t.get("ig_K16")
+            if not ig:
+                continue
+            hit = None
+            for k in sorted((k for k in t if k.startswith("mhvp_K")), key=_sort_key):
+                m = t[k]
+                if (
+                    m["spearman"]["median"] is not None
+                    and ig["spearman"]["median"] is not None
+                    and m["spearman"]["median"] >= ig["spearman"]["median"] - 0.01
+                    and m["nmae"]["median"] <= ig["nmae"]["median"] + 0.01
+                    and m["batch_passes"]["median"] <= ig["batch_passes"]["median"] / 2
+                ):
+                    hit = (k, m)
+                    break
+            rows.append(
+                (
+                    f"{n}: mhvp matches ig(16)'s accuracy with <= half its (batch) passes",
+                    hit is not None,
+                    (
+                        f"{hit[0]}: Spearman {_f(hit[1]['spearman']['median'])} vs {_f(ig['spearman']['median'])}, "
+                        f"NMAE {_f(hit[1]['nmae']['median'])} vs {_f(ig['nmae']['median'])}, "
+                        f"{_f(hit[1]['batch_passes']['median'], 0)} vs {_f(ig['batch_passes']['median'], 0)} batch passes"
+                        if hit
+                        else f"ig16 Spearman {_f(ig['spearman']['median'])} NMAE {_f(ig['nmae']['median'])}; best mhvp "
+                        + ", ".join(
+                            f"{k}: {_f(t[k]['spearman']['median'])}/{_f(t[k]['nmae']['median'])}"
+                            for k in sorted((k for k in t if k.startswith("mhvp_K")), key=_sort_key)
+                        )
+                    ),
+                )
+            )
+    return rows
+
+
+def targets_md(rows) -> str:
+    out = ["## Targets", "", "| target | result | measured |", "|---|---|---|"]
+    for name, ok, val in rows:
+        res = "info" if ok is None else ("**met**" if ok else "**MISSED**")
+        out.append(f"| {name} | {res} | {val} |")
+    out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plots(acc: dict | None, plot_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    if not acc or not acc.get("configs"):
+        return made
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    cfgs = list(acc["configs"].items())
+    d = acc.get("defaults", {})
+    hkey = f"hvp_P{d.get('hvp_probes', {}).get('cpu', 8)}"
+
+    # accuracy vs cost
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(4.2 * len(cfgs), 4), squeeze=False)
+    for ax, (name, c) in zip(axes[0], cfgs, strict=True):
+        t = c["analysis"]["methods"]
+        fam = {
+            "atp": "C0",
+            "hvp_joint": "C1",
+            "hvp_P": "C2",
+            "hvp_exact": "C3",
+            "ig_K": "C4",
+            "mhvp_K": "C5",
+        }
+        for k in sorted((k for k in t if k != "ap"), key=_sort_key):
+            x, y = t[k]["batch_passes"]["median"], t[k]["spearman"]["median"]
+            if x is None or y is None:
+                continue
+            col = next((v for p, v in fam.items() if k == p or k.startswith(p)), "k")
+            ax.scatter([x], [y], color=col)
+            ax.annotate(k, (x, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("batch passes (log)")
+        ax.set_ylabel("median Spearman with ap")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = plot_dir / "accuracy_vs_cost.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    made.append(p)
+
+    # error vs fraction verified
+    fig, axes = plt.subplots(2, len(cfgs), figsize=(4.2 * len(cfgs), 7), squeeze=False)
+    for j, (name, c) in enumerate(cfgs):
+        cur = c["analysis"]["sff"]["curve"]
+        for i, m in enumerate(("nmae", "spearman")):
+            ax = axes[i][j]
+            for order in cur:
+                fr = sorted(cur[order], key=float)
+                ys = [cur[order][f][m]["median"] for f in fr]
+                ax.plot(
+                    [float(f) * 100 for f in fr],
+                    [float("nan") if y is None else y for y in ys],
+                    marker="o",
+                    label=order,
+                )
+            ax.set_xlabel("% of components verified with ap")
+            ax.set_ylabel(f"median {m}")
+            ax.set_title(name, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = plot_dir / "error_vs_verified.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    made.append(p)
+
+    # ROC
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(4.2 * len(cfgs), 4), squeeze=False)
+    for ax, (name, c) in zip(axes[0], cfgs, strict=True):
+        for k in (hkey, "hvp_exact"):
+            r = c["analysis"]["reliability"].get(k)
+            if r and r.get("roc") and r.get("auroc") is not None:
+                ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], label=f"{k} (AUROC {r['auroc']:.2f})")
+        has = bool(ax.get_lines())
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(name + ("" if has else " (no positives)"), fontsize=9)
+        if has:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = plot_dir / "roc.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    made.append(p)
+    return made
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--plots", default=str(ROOT / "bench" / "plots"))
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = ap.parse_args(argv)
+    res, plot_dir = Path(args.results), Path(args.plots)
+    acc = _load(res / "accuracy.json") or _load(res / "accuracy_quick.json")
+    cpu = _load(res / "cost_cpu.json") or _load(res / "cost_cpu_quick.json")
+    gpus = [g for g in (_load(p) for p in sorted(res.glob("cost_gpu*.json"))) if g]
+    vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
+
+    sections = []
+    if acc:
+        a_md = "\n".join([accuracy_md(acc), reliability_md(acc), sff_md(acc), defaults_md(acc)])
+        (res / "accuracy.md").write_text("# Accuracy benchmark\n\n" + a_md)
+    if cpu:
+        (res / "cost_cpu.md").write_text(cost_md(cpu, "Cost on the CPU"))
+    for g in gpus:
+        (res / "cost_gpu.md").write_text(
+            cost_md(g, f"Cost on {g['environment'].get('gpu', 'GPU')}")
+        )
+    rows = targets(acc, cpu, gpus)
+    for v in vec:
+        rows.append(
+            (
+                f"engine on {v.get('device_name', 'GPU')} matches the float64 reference vectors",
+                bool(v.get("pass")),
+                f"max relative error {_f(v.get('max_rel_err'), 7)}",
+            )
+        )
+    t_md = targets_md(rows)
+    (res / "targets.md").write_text(t_md)
+    made = plots(acc, plot_dir)
+
+    sections.append(t_md)
+    if acc:
+        sections.append(defaults_md(acc))
+    if cpu:
+        sections.append(cost_md(cpu, "Cost on the CPU"))
+    for g in gpus:
+        sections.append(cost_md(g, f"Cost on {g['environment'].get('gpu', 'GPU')}"))
+    if acc:
+        sections.append(accuracy_md(acc))
+        sections.append(reliability_md(acc))
+    if made:
+        sections.append("\n".join(f"![{p.stem}](bench/plots/{p.name})" for p in made) + "\n")
+    body = "\n".join(s for s in sections if s)
+    readme = Path(args.readme)
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    text = readme.read_text() if readme.exists() else ""
+    if start in text and end in text:
+        pre, rest = text.split(start, 1)
+        _, post = rest.split(end, 1)
+        readme.write_text(pre + start + "\n" + body + "\n" + end + post)
+        where = str(readme)
+    else:
+        (res / "README_tables.md").write_text(body)
+        where = str(res / "README_tables.md")
+    sys.stdout.write(f"wrote {res}/*.md, {len(made)} plots, section -> {where}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

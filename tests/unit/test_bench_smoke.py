@@ -1,0 +1,168 @@
+"""Smoke test of the benchmark code paths on a micro random model: the JSON schema, the
+defaults it would write and the report generator. Checks correctness, never timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from patchaudit import defaults as D
+from patchaudit.bench import accuracy as A
+from patchaudit.bench import common as C
+from patchaudit.bench import cost as K
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def acc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "accuracy.json"
+    cfg = A.Config(
+        "micro/random/heads",
+        "micro",
+        "random",
+        None,
+        "heads",
+        n_sets=2,
+        n_pairs=2,
+        n_pos=6,
+        probes=(1, 2),
+        ig_steps=(2,),
+        mhvp_steps=(1,),
+        vocab=64,
+    )
+    before = D.DEFAULTS_FILE.read_text() if D.DEFAULTS_FILE.exists() else None
+    r = A.run(str(out), configs=[cfg], write_defaults=False)
+    after = D.DEFAULTS_FILE.read_text() if D.DEFAULTS_FILE.exists() else None
+    assert before == after, "the smoke run must not touch defaults.json"
+    return out, r
+
+
+def test_accuracy_json_schema(acc):
+    out, r = acc
+    data = json.loads(out.read_text())
+    assert data["kind"] == "accuracy"
+    c = data["configs"]["micro/random/heads"]
+    assert len(c["sets"]) == 2
+    s = c["sets"][0]
+    n = s["n_components"]
+    for key in ("ap", "atp", "hvp_P1", "hvp_P2", "hvp_joint", "hvp_exact", "ig_K2", "mhvp_K1"):
+        assert len(s["values"][key]) == n, key
+    a = c["analysis"]
+    for key in ("atp", "hvp_P2", "ig_K2"):
+        row = a["methods"][key]
+        for m in ("spearman", "pearson", "nmae", "topk_recall", "sign_agreement"):
+            assert set(row[m]) == {"median", "q25", "q75", "n"}
+        sp = row["spearman"]["median"]
+        assert sp is None or -1.0 <= sp <= 1.0
+    assert set(a["reliability"]) >= {"hvp_P1", "hvp_P2", "hvp_exact"}
+    cur = a["sff"]["curve"]
+    assert set(cur) == set(A.ORDERS)
+    # verifying every component with ap gives ap back
+    full = A.sff_curve(c["sets"], "hvp_P2")
+    assert set(full["rho"]) == {f"{f:.2f}" for f in A.FRACTIONS}
+    d = data["defaults"]
+    assert set(d) == set(D._FALLBACK) | {"bound_scale"}
+    assert set(d["hvp_probes"]) == {"cpu", "cuda"} and 0 <= d["tau"] <= 1
+    assert d["ig_steps"] == 2 and d["mhvp_steps"] == 1
+    assert all(k in data["defaults_why"] for k in ("hvp_probes", "tau", "ig_steps", "mhvp_steps"))
+
+
+def test_exact_second_order_is_at_least_as_good_as_atp_on_its_own_sets(acc):
+    _, r = acc
+    sets = r["configs"]["micro/random/heads"]["sets"]
+    # ap is exact on itself; metrics of a perfect estimate
+    s = sets[0]
+    ap = torch.tensor(s["values"]["ap"]).numpy()
+    m = C.all_metrics(ap, ap, s["total_effect"])
+    assert m["nmae"] == 0 and m["topk_recall"] == 1 and m["sign_agreement"] == 1
+
+
+def test_metric_helpers():
+    import numpy as np
+
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert C.spearman(x, x**3) == pytest.approx(1.0)
+    assert C.nmae(x + 1, x) == pytest.approx(1 / 2.5)
+    assert C.auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert math.isnan(C.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
+    s = C.summary([1, 2, 3, float("nan")])
+    assert s["median"] == 2 and s["n"] == 3
+
+
+def test_cost_paths_and_report(acc, tmp_path):
+    model = A.get_model("micro", 64)
+    tp = C.random_token_pairs(2, 6, 64, seed=0).tokenize(model)
+    r = K.bench_model(
+        model,
+        tp,
+        torch.device("cpu"),
+        probes=2,
+        ig_steps=2,
+        mhvp_steps=1,
+        repeats=1,
+        max_seconds=5.0,
+        with_tl=True,
+        with_exact=True,
+        warmup=0,
+        memory=False,
+    )
+    for name in (
+        "forward",
+        "atp",
+        "hvp_P2",
+        "ig_K2",
+        "mhvp_K1",
+        "screen_flag_fix",
+        "ap",
+        "hvp_exact",
+        "tl_atp",
+        "tl_ap_loop",
+    ):
+        assert "median_s" in r[name], (name, r[name])
+        assert r[name]["median_s"] >= 0
+    assert r["ap"]["passes"] >= 1 and r["tl_ap_loop"]["passes"] == 1 + 2 * 2
+    # the report generator reads the JSON and writes tables, targets and plots
+    res = tmp_path / "results"
+    res.mkdir()
+    out_acc, _ = acc
+    (res / "accuracy.json").write_text(out_acc.read_text())
+    C.write_json(
+        res / "cost_cpu.json",
+        {
+            "kind": "cost",
+            "environment": C.environment(torch.device("cpu")),
+            "settings": {},
+            "models": {
+                "micro": {
+                    "n_layers": 2,
+                    "n_heads": 2,
+                    "d_model": 16,
+                    "n_components": 4,
+                    "methods": r,
+                }
+            },
+        },
+    )
+    spec = importlib.util.spec_from_file_location("make_report", ROOT / "bench" / "make_report.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    mr.main(
+        [
+            "--results",
+            str(res),
+            "--plots",
+            str(tmp_path / "plots"),
+            "--readme",
+            str(tmp_path / "README.md"),
+        ]
+    )
+    t = (res / "targets.md").read_text()
+    assert "batched ap >= 3x faster" in t and "costs <= 3x atp" in t
+    assert (tmp_path / "plots" / "roc.png").exists()
+    assert (res / "README_tables.md").exists()
