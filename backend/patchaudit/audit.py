@@ -193,7 +193,7 @@ def audit(
         direction=direction,
         methods=methods,
         labels=p.site.labels(),
-        scores={m: e.values.detach().cpu() for m, e in ests.items()},
+        scores={m: ests[m].values.detach().cpu() for m in methods},
         tau=tau,
         metric_base=float(b.f_base.mean()),
         metric_src=float(b.f_src.mean()),
@@ -211,8 +211,8 @@ def audit(
         base=b,
     )
     report.cost["base"] = base_cost.as_dict()
-    for m, e in ests.items():
-        report.cost[m] = (e.cost + base_cost).as_dict()
+    for m in methods:
+        report.cost[m] = (ests[m].cost + base_cost).as_dict()
     if "ap" in ests:
         v = ests["ap"].values
         report.verified = {

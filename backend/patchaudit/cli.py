@@ -91,16 +91,24 @@ def cmd_audit(argv: list[str]) -> int:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", default=None, help="write the report as JSON")
     ap.add_argument("--html", default=None, help="write a standalone HTML page with the heatmaps")
-    ap.add_argument(
-        "--png", default=None, help="write the corrected-estimate heatmap as PNG (needs kaleido)"
-    )
+    ap.add_argument("--png", default=None, help="write the heatmaps as PNG (kaleido + Chromium)")
     a = ap.parse_args(argv)
 
     from tqdm import tqdm
 
     import patchaudit as pa
 
+    bar = None
     try:
+        methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+        for kind, value, allowed in [
+            ("site", a.site, pa.SITES),
+            ("metric", a.metric, pa.METRICS),
+            ("direction", a.direction, pa.DIRECTIONS),
+            *[("method", m, pa.METHODS) for m in methods],
+        ]:  # before the model loads: a typo should not cost a load
+            if value not in allowed:
+                raise ValueError(f"unknown {kind} {value!r}: choose one of {', '.join(allowed)}")
         model = pa.load_model(a.model, device=a.device)
         pairs = pa.PromptPairs.from_task(a.task, n=a.n, seed=a.seed, corruption=a.corruption)
         bar = tqdm(
@@ -111,6 +119,7 @@ def cmd_audit(argv: list[str]) -> int:
         )
 
         def progress(phase: str, frac: float, passes: int) -> None:
+            assert bar is not None
             bar.set_description(f"{phase} ({passes} passes)")
             bar.n = int(frac * 1000)
             bar.refresh()
@@ -121,7 +130,7 @@ def cmd_audit(argv: list[str]) -> int:
             site=a.site,
             metric=a.metric,
             direction=a.direction,
-            methods=[m.strip() for m in a.methods.split(",") if m.strip()],
+            methods=methods,
             hvp_probes=a.hvp_probes,
             ig_steps=a.ig_steps,
             mhvp_steps=a.mhvp_steps,
@@ -135,12 +144,18 @@ def cmd_audit(argv: list[str]) -> int:
             bar.set_description(f"fixed {fix.fix_forwards} of {fix.full_sweep_forwards} components")
         bar.close()
     except ValueError as e:  # bad input: one line, no traceback
+        if bar is not None:
+            bar.leave = False
+            bar.close()
         _write(f"error: {e}", sys.stderr)
         return 2
     flagged = int(report.flags.sum()) if report.flags is not None else 0
+    m_clean, m_corr = report.metric_base, report.metric_src
+    if a.direction == "denoising":
+        m_clean, m_corr = m_corr, m_clean
     _write(
         f"{a.model} | {a.task} x{len(pairs)} | site {a.site} | {a.metric} {a.direction} | "
-        f"m(clean-side)={report.metric_base:+.3f} m(patched-in)={report.metric_src:+.3f} | "
+        f"m(clean)={m_clean:+.3f} m(corrupted)={m_corr:+.3f} | "
         f"{flagged} flagged of {report.estimate.numel()} (tau {report.tau})"
     )
     print_table(report, a.top)
@@ -152,9 +167,9 @@ def cmd_audit(argv: list[str]) -> int:
         Path(a.out).write_text(json.dumps(report.to_dict(), indent=1))
     if a.html:
         write_html(report, a.html)
-    if a.png:
-        m = "hvp" if "hvp" in report.scores else next(iter(report.scores))
-        report.figure(m).write_image(a.png, width=900, height=600)
+    if a.png:  # every method side by side on one colour scale
+        n = len(report.scores)
+        report.figure_panels().write_image(a.png, width=380 * n + 160, height=460)
     return 0
 
 

@@ -174,20 +174,12 @@ class Report:
             rows.append(row)
         return rows
 
-    def figure(self, method: str = "hvp"):
-        """A Plotly heatmap: layer rows, component columns, diverging scale centred at 0,
-        flagged cells outlined, hover with every number of the cell."""
-        import plotly.graph_objects as go
-
-        if method not in self.scores:
-            raise ValueError(f"method {method!r} is not in this report: {', '.join(self.scores)}")
-        z = self.scores[method]
-        n_rows, n_cols = z.shape
-        zmax = float(z.nan_to_num(0.0).abs().max()) or 1.0
+    def _hover(self) -> list[list[str]]:
+        rows, cols = len(self.labels["rows"]), len(self.labels["cols"])
         text = []
-        for i in range(n_rows):
+        for i in range(rows):
             row = []
-            for j in range(n_cols):
+            for j in range(cols):
                 parts = [f"{self.labels['row_name']} {i}, {self.labels['col_name']} {j}"]
                 for m, v in self.scores.items():
                     parts.append(f"{METHOD_LABELS.get(m, m)}: {float(v[i, j]):.4g}")
@@ -204,11 +196,17 @@ class Report:
                     parts.append(f"verified (activation patching): {self.verified[(i, j)]:.4g}")
                 row.append("<br>".join(parts))
             text.append(row)
-        fig = go.Figure(
+        return text
+
+    def _traces(self, method: str, zmax: float, text, first: bool) -> list:
+        """Heatmap (numeric axes: cell (i, j) at x = j, y = i), one path outlining every flagged
+        cell (scales with the cell, one trace however many), one marker trace for verified."""
+        import plotly.graph_objects as go
+
+        z = self.scores[method]
+        traces = [
             go.Heatmap(
                 z=z.tolist(),
-                x=self.labels["cols"],
-                y=self.labels["rows"],
                 colorscale="RdBu",
                 zmid=0.0,
                 zmin=-zmax,
@@ -216,43 +214,96 @@ class Report:
                 text=text,
                 hovertemplate="%{text}<extra></extra>",
                 colorbar={"title": {"text": self.metric}},
+                showscale=first,
             )
-        )
-        if self.flags is not None:
-            fi = self.flags.nonzero().tolist()
-            fig.add_trace(
+        ]
+        if self.flags is not None and bool(self.flags.any()):
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            h = 0.44
+            for i, j in self.flags.nonzero().tolist():
+                xs += [j - h, j + h, j + h, j - h, j - h, None]
+                ys += [i - h, i - h, i + h, i + h, i - h, None]
+            traces.append(
                 go.Scatter(
-                    x=[self.labels["cols"][j] for _, j in fi],
-                    y=[self.labels["rows"][i] for i, _ in fi],
-                    mode="markers",
-                    marker={
-                        "symbol": "square-open",
-                        "size": 18,
-                        "color": "black",
-                        "line": {"width": 3},
-                    },
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"color": "black", "width": 3},
                     name="flagged",
                     hoverinfo="skip",
+                    showlegend=first,
                 )
             )
         if self.verified:
             vi = list(self.verified)
-            fig.add_trace(
+            traces.append(
                 go.Scatter(
-                    x=[self.labels["cols"][j] for _, j in vi],
-                    y=[self.labels["rows"][i] for i, _ in vi],
+                    x=[j for _, j in vi],
+                    y=[i for i, _ in vi],
                     mode="markers",
                     marker={"symbol": "circle", "size": 6, "color": "black"},
-                    name="verified",
+                    name="verified (activation patching)",
                     hoverinfo="skip",
+                    showlegend=first,
                 )
             )
+        return traces
+
+    def _axes(self) -> tuple[dict, dict]:
+        rows, cols = self.labels["rows"], self.labels["cols"]
+        x = {
+            "title": self.labels["col_name"],
+            "tickvals": list(range(len(cols))),
+            "ticktext": cols,
+            "showgrid": False,
+            "zeroline": False,
+        }
+        y = {
+            "title": self.labels["row_name"],
+            "tickvals": list(range(len(rows))),
+            "ticktext": rows,
+            "autorange": "reversed",
+            "showgrid": False,
+            "zeroline": False,
+        }
+        return x, y
+
+    def figure(self, method: str = "hvp"):
+        """A Plotly heatmap: layer rows, component columns, diverging scale centred at 0,
+        flagged cells outlined, hover with every number of the cell."""
+        return self.figure_panels([method])
+
+    def figure_panels(self, methods: list[str] | None = None):
+        """Heatmaps of several methods side by side on one colour scale (centred at 0)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        methods = list(methods or self.scores)
+        for m in methods:
+            if m not in self.scores:
+                raise ValueError(f"method {m!r} is not in this report: {', '.join(self.scores)}")
+        zmax = max(float(self.scores[m].nan_to_num(0.0).abs().max()) for m in methods) or 1.0
+        text = self._hover()
+        if len(methods) == 1:
+            fig = go.Figure(self._traces(methods[0], zmax, text, True))
+        else:
+            fig = make_subplots(
+                rows=1,
+                cols=len(methods),
+                horizontal_spacing=0.04,
+                subplot_titles=[METHOD_LABELS.get(m, m) for m in methods],
+            )
+            for k, m in enumerate(methods):
+                for t in self._traces(m, zmax, text, k == 0):
+                    fig.add_trace(t, row=1, col=k + 1)
+        x, y = self._axes()
+        fig.update_xaxes(**x)
+        fig.update_yaxes(**y)
+        title = ", ".join(METHOD_LABELS.get(m, m) for m in methods)
         fig.update_layout(
-            title=f"{METHOD_LABELS.get(method, method)} ({self.metric}, {self.direction})",
-            xaxis_title=self.labels["col_name"],
-            yaxis_title=self.labels["row_name"],
-            yaxis={"autorange": "reversed", "type": "category"},
-            xaxis={"type": "category"},
-            legend={"orientation": "h", "y": -0.15},
+            title=f"{title} ({self.site}, {self.metric}, {self.direction})",
+            legend={"orientation": "h", "y": -0.18},
+            plot_bgcolor="white",
         )
         return fig

@@ -58,6 +58,9 @@ def test_submit_progress_result(stack: Stack) -> None:
     assert res["verified"] == {}
     assert res["cost"]["hvp"]["forward"] >= 1
     assert d["request"]["model"] == stack.tiny and d["request"]["methods"] == ["atp", "hvp"]
+    # the prompts the analysis ran on, decoded (token pairs here)
+    assert len(res["pairs"]) == len(d["request"]["tokens"]["clean"])
+    assert set(res["pairs"][0]) == {"clean", "corrupted", "answer", "wrong"}
 
 
 def test_dedup_same_request_same_analysis(stack: Stack, done: dict) -> None:
@@ -307,6 +310,7 @@ def test_api_token_guards_writes_not_reads(stack: Stack, done: dict) -> None:
         r = client.post("/api/analyses", json=body, headers={"X-API-Token": token})
         assert r.status_code == 202
         assert client.get(f"/api/analyses/{done['id']}").status_code == 200  # reads stay open
+        assert client.get("/healthz").json()["auth_required"] is True
         assert client.post(f"/api/analyses/{done['id']}/cancel").status_code == 401
     finally:
         client.close()
@@ -364,6 +368,7 @@ def test_healthz(stack: Stack) -> None:
     d = stack.client.get("/healthz").json()
     assert d["status"] == "ok" and d["redis"] is True and d["workers"] >= 1
     assert d["cache"]["entries"] >= 1
+    assert d["auth_required"] is False  # this stack has no API token
 
 
 def test_frontend_routes(stack: Stack, done: dict) -> None:

@@ -153,6 +153,9 @@ class AnalysisResult(BaseModel):
     )
     cost: dict[str, dict[str, float]] = Field(default_factory=dict)
     fix: FixInfo | None = None
+    pairs: list[dict[str, str]] | None = Field(
+        default=None, description="the prompts the analysis ran on (task sets are generated)"
+    )
 
 
 class Verification(BaseModel):
@@ -249,6 +252,7 @@ class Health(BaseModel):
     workers: int
     queued: int = 0
     cache: CacheStats | None = None
+    auth_required: bool = False  # writes need the team token (reads by link stay open)
     message: str = ""
 
 

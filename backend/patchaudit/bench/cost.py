@@ -17,7 +17,7 @@ import torch
 
 from .. import defaults as D
 from ..estimators import methods as M
-from ..estimators.core import Tracker, compute_base, make_problem
+from ..estimators.core import Tracker, compute_base, compute_base_fused, make_problem
 from . import common as C
 from .accuracy import batch_passes
 
@@ -134,10 +134,31 @@ def bench_model(
 
         return go
 
+    def fused(name: str, method: str, k: int):
+        """The engine's screen: the second-order tangents ride on the base pass itself."""
+
+        def go():
+            p = problem()
+            tr = Tracker()
+            signs, combine = M.second_order_signs(p, method, k, 0)
+            b, y = compute_base_fused(p, tr, signs)
+            assert y is not None
+            M.from_tangents(p, b, y, combine)
+            passes[name] = {
+                "passes": tr.forward + tr.backward,
+                "forward": tr.forward,
+                "backward": tr.backward,
+                "batch_passes": batch_passes(method, k, n),
+                "schedule": p.hvp_mode,
+            }
+
+        return go
+
     def sff():
         r = pa.screen_flag_fix(model, tp, hvp_probes=probes)
+        sc, fx = r.cost["screen"], r.cost["fix"]
         passes["screen_flag_fix"] = {
-            "passes": 3 + 3 + len({c[0] for c in r.flagged}),
+            "passes": sc["forward"] + sc["backward"] + fx["forward"],
             "flagged": len(r.flagged),
             "batch_passes": batch_passes("hvp", probes, n) + len(r.flagged),
         }
@@ -150,16 +171,8 @@ def bench_model(
     jobs = [
         ("forward", fwd),
         ("atp", ours("atp", "atp", 0, lambda p, b, tr: M.atp(p, b, tr))),
-        ("hvp_joint", ours("hvp_joint", "hvp_joint", 0, lambda p, b, tr: M.hvp_joint(p, b, tr))),
-        (
-            f"hvp_P{probes}",
-            ours(
-                f"hvp_P{probes}",
-                "hvp",
-                probes,
-                lambda p, b, tr: M.hvp(p, b, probes=probes, tracker=tr),
-            ),
-        ),
+        ("hvp_joint", fused("hvp_joint", "hvp_joint", 0)),
+        *[(f"hvp_P{k}", fused(f"hvp_P{k}", "hvp", k)) for k in sorted({1, 4, probes})],
         (
             f"ig_K{ig_steps}",
             ours(
@@ -182,9 +195,7 @@ def bench_model(
         ("ap", ours("ap", "ap", 0, lambda p, b, tr: M.ap(p, b, tracker=tr))),
     ]
     if with_exact:
-        jobs.append(
-            ("hvp_exact", ours("hvp_exact", "hvp_exact", 0, lambda p, b, tr: M.hvp_exact(p, b, tr)))
-        )
+        jobs.append(("hvp_exact", fused("hvp_exact", "hvp_exact", 0)))
     if with_tl:
         jobs.append(("tl_atp", lambda: tl_atp(model, tp)))
         passes["tl_atp"] = {"passes": 3 * len(tp), "batch_passes": 3 * len(tp)}

@@ -167,6 +167,29 @@ def _prepare(rt: Runtime, request: dict[str, Any]) -> tuple[Any, Any, str]:
     return model, tp, cache_key([bkey])
 
 
+def _pair_texts(model: Any, request: dict[str, Any], tp: Any, limit: int = 64) -> list[dict]:
+    """The prompts the analysis ran on, as text (task sets are generated, so the page could not
+    show them otherwise); token-level sets are decoded with the model's tokenizer."""
+    pairs = build_pairs(request)
+    if pairs.clean:
+        return pairs.to_records()[:limit]
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return []
+    out = []
+    for i in range(min(len(tp), limit)):
+        last = int(tp.last_pos[i]) + 1
+        out.append(
+            {
+                "clean": tok.decode(tp.clean[i, :last].tolist()),
+                "corrupted": tok.decode(tp.corrupted[i, :last].tolist()),
+                "answer": tok.decode([int(tp.answer_ids[i])]),
+                "wrong": tok.decode([int(tp.wrong_ids[i])]),
+            }
+        )
+    return out
+
+
 def _load_base(rt: Runtime, key: str | None) -> Any:
     import patchaudit as pa
 
@@ -246,6 +269,7 @@ def run_analysis(analysis_id: str) -> dict[str, Any]:
             _save_base(rt, key, report.base)
         result = report.to_dict()
         result["cache_hit"] = base is not None
+        result["pairs"] = _pair_texts(model, req, tp)
         store.set_result(analysis_id, result, key)
         log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
         return {"status": "done"}

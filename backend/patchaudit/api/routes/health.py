@@ -45,7 +45,13 @@ def healthz(
         conn.ping()
     except Exception as e:
         response.status_code = 503
-        return Health(status="down", redis=False, workers=0, message=f"Redis unreachable: {e}")
+        return Health(
+            status="down",
+            redis=False,
+            workers=0,
+            auth_required=bool(settings.api_token),
+            message=f"Redis unreachable: {e}",
+        )
     workers = live_workers(conn, queue, settings.worker_ttl_s + 15)
     try:
         stats = CacheStats.model_validate(cache.stats())
@@ -57,5 +63,6 @@ def healthz(
         workers=workers,
         queued=queue.count,
         cache=stats,
+        auth_required=bool(settings.api_token),
         message="" if workers else "no worker is running: start `patchaudit worker`",
     )
