@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-deps run test lint unit integration e2e bench bench-quick screenshots clean
+.PHONY: install system-deps run test lint unit integration e2e bench bench-quick docs screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ bench: install
 	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
 	$(PY) bench/bench_verify_latency.py
 	$(PY) bench/make_report.py
+	$(MAKE) docs
+
+# the README's audit example (head map PNG + error table) and the bundled model's accuracy
+docs: install system-deps
+	$(VENV)/bin/patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap \
+	  --out docs/audit/report.json --html docs/audit/report.html --png docs/audit/heads.png > docs/audit/table.txt
+	$(PY) bench/make_docs.py
 
 bench-quick: install
 	$(VENV)/bin/patchaudit bench accuracy --quick --out /tmp/patchaudit-accuracy-quick.json

@@ -222,6 +222,8 @@ def cost_md(cost: dict, title: str) -> str:
         "peak memory in MiB (CPU: RSS growth; GPU: max allocated).",
         "",
     ]
+    if cost.get("note"):
+        out += [f"*{cost['note']}*", ""]
     hdr, keys = [], []
     for pre, label in COST_COLS:
         if any(_find(m["methods"], pre)[0] for m in cost["models"].values()):
@@ -296,8 +298,11 @@ def targets(
     # 1 hvp <= 3x atp
     for cost in [c for c in [cpu, *gpus] if c]:
         dev = cost["environment"].get("gpu") or "CPU"
+        default_p = d.get("hvp_probes", {}).get("cuda" if cost["environment"].get("gpu") else "cpu")
         for size, m in cost["models"].items():
-            k, h = _find(m["methods"], "hvp_P")
+            k, h = _find(m["methods"], f"hvp_P{default_p}" if default_p else "hvp_P")
+            if h is None:
+                k, h = _find(m["methods"], "hvp_P")
             a = m["methods"].get("atp")
             if h and a and "median_s" in h and "median_s" in a:
                 ratio = h["median_s"] / a["median_s"]
@@ -585,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         (res / "accuracy.md").write_text("# Accuracy benchmark\n\n" + a_md)
     if cpu:
         (res / "cost_cpu.md").write_text(cost_md(cpu, "Cost on the CPU"))
-    for g in gpus:
-        (res / "cost_gpu.md").write_text(
+    for path, g in zip(sorted(res.glob("cost_gpu*.json")), gpus, strict=False):
+        (res / f"{path.stem}.md").write_text(
             cost_md(g, f"Cost on {g['environment'].get('gpu', 'GPU')}")
         )
     rows = targets(acc, cpu, gpus)

@@ -53,11 +53,7 @@ def _problem(
     tp = pairs if isinstance(pairs, TokenPairs) else pairs.tokenize(model)
     p = make_problem(
         model,
-        tp.clean,
-        tp.corrupted,
-        tp.answer_ids,
-        tp.wrong_ids,
-        tp.last_pos,
+        tp,
         site,
         metric,
         direction,

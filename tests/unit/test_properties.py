@@ -126,11 +126,7 @@ def _problem(model, pairs, site="heads"):
     tp = pairs.tokenize(model)
     p = core.make_problem(
         model,
-        tp.clean,
-        tp.corrupted,
-        tp.answer_ids,
-        tp.wrong_ids,
-        tp.last_pos,
+        tp,
         site,
         "logit_diff",
         "noising",

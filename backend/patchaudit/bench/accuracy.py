@@ -155,11 +155,7 @@ def run_set(cfg: Config, model, seed: int, with_exact: bool) -> dict:
     tp = pairs.tokenize(model)
     p = make_problem(
         model,
-        tp.clean,
-        tp.corrupted,
-        tp.answer_ids,
-        tp.wrong_ids,
-        tp.last_pos,
+        tp,
         cfg.site,
         "logit_diff",
         "noising",

@@ -106,11 +106,7 @@ def bench_model(
     def problem():
         return make_problem(
             model,
-            tp.clean,
-            tp.corrupted,
-            tp.answer_ids,
-            tp.wrong_ids,
-            tp.last_pos,
+            tp,
             "heads",
             "logit_diff",
             "noising",
@@ -202,6 +198,10 @@ def bench_model(
         if tl_loop:
             jobs.append(("tl_ap_loop", lambda: tl_ap_loop(model, tp)))
             passes["tl_ap_loop"] = {"passes": 1 + n, "batch_passes": 1 + n}
+    only = os.environ.get("PATCHAUDIT_BENCH_METHODS")  # e.g. "forward,atp,hvp_P8": a subset
+    if only:
+        keep = {m.strip() for m in only.split(",")}
+        jobs = [(name, fn) for name, fn in jobs if name in keep]
     out: dict = {}
     for name, fn in jobs:
         if deadline is not None and time.perf_counter() > deadline:

@@ -166,17 +166,17 @@ class Problem:
 
 def make_problem(
     model,
-    clean: Tensor,
-    corrupted: Tensor,
-    answer_ids: Tensor,
-    wrong_ids: Tensor,
-    last_pos: Tensor,
+    tp: Any,
     site: str,
     metric: str,
     direction: str,
     memory_budget_mb: float | None = None,
     hvp_mode: str | None = None,
 ) -> Problem:
+    """The problem of token pairs ``tp`` (a TokenPairs: clean, corrupted [batch, pos];
+    answer_ids, wrong_ids, last_pos [batch]) on ``model``."""
+    clean, corrupted = tp.clean, tp.corrupted
+    answer_ids, wrong_ids, last_pos = tp.answer_ids, tp.wrong_ids, tp.last_pos
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}: choose noising or denoising")
     base, src = (clean, corrupted) if direction == "noising" else (corrupted, clean)

@@ -187,18 +187,25 @@ def verify_components(
         )
     done = set(rec.verified) | set((rec.result or {}).get("verified") or {})
     new = [c for c in comps if c not in done and c not in rec.pending]
-    job_id = None
-    if new:
-        store.add_pending(analysis_id, new)
-        job_id = enqueue(
-            queue, store, "verify", analysis_id, new, job_timeout_s=settings.job_timeout_s
-        )
+    job_id = _queue_components(settings, store, queue, "verify", analysis_id, new)
+    return _accepted(rec, analysis_id, new, job_id)
+
+
+def _queue_components(settings, store, queue, kind: str, analysis_id: str, comps: list[str]):  # noqa: ANN001
+    """Mark ``comps`` pending and queue one job of ``kind`` (verify or fix) for them."""
+    if not comps:
+        return None
+    store.add_pending(analysis_id, comps)
+    return enqueue(queue, store, kind, analysis_id, comps, job_timeout_s=settings.job_timeout_s)
+
+
+def _accepted(rec, analysis_id: str, comps: list[str], job_id: str | None) -> VerifyAccepted:  # noqa: ANN001
     return VerifyAccepted(
         id=analysis_id,
         status=rec.status,
         url=page_url(analysis_id),
-        components=new,
-        pending=sorted(set(rec.pending) | set(new), key=parse_component_key),
+        components=comps,
+        pending=sorted(set(rec.pending) | set(comps), key=parse_component_key),
         job_id=job_id,
     )
 
@@ -237,40 +244,17 @@ def fix_flagged(
     done = set(rec.verified) | set(rec.result.get("verified") or {})
     flagged = [c for c in flagged_components(rec.result, done) if c not in rec.pending]
     total = n_components(rec.result)
-    job_id = None
-    if flagged:
-        store.add_pending(analysis_id, flagged)
-        job_id = enqueue(
-            queue, store, "fix", analysis_id, flagged, job_timeout_s=settings.job_timeout_s
-        )
-        store.update(
-            analysis_id,
-            fix={
-                "status": JobStatus.QUEUED.value,
-                "components": flagged,
-                "forwards": 0,
-                "full_sweep_forwards": total,
-                "job_id": job_id,
-            },
-        )
-    else:
-        store.update(
-            analysis_id,
-            fix={
-                "status": JobStatus.DONE.value,
-                "components": [],
-                "forwards": 0,
-                "full_sweep_forwards": total,
-            },
-        )
-    return VerifyAccepted(
-        id=analysis_id,
-        status=rec.status,
-        url=page_url(analysis_id),
-        components=flagged,
-        pending=sorted(set(rec.pending) | set(flagged), key=parse_component_key),
-        job_id=job_id,
-    )
+    job_id = _queue_components(settings, store, queue, "fix", analysis_id, flagged)
+    fix = {
+        "status": (JobStatus.QUEUED if flagged else JobStatus.DONE).value,
+        "components": flagged,
+        "forwards": 0,
+        "full_sweep_forwards": total,
+    }
+    if job_id:
+        fix["job_id"] = job_id
+    store.update(analysis_id, fix=fix)
+    return _accepted(rec, analysis_id, flagged, job_id)
 
 
 @router.post(

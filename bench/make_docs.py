@@ -1,0 +1,142 @@
+"""Fill the README's generated sections that do not come from the benchmark JSON:
+
+- `audit`: the head map and error table of `patchaudit audit` on the bundled model (IOI, 16
+  pairs), from docs/audit/report.json and docs/audit/heads.png (made by `make docs`);
+- `bundled`: the bundled model's size and held-out accuracy, from its metrics.json.
+
+python bench/make_docs.py [--readme README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    pat = re.compile(rf"(<!-- {name}:start -->)(.*?)(<!-- {name}:end -->)", re.S)
+    if not pat.search(text):
+        raise SystemExit(f"README has no <!-- {name}:start/end --> markers")
+    return pat.sub(lambda m: f"{m.group(1)}\n{body.strip()}\n{m.group(3)}", text)
+
+
+def _err(est: list[list[float]], ap: list[list[float]]) -> dict:
+    e = [abs(a - b) for ra, rb in zip(est, ap, strict=True) for a, b in zip(ra, rb, strict=True)]
+    flat_ap = [abs(b) for rb in ap for b in rb]
+    big = [i for i, v in enumerate(flat_ap) if v >= 0.5 * max(flat_ap) * 0.1]
+    rel = [e[i] / flat_ap[i] for i in big]
+    return {
+        "nmae": sum(e) / sum(flat_ap),
+        "max": max(e),
+        "median_rel": sorted(rel)[len(rel) // 2],
+        "worst_rel": max(rel),
+    }
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        for k, i in enumerate(order):
+            r[i] = float(k)
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb)
+
+
+def audit_section() -> str:
+    rep = json.loads((ROOT / "docs/audit/report.json").read_text())
+    ap = rep["scores"]["ap"]
+    flat_ap = [v for row in ap for v in row]
+    rows = []
+    for m in ("atp", "hvp"):
+        est = rep["scores"][m]
+        e = _err(est, ap)
+        flat = [v for row in est for v in row]
+        rows.append(
+            f"| {m} | {_spearman(flat, flat_ap):.3f} | {e['nmae']:.3f} | {e['median_rel']:.1%} | "
+            f"{e['worst_rel']:.1%} | {e['max']:.3f} |"
+        )
+    s = rep["settings"]
+    n_flag = sum(v for row in rep["flags"] for v in row)
+    cost = rep["cost"]
+    table = (Path(ROOT / "docs/audit/table.txt").read_text()).rstrip()
+    return f"""
+`patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap --out docs/audit/report.json --png docs/audit/heads.png`
+(`make docs` regenerates it), on this 2-core CPU: hvp with {s['hvp_probes']} probes, tau {rep['tau']},
+{n_flag} of 16 heads flagged (outlined); every head verified by activation patching (dots).
+
+![AtP, HVP-corrected and activation-patching head maps of the bundled model on IOI](docs/audit/heads.png)
+
+Error against activation patching on these 16 pairs (relative errors over heads with
+|ap| >= 5% of the largest):
+
+| estimate | Spearman with ap | NMAE | median relative error | worst relative error | max abs error |
+|---|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Passes and CPU time: atp {cost['atp']['forward']} forwards + {cost['atp']['backward']} backward
+({cost['atp']['seconds'] * 1000:.0f} ms); hvp {cost['hvp']['forward']} forwards +
+{cost['hvp']['backward']} backwards ({cost['hvp']['seconds'] * 1000:.0f} ms; the probes' double
+backwards ride on the AtP pass); ap {cost['ap']['forward']} forwards
+({cost['ap']['seconds'] * 1000:.0f} ms).
+
+```
+{table}
+```
+"""
+
+
+def bundled_section() -> str:
+    d = json.loads((ROOT / "backend/patchaudit/models/bundled/metrics.json").read_text())
+    h, st = d["held_out"], d["settings"]
+    return f"""
+A GPT-2-architecture model the project trains itself (`python -m patchaudit.models.train_bundled`,
+deterministic, about {d['train_seconds'] / 60:.0f} minutes on 2 CPU cores): {st['n_layer']} layers x
+{st['n_head']} heads, d_model {st['n_embd']}, {d['params']:,} parameters, a {d['vocab_size']}-word
+word-level tokenizer; `backend/patchaudit/models/bundled/` holds `model.safetensors`
+({d['model_safetensors_bytes'] / 1e6:.1f} MB), `tokenizer.json` and `config.json`, and loads
+offline with `TransformerBridge.boot_transformers(dir)` (`pa.load_model("bundled")`). Trained on
+IOI sentences ("When Mary and John went to the store , John gave a drink to" -> " Mary", 50
+templates, 30 names) and repeated random-token sequences (induction). Held-out accuracy
+({h['ioi_clean']['n']} prompts each, `metrics.json`):
+
+| task | accuracy | mean logit difference (answer - wrong) |
+|---|---:|---:|
+| IOI, clean (answer beats every other name) | {h['ioi_clean']['acc_vs_all_names']:.1%} | {h['ioi_clean']['mean_logit_diff']:+.2f} |
+| IOI, third-name corruption (abc) | {h['ioi_abc_corrupted']['acc_vs_subject']:.1%} | {h['ioi_abc_corrupted']['mean_logit_diff']:+.2f} |
+| IOI, name-swap corruption | {h['ioi_swap_corrupted']['acc_vs_subject']:.1%} | {h['ioi_swap_corrupted']['mean_logit_diff']:+.2f} |
+| induction, last token of the repeat (half length 8) | {h['induction_clean']['acc_top1']:.1%} | {h['induction_clean']['mean_logit_diff']:+.2f} |
+| induction, random-token corruption of the first half | {h['induction_corrupted']['acc_top1']:.1%} | {h['induction_corrupted']['mean_logit_diff']:+.2f} |
+| induction, every position of the repeated half | {h['induction_clean']['acc_repeated_half']:.1%} | |
+
+IOI is solved. Induction is partial: the last repeated token is predicted 93% of the time, but
+early positions of the repeat much less often (the model partly predicts "the token seen once
+and not yet repeated"); longer training would sharpen it.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    a = ap.parse_args()
+    p = Path(a.readme)
+    text = p.read_text()
+    text = replace_section(text, "audit", audit_section())
+    text = replace_section(text, "bundled", bundled_section())
+    p.write_text(text)
+    print(f"wrote the audit and bundled sections of {p}")
+
+
+if __name__ == "__main__":
+    main()
