@@ -73,7 +73,7 @@ def audit_section() -> str:
     table = (Path(ROOT / "docs/audit/table.txt").read_text()).rstrip()
     return f"""
 `patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap --out docs/audit/report.json --png docs/audit/heads.png`
-(`make docs` regenerates it), on this 2-core CPU: hvp with {s['hvp_probes']} probes, tau {rep['tau']},
+(`make docs` regenerates it), on this 2-core CPU: hvp with {s["hvp_probes"]} probes, tau {rep["tau"]},
 {n_flag} of 16 heads flagged (outlined); every head verified by activation patching (dots).
 
 ![AtP, HVP-corrected and activation-patching head maps of the bundled model on IOI](docs/audit/heads.png)
@@ -85,11 +85,11 @@ Error against activation patching on these 16 pairs (relative errors over heads 
 |---|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Passes and CPU time: atp {cost['atp']['forward']} forwards + {cost['atp']['backward']} backward
-({cost['atp']['seconds'] * 1000:.0f} ms); hvp {cost['hvp']['forward']} forwards +
-{cost['hvp']['backward']} backwards ({cost['hvp']['seconds'] * 1000:.0f} ms; the probes' double
-backwards ride on the AtP pass); ap {cost['ap']['forward']} forwards
-({cost['ap']['seconds'] * 1000:.0f} ms).
+Passes and CPU time: atp {cost["atp"]["forward"]} forwards + {cost["atp"]["backward"]} backward
+({cost["atp"]["seconds"] * 1000:.0f} ms); hvp {cost["hvp"]["forward"]} forwards +
+{cost["hvp"]["backward"]} backwards ({cost["hvp"]["seconds"] * 1000:.0f} ms; the probes' double
+backwards ride on the AtP pass); ap {cost["ap"]["forward"]} forwards
+({cost["ap"]["seconds"] * 1000:.0f} ms).
 
 ```
 {table}
@@ -102,23 +102,23 @@ def bundled_section() -> str:
     h, st = d["held_out"], d["settings"]
     return f"""
 A GPT-2-architecture model the project trains itself (`python -m patchaudit.models.train_bundled`,
-deterministic, about {d['train_seconds'] / 60:.0f} minutes on 2 CPU cores): {st['n_layer']} layers x
-{st['n_head']} heads, d_model {st['n_embd']}, {d['params']:,} parameters, a {d['vocab_size']}-word
+deterministic, about {d["train_seconds"] / 60:.0f} minutes on 2 CPU cores): {st["n_layer"]} layers x
+{st["n_head"]} heads, d_model {st["n_embd"]}, {d["params"]:,} parameters, a {d["vocab_size"]}-word
 word-level tokenizer; `backend/patchaudit/models/bundled/` holds `model.safetensors`
-({d['model_safetensors_bytes'] / 1e6:.1f} MB), `tokenizer.json` and `config.json`, and loads
+({d["model_safetensors_bytes"] / 1e6:.1f} MB), `tokenizer.json` and `config.json`, and loads
 offline with `TransformerBridge.boot_transformers(dir)` (`pa.load_model("bundled")`). Trained on
 IOI sentences ("When Mary and John went to the store , John gave a drink to" -> " Mary", 50
 templates, 30 names) and repeated random-token sequences (induction). Held-out accuracy
-({h['ioi_clean']['n']} prompts each, `metrics.json`):
+({h["ioi_clean"]["n"]} prompts each, `metrics.json`):
 
 | task | accuracy | mean logit difference (answer - wrong) |
 |---|---:|---:|
-| IOI, clean (answer beats every other name) | {h['ioi_clean']['acc_vs_all_names']:.1%} | {h['ioi_clean']['mean_logit_diff']:+.2f} |
-| IOI, third-name corruption (abc) | {h['ioi_abc_corrupted']['acc_vs_subject']:.1%} | {h['ioi_abc_corrupted']['mean_logit_diff']:+.2f} |
-| IOI, name-swap corruption | {h['ioi_swap_corrupted']['acc_vs_subject']:.1%} | {h['ioi_swap_corrupted']['mean_logit_diff']:+.2f} |
-| induction, last token of the repeat (half length 8) | {h['induction_clean']['acc_top1']:.1%} | {h['induction_clean']['mean_logit_diff']:+.2f} |
-| induction, random-token corruption of the first half | {h['induction_corrupted']['acc_top1']:.1%} | {h['induction_corrupted']['mean_logit_diff']:+.2f} |
-| induction, every position of the repeated half | {h['induction_clean']['acc_repeated_half']:.1%} | |
+| IOI, clean (answer beats every other name) | {h["ioi_clean"]["acc_vs_all_names"]:.1%} | {h["ioi_clean"]["mean_logit_diff"]:+.2f} |
+| IOI, third-name corruption (abc) | {h["ioi_abc_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_abc_corrupted"]["mean_logit_diff"]:+.2f} |
+| IOI, name-swap corruption | {h["ioi_swap_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_swap_corrupted"]["mean_logit_diff"]:+.2f} |
+| induction, last token of the repeat (half length 8) | {h["induction_clean"]["acc_top1"]:.1%} | {h["induction_clean"]["mean_logit_diff"]:+.2f} |
+| induction, random-token corruption of the first half | {h["induction_corrupted"]["acc_top1"]:.1%} | {h["induction_corrupted"]["mean_logit_diff"]:+.2f} |
+| induction, every position of the repeated half | {h["induction_clean"]["acc_repeated_half"]:.1%} | |
 
 IOI is solved. Induction is partial: the last repeated token is predicted 93% of the time, but
 early positions of the repeat much less often (the model partly predicts "the token seen once

@@ -226,17 +226,16 @@ def cost_md(cost: dict, title: str) -> str:
         out += [f"*{cost['note']}*", ""]
     hdr, keys = [], []
     for pre, label in COST_COLS:
-        if any(_find(m["methods"], pre)[0] for m in cost["models"].values()):
-            k0 = next(
-                _find(m["methods"], pre)[0]
-                for m in cost["models"].values()
-                if _find(m["methods"], pre)[0]
+        names = {k for m in cost["models"].values() for k in m["methods"]}
+        if pre in ("hvp_P", "ig_K", "mhvp_K"):  # one column per measured P / K
+            found = sorted(
+                (k for k in names if k.startswith(pre)), key=lambda k: int(k[len(pre) :])
             )
-            hdr.append(
-                label
-                if pre not in ("hvp_P", "ig_K", "mhvp_K")
-                else f"{label} ({k0.split('_')[-1]})"
-            )
+            for k in found:
+                hdr.append(f"{label} ({k.split('_')[-1]})")
+                keys.append(k)
+        elif pre in names:
+            hdr.append(label)
             keys.append(pre)
     out.append("| model (heads) | " + " | ".join(hdr) + " |")
     out.append("|---|" + "---:|" * len(hdr))
@@ -244,7 +243,7 @@ def cost_md(cost: dict, title: str) -> str:
     for size, m in cost["models"].items():
         cells, mems = [], []
         for pre in keys:
-            _, v = _find(m["methods"], pre)
+            v = m["methods"].get(pre)
             if not v or "median_s" not in v:
                 cells.append((v or {}).get("skipped") or ("error" if v and "error" in v else "-"))
                 mems.append("-")
@@ -299,10 +298,18 @@ def targets(
     for cost in [c for c in [cpu, *gpus] if c]:
         dev = cost["environment"].get("gpu") or "CPU"
         default_p = d.get("hvp_probes", {}).get("cuda" if cost["environment"].get("gpu") else "cpu")
+        superseded = set(cost.get("superseded", []))
         for size, m in cost["models"].items():
-            k, h = _find(m["methods"], f"hvp_P{default_p}" if default_p else "hvp_P")
-            if h is None:
-                k, h = _find(m["methods"], "hvp_P")
+            # the default P where it was measured, else the largest P measured
+            ps = sorted(
+                (int(key[5:]) for key in m["methods"] if key.startswith("hvp_P")),
+                key=lambda x: (x != default_p, -x),
+            )
+            if not ps or f"hvp_P{ps[0]}" in superseded:
+                continue
+            k, h = f"hvp_P{ps[0]}", m["methods"][f"hvp_P{ps[0]}"]
+            if ps[0] != default_p:
+                k = f"{k} (default P={default_p} not measured here)"
             a = m["methods"].get("atp")
             if h and a and "median_s" in h and "median_s" in a:
                 ratio = h["median_s"] / a["median_s"]

@@ -258,3 +258,18 @@ def test_hvp_converges_to_exact_on_real_architecture(arch_model):
         q = pa.audit(model, pairs, methods=["hvp"], hvp_probes=probes, seed=0).q
         err.append(float((q - exact).abs().mean()))
     assert err[1] < err[0], (arch, err)
+
+
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+def test_patching_resumes_mid_network_exactly(arch_model, site):
+    """Patched forwards that start at the patched layer from the cached residual stream and
+    unembed only the metric's position give the same numbers as full forwards."""
+    arch, model = arch_model
+    p, base = _problem(model, random_pairs(), site)
+    assert p.can_resume and p.can_cut and base.resid is not None
+    comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
+    fast = core.patch_components(p, base, comps, core.Tracker())
+    p.can_resume = p.can_cut = False
+    slow = core.patch_components(p, base, comps, core.Tracker())
+    for c in comps:
+        assert fast[c] == pytest.approx(slow[c], rel=1e-4, abs=1e-6), (arch, site, c)

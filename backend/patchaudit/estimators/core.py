@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -86,6 +86,8 @@ class BaseCache:
     f_base: Float[Tensor, " batch"]  # per-pair metric of the base run
     f_src: Float[Tensor, " batch"]  # per-pair metric of the source run
     ref_logprobs: Tensor | None = None  # clean log-probs at the last position (kl)
+    # the base run's residual stream entering every block: patched forwards resume there
+    resid: list[Tensor] | None = None
     key: str = ""
     cost: Cost = field(default_factory=Cost)
 
@@ -95,7 +97,7 @@ class BaseCache:
 
     @property
     def nbytes(self) -> int:
-        ts = [*self.a_base, *self.a_src, *self.grad, self.f_base, self.f_src]
+        ts = [*self.a_base, *self.a_src, *self.grad, self.f_base, self.f_src, *(self.resid or [])]
         if self.ref_logprobs is not None:
             ts.append(self.ref_logprobs)
         return sum(t.numel() * t.element_size() for t in ts)
@@ -106,6 +108,8 @@ class BaseCache:
             out[f"a_base.{i}"], out[f"a_src.{i}"], out[f"grad.{i}"] = b, s, g
         if self.ref_logprobs is not None:
             out["ref_logprobs"] = self.ref_logprobs
+        for i, r in enumerate(self.resid or []):
+            out[f"resid.{i}"] = r
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
     def save(self, path: str) -> None:
@@ -130,6 +134,7 @@ class BaseCache:
             f_base=t["f_base"],
             f_src=t["f_src"],
             ref_logprobs=t.get("ref_logprobs"),
+            resid=[t[f"resid.{i}"] for i in range(n)] if "resid.0" in t else None,
             key=meta.get("key", ""),
         )
 
@@ -151,6 +156,11 @@ class Problem:
     # create_graph and one double backward per tangent on the shared graph (a CPU is
     # compute-bound: this skips the P-1 redundant copies of the forward and first backward).
     hvp_mode: str = "tile"
+    # TransformerBridge can start a forward at block L from the residual stream entering it:
+    # activation patching at layer L then skips the blocks before L
+    can_resume: bool = False
+    # ... and cut the final residual to the metric's position before the unembedding
+    can_cut: bool = False
 
     @property
     def batch(self) -> int:
@@ -186,6 +196,8 @@ def make_problem(
     p = Problem(model, base.to(dev), src.to(dev), targets, s, metric, direction)
     p.max_copies = copies_for_budget(model, p, memory_budget_mb)
     p.hvp_mode = hvp_mode or ("tile" if dev.type == "cuda" else "loop")
+    p.can_resume = type(model).__name__ == "TransformerBridge"
+    p.can_cut = p.can_resume and "unembed.hook_in" in getattr(model, "hook_dict", {})
     if p.hvp_mode not in ("tile", "loop"):
         raise ValueError(f"unknown hvp_mode {hvp_mode!r}: choose tile or loop")
     return p
@@ -220,13 +232,35 @@ def run(
     eps: Sequence[Tensor | None] | None = None,
     replace: dict[int, tuple[Tensor, Tensor]] | None = None,
     capture: list[Tensor | None] | None = None,
+    resid_capture: list[Tensor | None] | None = None,
+    start_at_layer: int | None = None,
+    last_only: Tensor | None = None,
 ) -> Tensor:
-    """One forward of ``tokens`` ([copies*batch, pos]).
+    """One forward of ``tokens`` ([copies*batch, pos]; with ``start_at_layer`` = L, the
+    residual stream entering block L, [copies*batch, pos, d_model]).
 
     eps[l] is added to layer l's activation; replace[l] = (mask, value) sets
-    act = where(mask, value, act); capture[l] receives layer l's activation.
+    act = where(mask, value, act); capture[l] receives layer l's activation and
+    resid_capture[l] the residual stream entering block l. With ``last_only`` (one position
+    per row) the unembedding input is cut to that position, so the
+    unembedding runs on one position per row: logits [rows, 1, d_vocab].
     """
     hooks = []
+    if last_only is not None:
+        rows = torch.arange(last_only.shape[0], device=last_only.device)
+
+        def cut(act, hook):
+            return act[rows, last_only][:, None]  # [rows, 1, d_model]
+
+        hooks.append(("unembed.hook_in", cut))
+    if resid_capture is not None:
+        for layer in range(p.site.n_layers):
+
+            def keep(act, hook, layer=layer):
+                resid_capture[layer] = act.detach()
+                return act
+
+            hooks.append((f"blocks.{layer}.hook_resid_pre", keep))
     for layer, name in enumerate(p.site.hook_names):
         e = eps[layer] if eps is not None else None
         r = replace.get(layer) if replace is not None else None
@@ -244,6 +278,8 @@ def run(
             return act
 
         hooks.append((name, hook))
+    if start_at_layer is not None:
+        return p.model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer)
     return p.model.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
@@ -277,9 +313,16 @@ def compute_base_fused(
     if signs is not None and p.hvp_mode == "tile" and signs.shape[0] <= p.max_copies:
         k = int(signs.shape[0])  # the tangents ride on the batch axis of this very pass
     cap: list[Tensor | None] = [None] * n
+    resid: list[Tensor | None] = [None] * n
     eps = [torch.zeros_like(tile(a, k), requires_grad=True) for a in a_src]
     with torch.enable_grad():
-        lg = run(p, tile(p.base_tokens, k), eps=eps, capture=cap)
+        lg = run(
+            p,
+            tile(p.base_tokens, k),
+            eps=eps,
+            capture=cap,
+            resid_capture=resid if p.can_resume else None,
+        )
         tracker.forward += 1
         lg_base = lg[: p.batch].detach()
         # clean log-probs at the last position (the kl metric's reference), before the metric
@@ -305,7 +348,9 @@ def compute_base_fused(
     with torch.no_grad():
         fb = per_example(p.metric, lg_base, p.targets)
         fs = per_example(p.metric, lg_src.detach(), p.targets)
-    return BaseCache(a_base, a_src, grads, fb, fs, ref, cost=cost), y
+    base_resid = [r[: p.batch] for r in resid if r is not None] if p.can_resume else None
+    base = BaseCache(a_base, a_src, grads, fb, fs, ref, resid=base_resid or None, cost=cost)
+    return base, y
 
 
 def hvp_from_graph(
@@ -358,6 +403,8 @@ def attach_base(p: Problem, base: BaseCache) -> None:
     base.f_base, base.f_src = base.f_base.to(dev), base.f_src.to(dev)
     if base.ref_logprobs is not None:
         base.ref_logprobs = base.ref_logprobs.to(dev)
+    if base.resid is not None:
+        base.resid = [r.to(dev) for r in base.resid]
     p.targets = MetricTargets(
         p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, base.ref_logprobs
     )
@@ -430,7 +477,9 @@ def patch_components(
 ) -> dict[tuple[int, int], float]:
     """Activation patching: for each component, one forward of the base run with that
     component's activation replaced by the source run's; returns F(patched) - F(base).
-    Components of one layer share a forward (copies on the batch axis, chunked)."""
+    Components of one layer share a forward (copies on the batch axis, chunked); where the
+    model can resume mid-network, that forward starts at the layer from the cached residual
+    stream (the blocks before it are untouched by the patch)."""
     from .sites import component_mask
 
     f0 = base.f_base.mean()
@@ -446,12 +495,22 @@ def patch_components(
     for j, (layer, comps) in enumerate(work):
         tracker.check()
         k = len(comps)
-        tokens = tile(p.base_tokens, k)
         a_src = base.a_src[layer]
         idx = torch.tensor(comps, device=a_src.device).repeat_interleave(p.batch)  # [k*batch]
         mask = component_mask(p.site, idx, a_src) > 0  # broadcastable bool
+        patch = {layer: (mask, tile(a_src, k))}
+        targets = p.targets
+        last = None
+        if p.can_cut:  # the metric reads one position per row: unembed only that one
+            last = p.targets.last_pos.repeat(k)
+            targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
         with torch.no_grad():
-            vals = p.copies_metric(run(p, tokens, replace={layer: (mask, tile(a_src, k))}))
+            if p.can_resume and base.resid is not None:
+                resid = tile(base.resid[layer], k)  # [k*batch, pos, d_model]
+                logits = run(p, resid, replace=patch, start_at_layer=layer, last_only=last)
+            else:
+                logits = run(p, tile(p.base_tokens, k), replace=patch, last_only=last)
+            vals = per_copy(p.metric, logits, targets)
         tracker.forward += 1
         for c, v in zip(comps, (vals - f0).tolist(), strict=True):
             out[(layer, c)] = float(v)
