@@ -156,7 +156,7 @@ def cmd_audit(argv: list[str]) -> int:
     _write(
         f"{a.model} | {a.task} x{len(pairs)} | site {a.site} | {a.metric} {a.direction} | "
         f"m(clean)={m_clean:+.3f} m(corrupted)={m_corr:+.3f} | "
-        f"{flagged} flagged of {report.estimate.numel()} (tau {report.tau})"
+        f"{flagged} flagged of {report.estimate.numel()} (tau {report.tau:g})"
     )
     print_table(report, a.top)
     costs = ", ".join(

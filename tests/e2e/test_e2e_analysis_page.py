@@ -216,9 +216,18 @@ def test_read_only_without_token_and_token_is_sent(page, analysis_id):
             )
 
     page.route(re.compile(rf".*/api/analyses/{analysis_id}/(verify|fix)$"), refuse)
+    # a server with a team token says so on /healthz
+    page.route(
+        re.compile(r".*/healthz$"),
+        lambda route: route.fulfill(
+            status=200,
+            content_type="application/json",
+            body=json.dumps({"status": "ok", "redis": True, "workers": 1, "auth_required": True}),
+        ),
+    )
     page.goto(f"/a/{analysis_id}")
     wait_rendered(page)
-    # The page probes write access with an invalid body: refused -> read-only.
+    # /healthz says writes need a token and none is held: read-only.
     expect(page.locator("#readonly-note")).to_be_visible()
     expect(page.locator("#fix")).to_be_disabled()
     expect(page.locator("#top-table tbody button").first).to_be_disabled()

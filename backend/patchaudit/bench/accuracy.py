@@ -514,7 +514,7 @@ def choose_defaults(results: dict) -> tuple[dict, dict]:
     )
     d = {
         "hvp_probes": {"cpu": int(cpu_p), "cuda": int(cuda_p)},
-        "tau": float(tau),
+        "tau": round(float(tau), 4),
         "ig_steps": int(ig_k),
         "mhvp_steps": int(mh_k),
         "bound_scale": {"bundled": round(s_b, 4), "default": round(s_d, 4)},
