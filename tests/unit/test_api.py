@@ -250,3 +250,21 @@ def test_hvp_tile_and_loop_modes_agree(tiny_model, tiny_pairs, direction):
     c = pa.audit(tiny_model, tiny_pairs, hvp_mode="tile", base=a.base, **kw)
     assert c.cost["hvp"]["forward"] == 1 and c.cost["hvp"]["backward"] == 2
     assert torch.allclose(c.scores["hvp"], a.scores["hvp"], rtol=1e-5, atol=1e-8)
+
+
+def test_unknown_words_are_named_before_they_reach_the_model():
+    model = pa.load_model("bundled", device="cpu")
+    ok = "When Mary and John went to the store , John gave a drink to"
+    bad = "When Mary and John went to the store , Bob gave a drink to"  # Bob: not in the vocabulary
+    out = check_pairs(
+        model,
+        [ok, ok],
+        [ok.replace("John gave", "Kevin gave"), bad],
+        [" Mary", " Mary"],
+        [" John", " John"],
+    )
+    assert out[0]["problems"] == []
+    assert any("vocabulary lacks" in p for p in out[1]["problems"])
+    with pytest.raises(ValueError) as e:
+        pa.PromptPairs.from_text([ok], [bad], [" Mary"], [" John"]).tokenize(model)
+    assert one_line(e).startswith("pair 0: the corrupted prompt has words")

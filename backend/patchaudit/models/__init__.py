@@ -43,7 +43,9 @@ def placeholder_tokenizer(vocab_size: int):
     vocab = {f"<{i}>": i for i in range(vocab_size)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<0>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<0>")
+    tok.patchaudit_placeholder = True  # "<0>" is a real token here, not an unknown word
+    return tok
 
 
 def _has_tokenizer(path: Path) -> bool:

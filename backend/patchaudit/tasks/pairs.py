@@ -99,6 +99,19 @@ def check_pairs(
                     f"the {label} {s!r} is {len(ids)} tokens, not one: use a single-token word"
                     " (often with a leading space)"
                 )
+        unk = getattr(tok, "unk_token_id", None)
+        if unk is not None and not getattr(tok, "patchaudit_placeholder", False):
+            for label, ids in (
+                ("clean prompt", ci),
+                ("corrupted prompt", xi),
+                ("answer", ai),
+                ("wrong answer", wi),
+            ):
+                if unk in ids:
+                    problems.append(
+                        f"the {label} has words the model's vocabulary lacks (read as "
+                        f"{tok.unk_token}): use words it knows"
+                    )
         if c and x and ai and ai == wi:
             problems.append("the answer and the wrong answer are the same token")
         if n_ctx and max(len(ci), len(xi)) > n_ctx:
