@@ -226,13 +226,20 @@ def measure(
         }
     if max_seconds is not None and t_first is not None and t_first > 0:
         repeats = int(max(1, min(repeats, max_seconds // t_first)))
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+
+    def once() -> None:
         sync(device)
         t0 = time.perf_counter()
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
+
+    if t_first is None and max_seconds is not None:  # no warm-up: the first run sets the pace
+        once()
+        repeats = int(max(1, min(repeats, max_seconds // max(times[0], 1e-9))))
+    while len(times) < repeats:
+        once()
     mem = peak_memory(fn, device) if memory else None
     return {
         "median_s": float(np.median(times)),
