@@ -126,29 +126,19 @@ def _worker_env(settings: Any) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
+    from .settings import settings_from_cli
 
-    from .settings import Settings
-
-    overrides = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "data_dir": args.data_dir,
-            "workers": args.workers,
-            "default_model": args.model,
-            "log_level": args.log_level,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        msgs = "; ".join(
-            str(err.get("msg", "")).removeprefix("Value error, ") for err in e.errors()
+        settings = settings_from_cli(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            workers=args.workers,
+            default_model=args.model,
+            log_level=args.log_level,
         )
-        sys.stderr.write(f"patchaudit serve: {msgs}\n")
+    except ValueError as e:
+        sys.stderr.write(f"patchaudit serve: {e}\n")
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -176,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..store.redis_conn import start_embedded
 
             embedded = start_embedded(settings.redis_dir, appendfsync=settings.appendfsync)
-            settings = Settings(**{**overrides, "redis_url": embedded.connection_url})
+            settings = settings.model_copy(update={"redis_url": embedded.connection_url})
             if settings.workers > 0:
                 pool = WorkerPool(settings.workers, _worker_env(settings), settings.default_model)
                 pool.start()

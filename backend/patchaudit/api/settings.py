@@ -42,6 +42,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def settings_from_cli(**overrides: Any) -> Settings:
+    """Settings with the command line's options (those given) over the environment; invalid
+    settings raise ValueError with one readable line per problem."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise ValueError(
+            "; ".join(str(err.get("msg", "")).removeprefix("Value error, ") for err in e.errors())
+        ) from None
+
+
 class Settings(BaseSettings):
     """Every knob of ``patchaudit serve`` / ``patchaudit worker`` (env ``PATCHAUDIT_<NAME>``)."""
 

@@ -58,24 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     exit_with_parent()
-    from pydantic import ValidationError
+    from ..api.settings import settings_from_cli
 
-    from ..api.settings import Settings
-
-    overrides = {
-        k: v
-        for k, v in {
-            "redis_url": args.redis_url,
-            "data_dir": args.data_dir,
-            "device": args.device,
-            "log_level": args.log_level,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        sys.stderr.write(f"patchaudit worker: invalid settings:\n{e}\n")
+        settings = settings_from_cli(
+            redis_url=args.redis_url,
+            data_dir=args.data_dir,
+            device=args.device,
+            log_level=args.log_level,
+        )
+    except ValueError as e:
+        sys.stderr.write(f"patchaudit worker: invalid settings: {e}\n")
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
