@@ -19,7 +19,6 @@ from .estimators.core import (
     StopFn,
     Tracker,
     attach_base,
-    compute_base,
     compute_base_fused,
     make_problem,
     model_device,
@@ -75,14 +74,22 @@ def _model_name(model) -> str:
     return str(getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", "model"))
 
 
-def _get_base(p: Problem, base: BaseCache | None, tracker: Tracker) -> tuple[BaseCache, bool]:
+def _get_base(
+    p: Problem,
+    base: BaseCache | None,
+    tracker: Tracker,
+    signs: torch.Tensor | None = None,
+    phase: str = "base",
+) -> tuple[BaseCache, torch.Tensor | None, bool]:
+    """A cached base (attached to the problem) or a fresh base pass; with ``signs`` the pass
+    also carries those HVP tangents (the fused screen). Returns (base, y, cached)."""
     if base is not None:
         attach_base(p, base)
-        return base, True
-    tracker.phase = "base"
-    b = compute_base(p, tracker)
+        return base, None, True
+    tracker.phase = phase
+    b, y = compute_base_fused(p, tracker, signs)
     tracker.report(1.0)
-    return b, False
+    return b, y, False
 
 
 def audit(
@@ -149,20 +156,15 @@ def audit(
         signs, combine = M.second_order_signs(p, fused, hvp_probes, seed)
         if p.hvp_mode == "tile" and signs.shape[0] > p.max_copies:
             fused = signs = None  # too many tangents for one pass: the chunked kernel does it
-    if base is None:
-        tracker.phase = "base" if fused is None else f"base + {fused}"
-        t0 = time.perf_counter()
-        b, y = compute_base_fused(p, tracker, signs)
-        tracker.report(1.0)
-        cached, base_cost = False, b.cost
-        if fused is not None and y is not None:
-            est = M.from_tangents(p, b, y, combine)
-            extra_s = time.perf_counter() - t0 - b.cost.seconds
-            est.cost = Cost(tracker.forward - 2, tracker.backward - 1, extra_s)
-            ests[fused] = est
-    else:
-        attach_base(p, base)
-        b, cached, base_cost = base, True, Cost()
+    t0 = time.perf_counter()
+    phase = "base" if fused is None else f"base + {fused}"
+    b, y, cached = _get_base(p, base, tracker, signs, phase)
+    base_cost = Cost() if cached else b.cost
+    if fused is not None and y is not None:
+        est = M.from_tangents(p, b, y, combine)
+        extra_s = time.perf_counter() - t0 - b.cost.seconds
+        est.cost = Cost(tracker.forward - 2, tracker.backward - 1, extra_s)
+        ests[fused] = est
     b.key = base_key(model_name, tp, site, metric, direction)
 
     for i, m in enumerate(methods, start=1):
@@ -264,7 +266,7 @@ def verify(
         comps.append((i, j))
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _ = _get_base(p, base, tracker)
+    b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "verify"
     values = patch_components(p, b, sorted(set(comps)), tracker) if comps else {}
     cost = {

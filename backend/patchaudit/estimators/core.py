@@ -421,7 +421,6 @@ def grad_hvp(
     ts: Float[Tensor, " k"],
     signs: Float[Tensor, "k n_layers n_comp"] | None,
     tracker: Tracker,
-    frac: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Float[Tensor, "k n_layers n_comp"], Float[Tensor, "k n_layers n_comp"] | None]:
     """The one generic kernel behind atp, hvp, hvp_joint, hvp_exact, ig and mhvp.
 
@@ -464,7 +463,7 @@ def grad_hvp(
             if signs is not None:
                 assert y is not None
                 y[rows] = hvp_from_graph(p, g, eps, delta, signs[rows], copies, tracker)
-        tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(parts))
+        tracker.report((j + 1) / len(parts))
     return phi, y
 
 
@@ -473,7 +472,6 @@ def patch_components(
     base: BaseCache,
     components: Sequence[tuple[int, int]],
     tracker: Tracker,
-    frac: tuple[float, float] = (0.0, 1.0),
 ) -> dict[tuple[int, int], float]:
     """Activation patching: for each component, one forward of the base run with that
     component's activation replaced by the source run's; returns F(patched) - F(base).
@@ -514,7 +512,7 @@ def patch_components(
         tracker.forward += 1
         for c, v in zip(comps, (vals - f0).tolist(), strict=True):
             out[(layer, c)] = float(v)
-        tracker.report(frac[0] + (frac[1] - frac[0]) * (j + 1) / len(work))
+        tracker.report((j + 1) / len(work))
     return out
 
 

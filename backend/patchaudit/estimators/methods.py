@@ -35,7 +35,6 @@ class Estimate:
     cost: Cost
     q: Tensor | None = None  # second-order term, [n_layers, n_comp]
     q_se: Tensor | None = None  # its standard error over probes
-    probes: int = 0  # probes used (0: exact or deterministic)
 
 
 def _timed(tracker: Tracker, phase: str, fn: Callable[[], Estimate]) -> Estimate:
@@ -85,8 +84,7 @@ def from_tangents(p: Problem, base: BaseCache, y: Tensor, combine: str) -> Estim
     else:  # one-hot tangents (each row holds one component's exact term) or a single probe
         q = y.sum(0)
         se = torch.zeros_like(q) if combine == "exact" else None
-    probes = int(y.shape[0]) if combine == "mean" else 0
-    return Estimate(a1 + q / 2, Cost(), q=q, q_se=se, probes=probes)
+    return Estimate(a1 + q / 2, Cost(), q=q, q_se=se)
 
 
 def second_order(
