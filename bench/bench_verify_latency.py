@@ -105,7 +105,7 @@ def bench_service(
     from rq import Worker
 
     from patchaudit.api.app import create_app
-    from patchaudit.api.settings import Settings
+    from patchaudit.settings import Settings
     from patchaudit.store.redis_conn import start_embedded
 
     server = start_embedded(tmp / "redis")

@@ -205,7 +205,7 @@ class Stack:
         return w
 
     def settings(self, **over: Any) -> Any:
-        from patchaudit.api.settings import Settings
+        from patchaudit.settings import Settings
 
         kw: dict[str, Any] = {
             "redis_url": self.redis.url,

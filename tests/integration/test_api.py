@@ -319,7 +319,7 @@ def test_api_token_guards_writes_not_reads(stack: Stack, done: dict) -> None:
 def test_unsafe_settings_refused() -> None:
     from pydantic import ValidationError
 
-    from patchaudit.api.settings import Settings
+    from patchaudit.settings import Settings
 
     with pytest.raises(ValidationError, match="API token"):
         Settings(host="0.0.0.0", redis_url="redis://x")

@@ -59,7 +59,7 @@ def test_commands_parse_with_the_real_clis(compose: dict) -> None:
 
 
 def test_environment_matches_the_settings_class(compose: dict) -> None:
-    from patchaudit.api.settings import Settings
+    from patchaudit.settings import Settings
 
     fields = {f"PATCHAUDIT_{n.upper()}" for n in Settings.model_fields}
     for name in ("api", "worker"):

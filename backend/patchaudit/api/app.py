@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from ..settings import Settings
 from ..store import ActivationCache, AnalysisStore
 from ..store.redis_conn import connect
 from ..worker.queue import get_queue
 from . import errors
 from .routes import analyses, frontend, health, meta
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import redis
 from fastapi import Depends, Header, Request
 from rq import Queue
 
+from ..settings import Settings
 from ..store import ActivationCache, AnalysisStore
 from .errors import ApiError
-from .settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

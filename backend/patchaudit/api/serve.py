@@ -126,7 +126,7 @@ def _worker_env(settings: Any) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .settings import settings_from_cli
+    from ..settings import settings_from_cli
 
     try:
         settings = settings_from_cli(

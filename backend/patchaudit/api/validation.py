@@ -7,9 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..settings import Settings
 from .errors import ApiError
 from .schemas import METHODS, AnalysisRequest
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

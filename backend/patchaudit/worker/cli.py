@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     exit_with_parent()
-    from ..api.settings import settings_from_cli
+    from ..settings import settings_from_cli
 
     try:
         settings = settings_from_cli(

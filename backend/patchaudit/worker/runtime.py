@@ -17,7 +17,7 @@ from ..store.redis_conn import connect
 if TYPE_CHECKING:  # pragma: no cover
     import redis
 
-    from ..api.settings import Settings
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            from ..api.settings import Settings
+            from ..settings import Settings
 
             _runtime = Runtime(WorkerConfig.from_settings(Settings()))
         return _runtime

@@ -1,0 +1,204 @@
+"""The service's one settings class (environment prefix ``PATCHAUDIT_``), shared by the API,
+``patchaudit serve`` and the workers (it sits below both, so the worker imports downward).
+
+It refuses unsafe combinations at start-up instead of running with them: binding a
+non-loopback address without an API token, a short API token, a zero budget or limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where ``frontend/`` sits in a source checkout: backend/patchaudit -> repo root.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string from the environment."""
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            return None
+        if s.startswith("["):
+            return json.loads(s)
+        return [p.strip() for p in s.split(",") if p.strip()]
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_cli(**overrides: Any) -> Settings:
+    """Settings with the command line's options (those given) over the environment; invalid
+    settings raise ValueError with one readable line per problem."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise ValueError(
+            "; ".join(str(err.get("msg", "")).removeprefix("Value error, ") for err in e.errors())
+        ) from None
+
+
+class Settings(BaseSettings):
+    """Every knob of ``patchaudit serve`` / ``patchaudit worker`` (env ``PATCHAUDIT_<NAME>``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PATCHAUDIT_", extra="ignore", populate_by_name=True, validate_default=True
+    )
+
+    # -- where things live --------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PATCHAUDIT_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis to use; unset: `patchaudit serve` starts an embedded one.",
+    )
+    data_dir: Path = Field(
+        default=Path.home() / ".patchaudit",
+        description="Embedded Redis AOF (redis/) and activation cache (cache/).",
+    )
+    frontend_dir: Path | None = Field(
+        default=None, description="Static front end; default: <repo>/frontend."
+    )
+
+    # -- HTTP -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Required for writes (Authorization: Bearer / X-API-Token) when set. "
+        "Mandatory when binding a non-loopback address.",
+    )
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger bodies: 413.")
+
+    # -- limits ---------------------------------------------------------------------------
+    model_allowlist: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Model names (or local directories) a request may name, besides bundled. "
+        "Default: TransformerLens's supported models. Remote code is never trusted.",
+    )
+    max_pairs: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=256, ge=2, description="Tokens per prompt.")
+    max_prompt_chars: int = Field(default=4000, ge=16)
+    max_hvp_probes: int = Field(default=256, ge=1)
+    max_ig_steps: int = Field(default=256, ge=1)
+    max_verify_components: int = Field(default=4096, ge=1)
+
+    # -- queue and worker -----------------------------------------------------------------
+    workers: int = Field(default=1, ge=0, description="Worker processes `serve` starts.")
+    default_model: str = "bundled"
+    preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    job_timeout_s: int = Field(default=3600, ge=1)
+    max_loaded_models: int = Field(default=2, ge=1)
+    device: str | None = None
+    execution_ttl_s: int = Field(
+        default=30,
+        ge=2,
+        description="A job whose worker stops heart-beating this long is abandoned.",
+    )
+    maintenance_interval_s: int = Field(default=15, ge=1)
+    worker_ttl_s: int = Field(default=35, ge=16)
+    test_job_delay_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="TESTS ONLY: seconds the worker sleeps at each phase change (so a test "
+        "can kill or cancel a job mid-way). Must stay 0 in production.",
+    )
+
+    # -- storage --------------------------------------------------------------------------
+    cache_budget_bytes: int = Field(default=2 * 1024**3, ge=1)
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    log_level: str = "INFO"
+
+    @field_validator("model_allowlist", "preload_models", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        v = _split_list(v)
+        if v is None:
+            return None
+        return v
+
+    @field_validator("preload_models", mode="after")
+    @classmethod
+    def _preload(cls, v: list[str] | None) -> list[str]:
+        return list(v or [])
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        token = self.api_token.get_secret_value() if self.api_token else ""
+        if self.api_token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"PATCHAUDIT_API_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters: use a "
+                "random one, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if not is_loopback(self.host) and not token:
+            raise ValueError(
+                f"refusing to bind {self.host} without an API token: anyone who reaches it "
+                "could start computations. Set PATCHAUDIT_API_TOKEN, or bind 127.0.0.1."
+            )
+        if self.worker_ttl_s <= 15:
+            raise ValueError("PATCHAUDIT_WORKER_TTL_S must exceed 15 seconds")
+        if self.maintenance_interval_s >= self.worker_ttl_s * 10:
+            raise ValueError("PATCHAUDIT_MAINTENANCE_INTERVAL_S is far above the worker TTL")
+        return self
+
+    # -- derived ----------------------------------------------------------------------------
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def frontend_path(self) -> Path:
+        return Path(self.frontend_dir) if self.frontend_dir else _REPO_ROOT / "frontend"
+
+    @property
+    def token(self) -> str | None:
+        return self.api_token.get_secret_value() if self.api_token else None
+
+    @cached_property
+    def allowed_models(self) -> frozenset[str]:
+        if self.model_allowlist:
+            return frozenset(["bundled", *self.model_allowlist])
+        from patchaudit.models import supported_model_names
+
+        return frozenset(["bundled", *supported_model_names()])
+
+    def env(self) -> dict[str, str]:
+        """These settings as PATCHAUDIT_* variables (for the worker processes `serve` starts)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"api_token"}).items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                out[f"PATCHAUDIT_{name.upper()}"] = json.dumps(value)
+            else:
+                out[f"PATCHAUDIT_{name.upper()}"] = str(value)
+        if self.api_token is not None:
+            out["PATCHAUDIT_API_TOKEN"] = self.api_token.get_secret_value()
+        return out
