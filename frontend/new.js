@@ -40,7 +40,13 @@ async function loadModels() {
   sel.replaceChildren();
   for (const m of state.models) {
     const name = typeof m === "string" ? m : m.name;
-    sel.append(el("option", { value: name, text: name }));
+    const off = m.enabled === false;
+    const opt = el("option", {
+      value: name,
+      text: off ? `${name} (not enabled: ${m.enable_with || "ask the operator"})` : name,
+      disabled: off,
+    });
+    sel.append(opt);
   }
   const bundled = state.models.find((m) => m.bundled || m.name === "bundled");
   if (bundled) sel.value = bundled.name;
@@ -52,6 +58,7 @@ function describeModel() {
   const bits = [];
   if (m?.description) bits.push(m.description);
   if (m?.n_layers && m?.n_heads) bits.push(`${m.n_layers} layers × ${m.n_heads} heads`);
+  if (m?.enabled === false && m?.enable_with) bits.push(`not enabled: set ${m.enable_with}`);
   $("model-desc").textContent = bits.join(" · ");
 }
 

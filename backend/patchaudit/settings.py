@@ -86,12 +86,28 @@ class Settings(BaseSettings):
         "Mandatory when binding a non-loopback address.",
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger bodies: 413.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the server answers to (DNS-rebinding guard); other Host headers "
+        "get 400. Loopback names and the bind address are always accepted; '*' accepts any.",
+    )
 
     # -- limits ---------------------------------------------------------------------------
     model_allowlist: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
-        description="Model names (or local directories) a request may name, besides bundled. "
-        "Default: TransformerLens's supported models. Remote code is never trusted.",
+        description="Model names (or local directories) a request may name, besides bundled "
+        "(and the --model / preload models). Default: none. Remote code is never trusted.",
+    )
+    allow_hub_models: bool = Field(
+        default=False,
+        description="Accept any model TransformerLens supports (downloads from the Hugging Face "
+        "hub on first use). Off by default: only bundled plus PATCHAUDIT_MODEL_ALLOWLIST.",
+    )
+    max_model_params: int = Field(
+        default=3_000_000_000,
+        ge=1,
+        description="Size cap: a worker refuses a model whose config says it has more "
+        "parameters (checked from config.json before any weights are downloaded).",
     )
     max_pairs: int = Field(default=256, ge=1)
     max_tokens: int = Field(default=256, ge=2, description="Tokens per prompt.")
@@ -99,6 +115,22 @@ class Settings(BaseSettings):
     max_hvp_probes: int = Field(default=256, ge=1)
     max_ig_steps: int = Field(default=256, ge=1)
     max_verify_components: int = Field(default=4096, ge=1)
+
+    # -- admission control (per client = API token or address) ---------------------------
+    max_job_cost: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Cost estimate (pair-passes x tokens / 16) above which one job is refused.",
+    )
+    max_client_jobs: int = Field(
+        default=16, ge=1, description="Jobs one client may have queued or running (then 429)."
+    )
+    max_client_cost: int = Field(
+        default=8_000_000, ge=1, description="Summed cost one client may have queued or running."
+    )
+    max_queued_jobs: int = Field(
+        default=1000, ge=1, description="Jobs queued in all (then 429 for everyone)."
+    )
 
     # -- queue and worker -----------------------------------------------------------------
     workers: int = Field(default=1, ge=0, description="Worker processes `serve` starts.")
@@ -126,7 +158,7 @@ class Settings(BaseSettings):
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
     log_level: str = "INFO"
 
-    @field_validator("model_allowlist", "preload_models", mode="before")
+    @field_validator("model_allowlist", "preload_models", "allowed_hosts", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
         v = _split_list(v)
@@ -134,7 +166,7 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("preload_models", mode="after")
+    @field_validator("preload_models", "allowed_hosts", mode="after")
     @classmethod
     def _preload(cls, v: list[str] | None) -> list[str]:
         return list(v or [])
@@ -182,12 +214,29 @@ class Settings(BaseSettings):
         return self.api_token.get_secret_value() if self.api_token else None
 
     @cached_property
+    def named_models(self) -> tuple[str, ...]:
+        """The models the operator named: bundled, the allowlist, the served/preloaded ones."""
+        names = ["bundled", *(self.model_allowlist or []), self.default_model, *self.preload_models]
+        return tuple(dict.fromkeys(n for n in names if n))
+
+    @cached_property
     def allowed_models(self) -> frozenset[str]:
-        if self.model_allowlist:
-            return frozenset(["bundled", *self.model_allowlist])
+        if not self.allow_hub_models:
+            return frozenset(self.named_models)
         from patchaudit.models import supported_model_names
 
-        return frozenset(["bundled", *supported_model_names()])
+        return frozenset([*self.named_models, *supported_model_names()])
+
+    @cached_property
+    def host_names(self) -> frozenset[str]:
+        """Accepted Host header names (lower case, no port); empty set = any (``*``)."""
+        if "*" in self.allowed_hosts:
+            return frozenset()
+        names = {"localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost"}
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.add(self.host.lower())
+        names.update(h.lower().strip() for h in self.allowed_hosts)
+        return frozenset(names)
 
     def env(self) -> dict[str, str]:
         """These settings as PATCHAUDIT_* variables (for the worker processes `serve` starts)."""

@@ -223,7 +223,11 @@ class Stack:
 
         from patchaudit.api.app import create_app
 
-        return TestClient(create_app(self.settings(**over)), raise_server_exceptions=False)
+        return TestClient(
+            create_app(self.settings(**over)),
+            base_url="http://127.0.0.1",
+            raise_server_exceptions=False,
+        )
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.name}\n{w.log()}" for w in self.workers)

@@ -221,7 +221,7 @@ def test_failed_job_reports_type_and_message_only(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"model": "no-such/model"}, "unknown model"),
+        ({"model": "no-such/model"}, "PATCHAUDIT_MODEL_ALLOWLIST"),
         ({"site": "attn"}, "site"),
         ({"metric": "accuracy"}, "metric"),
         ({"methods": ["atp", "magic"]}, "methods"),
@@ -482,7 +482,7 @@ def test_unhandled_error_is_json_without_traceback(stack: Stack) -> None:
         raise RuntimeError("secret internal detail")
 
     app.add_api_route("/api/boom", boom, methods=["GET"])
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         r = client.get("/api/boom")
     assert r.status_code == 500
     assert r.json()["message"].startswith("internal error")

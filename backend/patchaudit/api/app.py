@@ -11,9 +11,10 @@ from fastapi.staticfiles import StaticFiles
 
 from ..settings import Settings
 from ..store import ActivationCache, AnalysisStore
-from ..store.redis_conn import connect
+from ..store.redis_conn import connect, redacted
+from ..worker.admission import Admission
 from ..worker.queue import get_queue
-from . import errors
+from . import errors, security
 from .routes import analyses, frontend, health, meta
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by security.docs_router from local Swagger UI assets
+        redoc_url=None,
     )
     conn = connect(settings.redis_url)
     app.state.settings = settings
     app.state.redis = conn
     app.state.store = AnalysisStore(conn)
     app.state.queue = get_queue(conn, settings.job_timeout_s)
+    app.state.admission = Admission.from_settings(conn, app.state.queue, settings)
     app.state.cache = ActivationCache(conn, settings.cache_dir, settings.cache_budget_bytes)
 
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_body_bytes)
+    security.install(app, settings.host_names)
 
     app.include_router(analyses.router)
     app.include_router(meta.router)
@@ -62,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         StaticFiles(directory=settings.frontend_path, check_dir=False),
         name="static",
     )
-    log.debug("API created (Redis %s)", settings.redis_url)
+    log.debug("API created (Redis %s)", redacted(settings.redis_url))
     return app
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import redis
@@ -11,6 +14,7 @@ from rq import Queue
 
 from ..settings import Settings
 from ..store import ActivationCache, AnalysisStore
+from ..worker.admission import Admission, Refused
 from .errors import ApiError
 
 
@@ -51,11 +55,7 @@ def require_write_token(
     expected = settings.token
     if not expected:
         return
-    given = x_api_token
-    if given is None and authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            given = value.strip()
+    given = presented_token(authorization, x_api_token)
     if not given or not secrets.compare_digest(given.encode(), expected.encode()):
         raise ApiError(
             401,
@@ -66,3 +66,61 @@ def require_write_token(
 
 
 WriteAccess = Annotated[None, Depends(require_write_token)]
+
+
+def presented_token(authorization: str | None = None, x_api_token: str | None = None) -> str | None:
+    """The token a request carries (``X-API-Token``, else ``Authorization: Bearer``); an empty
+    header counts as absent."""
+    given = (x_api_token or "").strip() or None
+    if given is None and authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            given = value.strip() or None
+    return given
+
+
+def client_id(request: Request) -> str:
+    """Who a request counts against for admission: its token (hashed), else its address."""
+    token = presented_token(
+        request.headers.get("authorization"), request.headers.get("x-api-token")
+    )
+    if token:
+        return "t:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return "a:" + (request.client.host if request.client else "unknown")
+
+
+class Gate:
+    """The admission path every job-queuing endpoint goes through::
+
+        with gate.admit(estimate_cost(request)) as record:
+            job_id = enqueue(...)
+            record(job_id)
+
+    Over a limit it raises ApiError 429 (with Retry-After) or 422 (one job too large)."""
+
+    def __init__(self, admission: Admission, client: str) -> None:
+        self.admission = admission
+        self.client = client
+
+    @contextmanager
+    def admit(self, cost: int) -> Iterator[Callable[[str], None]]:
+        try:
+            ctx = self.admission.admit(self.client, cost)
+            record = ctx.__enter__()
+        except Refused as e:
+            headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+            raise ApiError(e.status, e.message, headers=headers) from None
+        try:
+            yield record
+        except BaseException as e:
+            if not ctx.__exit__(type(e), e, e.__traceback__):
+                raise
+        else:
+            ctx.__exit__(None, None, None)
+
+
+def get_gate(request: Request) -> Gate:
+    return Gate(request.app.state.admission, client_id(request))
+
+
+GateDep = Annotated[Gate, Depends(get_gate)]

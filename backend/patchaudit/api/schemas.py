@@ -29,8 +29,13 @@ def _default_methods() -> list[Method]:
     return ["atp", "hvp"]
 
 
+#: Longest model name (or local directory) a request may carry; longer ones are not echoed back.
+MAX_MODEL_NAME = 256
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "8" and true are not numbers; unknown fields are errors
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # -- requests --------------------------------------------------------------------------------
@@ -63,7 +68,9 @@ class AnalysisRequest(_Strict):
     """What to audit. Give a built-in ``task`` (with ``n_pairs`` and ``seed``), or your own
     ``pairs`` (text) or ``tokens``."""
 
-    model: str = Field(default="bundled", min_length=1, examples=["bundled"])
+    model: str = Field(
+        default="bundled", min_length=1, max_length=MAX_MODEL_NAME, examples=["bundled"]
+    )
     task: Task | None = Field(default=None, examples=["ioi"])
     n_pairs: int = Field(default=16, ge=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -88,7 +95,7 @@ class VerifyRequest(_Strict):
 
 
 class TokenizeRequest(_Strict):
-    model: str = Field(default="bundled", min_length=1)
+    model: str = Field(default="bundled", min_length=1, max_length=MAX_MODEL_NAME)
     pairs: list[PairIn] = Field(min_length=1)
 
 
@@ -208,6 +215,12 @@ class ModelInfo(BaseModel):
     n_layers: int | None = None
     n_heads: int | None = None
     bundled: bool = False
+    enabled: bool = Field(
+        default=True, description="False: this server refuses it until the operator enables it"
+    )
+    enable_with: str | None = Field(
+        default=None, description="For a disabled model: the setting (or flag) that enables it"
+    )
 
 
 class TaskExample(BaseModel):

@@ -37,6 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=None, help="model the workers load at start (default bundled)"
     )
+    p.add_argument(
+        "--allow-model",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help="also accept this model (hub name or local directory; repeatable; "
+        "PATCHAUDIT_MODEL_ALLOWLIST)",
+    )
+    p.add_argument(
+        "--allow-hub-models",
+        action="store_true",
+        default=None,
+        help="accept every hub model TransformerLens supports (downloads on first use; "
+        "PATCHAUDIT_ALLOW_HUB_MODELS)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a host name clients use to reach this server, besides loopback (repeatable; "
+        "PATCHAUDIT_ALLOWED_HOSTS)",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
     return p
 
@@ -136,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             default_model=args.model,
             log_level=args.log_level,
+            model_allowlist=args.allow_model,
+            allow_hub_models=args.allow_hub_models,
+            allowed_hosts=args.allowed_host,
         )
     except ValueError as e:
         sys.stderr.write(f"patchaudit serve: {e}\n")
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embedded = None
     pool: WorkerPool | None = None
-    state = {"served": False}
+    state: dict[str, Any] = {"served": False}
 
     def on_signal(signum: int, frame: Any) -> None:
         # uvicorn handles SIGINT / SIGTERM while it serves, then restores this handler and
@@ -163,9 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if not settings.redis_url:
-            from ..store.redis_conn import start_embedded
+            import secrets
 
-            embedded = start_embedded(settings.redis_dir, appendfsync=settings.appendfsync)
+            from ..store.redis_conn import DataDirLocked, lock_data_dir, start_embedded
+
+            try:
+                state["lock"] = lock_data_dir(settings.data_dir)
+            except DataDirLocked as e:
+                sys.stderr.write(f"patchaudit serve: {e}\n")
+                return 2
+            embedded = start_embedded(
+                settings.redis_dir,
+                appendfsync=settings.appendfsync,
+                password=secrets.token_urlsafe(32),  # handed to the workers in their env only
+            )
             settings = settings.model_copy(update={"redis_url": embedded.connection_url})
             if settings.workers > 0:
                 pool = WorkerPool(settings.workers, _worker_env(settings), settings.default_model)

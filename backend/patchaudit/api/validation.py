@@ -22,14 +22,22 @@ def unprocessable(field: str, message: str) -> ApiError:
     )
 
 
+def enable_hint(name: str) -> str:
+    """The setting (or ``serve`` flag) that would let this server run ``name``."""
+    return (
+        f"PATCHAUDIT_MODEL_ALLOWLIST={name} (or `patchaudit serve --allow-model {name}`; "
+        "PATCHAUDIT_ALLOW_HUB_MODELS=true allows every hub model)"
+    )
+
+
 def check_model(name: str, settings: Settings) -> str:
     if name in settings.allowed_models:
         return name
-    examples = ", ".join(sorted(settings.allowed_models, key=lambda n: (n != "bundled", n))[:6])
+    shown = name if len(name) <= 80 else name[:77] + "..."
     raise unprocessable(
         "model",
-        f"unknown model {name!r}; use one of {examples}, ... (GET /api/models lists the "
-        "offered ones; PATCHAUDIT_MODEL_ALLOWLIST sets what this server accepts)",
+        f"model {shown!r} is not enabled on this server (GET /api/models lists the enabled "
+        f"ones); the operator can enable it with {enable_hint(shown)}",
     )
 
 

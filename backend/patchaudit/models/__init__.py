@@ -135,6 +135,39 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
     return model
 
 
+def config_params(source: str) -> int | None:
+    """Parameters a model has by its ``config.json`` (a local directory, or the hub's small
+    config file; no weights are fetched). None when no config can be read."""
+    try:
+        p = Path(source).expanduser()
+        if p.is_dir():
+            import json
+
+            cfg = json.loads((p / "config.json").read_text())
+        else:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(source, trust_remote_code=False).to_dict()
+    except Exception as e:
+        log.debug("no config for %s: %s", source, e)
+        return None
+
+    def get(*names: str, default: int = 0) -> int:
+        for n in names:
+            v = cfg.get(n) or (cfg.get("text_config") or {}).get(n)
+            if isinstance(v, int):
+                return v
+        return default
+
+    d = get("hidden_size", "n_embd", "d_model")
+    layers = get("num_hidden_layers", "n_layer", "n_layers")
+    ff = get("intermediate_size", "n_inner", "d_mlp", default=4 * d)
+    vocab = get("vocab_size", "d_vocab")
+    if not d or not layers:
+        return None
+    return layers * (4 * d * d + 3 * d * ff) + 2 * vocab * d
+
+
 FEATURED = (
     ("gpt2", "GPT-2 small, 124M, 12 layers x 12 heads"),
     ("gpt2-medium", "GPT-2 medium, 355M, 24 x 16"),

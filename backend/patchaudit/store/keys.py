@@ -65,3 +65,25 @@ def jobs(analysis_id: str) -> str:
 
 def verifications(analysis_id: str) -> str:
     return VERIFICATIONS + analysis_id
+
+
+# -- admission control and fair scheduling (worker/admission.py) ------------------------------
+
+#: Sorted set per client: its outstanding (queued or running) job ids, scored by cost.
+ADMISSION = f"{PREFIX}:admission:"
+#: Short lock per client while a submission is checked and queued.
+ADMISSION_LOCK = f"{PREFIX}:admission:lock:"
+#: Hash job id -> fair-queueing tag (virtual finish time); the queue is kept in tag order.
+FAIR_TAGS = f"{PREFIX}:fair:tags"
+#: Hash client -> the tag of its last queued job.
+FAIR_LAST = f"{PREFIX}:fair:last"
+#: String: the virtual time (tag of the job at the head of the queue when last seen).
+FAIR_VTIME = f"{PREFIX}:fair:vtime"
+
+
+def admission(client: str) -> str:
+    return ADMISSION + client
+
+
+def admission_lock(client: str) -> str:
+    return ADMISSION_LOCK + client

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     from ..store import keys
+    from ..store.redis_conn import redacted
     from .queue import get_queue
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         execution_ttl=settings.execution_ttl_s,
         default_result_ttl=7 * 24 * 3600,
     )
-    log.info("worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, settings.redis_url)
+    log.info(
+        "worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, redacted(settings.redis_url)
+    )
     worker.work(
         burst=args.burst,
         max_jobs=args.max_jobs,

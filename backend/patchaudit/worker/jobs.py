@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
 
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
@@ -23,6 +23,50 @@ from ..store import JobStatus, cache_key, component_key, parse_component_key
 from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# the registry of job functions: workers run nothing else
+# ----------------------------------------------------------------------------------------
+
+#: Every function a worker may run for a job (or as a job's callback), by the import path RQ
+#: stores ("patchaudit.worker.jobs.run_analysis"). A job naming anything else is refused.
+JOB_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def job_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def job_function(fn: _F) -> _F:
+    """Register ``fn`` as a job function (one line per new job kind)::
+
+        @job_function
+        def run_circuit(analysis_id: str, ranking: str) -> dict: ...
+
+    Functions in other modules under ``patchaudit.worker`` register the same way; the worker
+    imports such a module (never one outside ``patchaudit.worker``) when a job names it."""
+    JOB_FUNCTIONS[job_name(fn)] = fn
+    return fn
+
+
+def is_job_function(name: str | None) -> bool:
+    if not name:
+        return False
+    if name in JOB_FUNCTIONS:
+        return True
+    module, _, attr = name.rpartition(".")
+    if not module.startswith("patchaudit.worker.") or not attr.isidentifier():
+        return False
+    import importlib
+
+    try:  # a project module that registers its functions when imported
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return name in JOB_FUNCTIONS
 
 
 class JobCancelled(Exception):
@@ -228,6 +272,7 @@ def _current_job_id() -> str | None:
 # ----------------------------------------------------------------------------------------
 
 
+@job_function
 def run_analysis(analysis_id: str) -> dict[str, Any]:
     """Audit one analysis's request and store the result (JSON) in Redis."""
     import patchaudit as pa
@@ -320,6 +365,7 @@ def _verify(
     return values, cost, base is not None
 
 
+@job_function
 def run_verify(analysis_id: str, components: list[str]) -> dict[str, Any]:
     """Activation patching of the given components ("L.H" keys) of a finished analysis."""
     import patchaudit as pa
@@ -380,6 +426,7 @@ def n_components(result: dict[str, Any]) -> int:
     return len(labels.get("rows") or []) * len(labels.get("cols") or [])
 
 
+@job_function
 def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
     """Screen-Flag-Fix step 3: activation patching of every flagged component, with its cost
     against a full activation-patching sweep (one patched forward per component)."""
@@ -442,6 +489,7 @@ def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 
+@job_function
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
     """RQ failure callback. Errors raised by a job are already recorded by the job; this
     handles a job abandoned by a dead worker: requeued once (status back to queued), then

@@ -9,14 +9,16 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ..store import AnalysisStore, keys
+from .jobs import job_name, on_job_failure, run_analysis, run_fix, run_verify
 
-#: Kinds of job and the function each runs (by import path, as RQ stores it).
+#: Kinds of job and the function each runs (by import path, as RQ stores it); every one is a
+#: registered job function (``jobs.JOB_FUNCTIONS``), the only ones workers run.
 JOB_FUNCS = {
-    "analysis": "patchaudit.worker.jobs.run_analysis",
-    "verify": "patchaudit.worker.jobs.run_verify",
-    "fix": "patchaudit.worker.jobs.run_fix",
+    "analysis": job_name(run_analysis),
+    "verify": job_name(run_verify),
+    "fix": job_name(run_fix),
 }
-ON_FAILURE = "patchaudit.worker.jobs.on_job_failure"
+ON_FAILURE = job_name(on_job_failure)
 
 #: An abandoned job (its worker died) runs once more; errors raised by the job itself do not.
 ABANDONED_RETRIES = 1

@@ -37,6 +37,7 @@ class WorkerConfig:
     worker_ttl_s: int = 35
     test_job_delay_s: float = 0.0
     max_tokens: int = 256
+    max_model_params: int = 3_000_000_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> WorkerConfig:
@@ -54,6 +55,7 @@ class WorkerConfig:
             worker_ttl_s=s.worker_ttl_s,
             test_job_delay_s=s.test_job_delay_s,
             max_tokens=s.max_tokens,
+            max_model_params=s.max_model_params,
         )
 
 
@@ -105,9 +107,25 @@ class ModelLRU:
             pass
 
 
-def _load_model(name: str, device: str | None) -> Any:
+def check_model_size(name: str, max_params: int) -> None:
+    """Refuse a model whose config says it is over the size cap, before any weights are
+    fetched (raises ModelLoadError naming the setting)."""
+    if name == "bundled":
+        return
+    from ..models import ModelLoadError, config_params
+
+    n = config_params(name)
+    if n is not None and n > max_params:
+        raise ModelLoadError(
+            f"model {name!r} has about {n:,} parameters, over this server's cap of "
+            f"{max_params:,} (PATCHAUDIT_MAX_MODEL_PARAMS)"
+        )
+
+
+def _load_model(name: str, device: str | None, max_params: int = 3_000_000_000) -> Any:
     import patchaudit as pa
 
+    check_model_size(name, max_params)
     log.info("loading model %s", name)
     return pa.load_model(name, device=device)
 
@@ -123,7 +141,7 @@ class Runtime:
             self.redis, Path(config.data_dir) / "cache", config.cache_budget_bytes
         )
         self.models = ModelLRU(
-            config.max_loaded_models, lambda name: _load_model(name, config.device)
+            config.max_loaded_models, lambda name: _load_model(name, config.device, config.max_model_params)
         )
 
 

@@ -18,6 +18,24 @@ from ..store import keys
 log = logging.getLogger(__name__)
 
 
+def refusal(job: Job) -> str | None:
+    """Why a worker must not run ``job`` (None: it may): its function, or one of its
+    callbacks, is not a registered job function (``jobs.JOB_FUNCTIONS``)."""
+    from .jobs import is_job_function
+
+    try:
+        name = job.func_name
+    except Exception as e:  # undecodable job data
+        return f"unreadable job ({type(e).__name__})"
+    if not is_job_function(name):
+        return f"{str(name)[:120]!r} is not a patchaudit job function"
+    for attr in ("success", "failure", "stopped"):
+        cb = getattr(job, f"_{attr}_callback_name", None)
+        if cb and not is_job_function(cb):
+            return f"its {attr} callback {str(cb)[:120]!r} is not a patchaudit job function"
+    return None
+
+
 class PatchauditWorker(SimpleWorker):
     """SimpleWorker with a short, heart-beaten execution TTL.
 
@@ -38,6 +56,10 @@ class PatchauditWorker(SimpleWorker):
         return self.execution_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        reason = refusal(job)
+        if reason:
+            self.refuse_job(job, queue, reason)
+            return
         execution = self.prepare_execution(job)
         stop = threading.Event()
         beat = threading.Thread(
@@ -49,6 +71,19 @@ class PatchauditWorker(SimpleWorker):
         finally:
             stop.set()
             beat.join(timeout=5)
+        self.set_state(WorkerStatus.IDLE)
+
+    def refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
+        """Fail a job that is not one of ours without importing or calling anything it names
+        (no callbacks, no retry)."""
+        log.error("refusing job %s: %s", job.id, reason)
+        for attr in ("success", "failure", "stopped"):
+            setattr(job, f"_{attr}_callback_name", None)
+            setattr(job, f"_{attr}_callback", None)
+        job.retries_left = 0
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        self.handle_job_failure(job, queue, exc_string=f"RefusedJob: {reason}", execution=execution)
         self.set_state(WorkerStatus.IDLE)
 
     def _keep_alive(self, job: Job, execution: Any, stop: threading.Event) -> None:

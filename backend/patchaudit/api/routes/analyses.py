@@ -17,9 +17,10 @@ from rq.serializers import JSONSerializer
 
 from ...store import JobStatus, component_key, parse_component_key
 from ...store.results import Analysis as StoredAnalysis
+from ...worker.admission import estimate_cost
 from ...worker.jobs import flagged_components, n_components
 from ...worker.queue import enqueue
-from ..deps import QueueDep, RedisDep, SettingsDep, StoreDep, WriteAccess
+from ..deps import GateDep, QueueDep, RedisDep, SettingsDep, StoreDep, WriteAccess
 from ..errors import ApiError
 from ..schemas import (
     Accepted,
@@ -38,11 +39,16 @@ router = APIRouter(prefix="/api/analyses", tags=["analyses"])
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed request (e.g. not UTF-8 JSON)"},
     401: {"model": ErrorResponse, "description": "API token missing or wrong"},
     404: {"model": ErrorResponse, "description": "no analysis with this id"},
     409: {"model": ErrorResponse, "description": "the analysis is not in a state that allows this"},
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "invalid request (the message says what to fix)"},
+    429: {
+        "model": ErrorResponse,
+        "description": "too much queued work (per client or in all): retry after Retry-After s",
+    },
 }
 
 
@@ -106,21 +112,28 @@ def create_analysis(
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
+    gate: GateDep,
 ) -> Accepted:
     request = normalise(body, settings)
-    analysis_id, existed = store.create_or_get(request)
-    if not existed:
-        try:
-            job_id = enqueue(
-                queue, store, "analysis", analysis_id, job_timeout_s=settings.job_timeout_s
-            )
-            store.update(analysis_id, job_id=job_id)
-        except Exception as e:
-            store.set_error(
-                analysis_id,
-                {"type": type(e).__name__, "message": "could not queue the job", "traceback": ""},
-            )
-            raise
+    with gate.admit(estimate_cost(request)) as record:
+        analysis_id, existed = store.create_or_get(request)
+        if not existed:
+            try:
+                job_id = enqueue(
+                    queue, store, "analysis", analysis_id, job_timeout_s=settings.job_timeout_s
+                )
+                store.update(analysis_id, job_id=job_id)
+            except Exception as e:
+                store.set_error(
+                    analysis_id,
+                    {
+                        "type": type(e).__name__,
+                        "message": "could not queue the job",
+                        "traceback": "",
+                    },
+                )
+                raise
+            record(job_id)
     status = store.status(analysis_id) or JobStatus.QUEUED
     response.headers["Location"] = f"/api/analyses/{analysis_id}"
     return Accepted(id=analysis_id, status=status, url=page_url(analysis_id), existing=existed)
@@ -132,8 +145,22 @@ def create_analysis(
     responses={404: ERRORS[404]},
     summary="Status, progress and result of an analysis",
 )
-def get_analysis(analysis_id: str, store: StoreDep) -> Analysis:
-    return to_schema(load(store, analysis_id))
+def get_analysis(analysis_id: str, store: StoreDep, queue: QueueDep) -> Analysis:
+    rec = load(store, analysis_id)
+    if rec.status == JobStatus.RUNNING and rec.job_id and not worker_alive(queue, rec.job_id):
+        # its worker stopped heart-beating: say so now, not when the retry starts
+        rec.progress = {**(rec.progress or {}), "phase": "worker_lost", "fraction": 0.0}
+    return to_schema(rec)
+
+
+def worker_alive(queue: Any, job_id: str) -> bool:
+    """Whether a worker still heart-beats ``job_id`` (its execution in RQ's started registry
+    has not expired). A job not started yet counts as alive."""
+    import time
+
+    reg = queue.started_job_registry
+    scores = [s for _, s in queue.connection.zscan_iter(reg.key, match=f"{job_id}:*")]
+    return not scores or max(scores) > time.time()
 
 
 def _components(body: VerifyRequest, rec: StoredAnalysis) -> list[str]:
@@ -177,6 +204,7 @@ def verify_components(
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
+    gate: GateDep,
 ) -> VerifyAccepted:
     rec = load(store, analysis_id)
     _require_done(rec, "verify components")
@@ -187,16 +215,21 @@ def verify_components(
         )
     done = set(rec.verified) | set((rec.result or {}).get("verified") or {})
     new = [c for c in comps if c not in done and c not in rec.pending]
-    job_id = _queue_components(settings, store, queue, "verify", analysis_id, new)
+    job_id = _queue_components(settings, store, queue, gate, "verify", rec, new)
     return _accepted(rec, analysis_id, new, job_id)
 
 
-def _queue_components(settings, store, queue, kind: str, analysis_id: str, comps: list[str]):  # noqa: ANN001
-    """Mark ``comps`` pending and queue one job of ``kind`` (verify or fix) for them."""
+def _queue_components(settings, store, queue, gate, kind: str, rec, comps: list[str]):  # noqa: ANN001
+    """Mark ``comps`` pending and queue one job of ``kind`` (verify or fix) for them, through
+    the admission gate."""
     if not comps:
         return None
-    store.add_pending(analysis_id, comps)
-    return enqueue(queue, store, kind, analysis_id, comps, job_timeout_s=settings.job_timeout_s)
+    cost = estimate_cost(rec.request or {}, kind, n_components=len(comps))
+    with gate.admit(cost) as record:
+        store.add_pending(rec.id, comps)
+        job_id = enqueue(queue, store, kind, rec.id, comps, job_timeout_s=settings.job_timeout_s)
+        record(job_id)
+    return job_id
 
 
 def _accepted(rec, analysis_id: str, comps: list[str], job_id: str | None) -> VerifyAccepted:  # noqa: ANN001
@@ -223,6 +256,7 @@ def fix_flagged(
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
+    gate: GateDep,
 ) -> VerifyAccepted:
     rec = load(store, analysis_id)
     _require_done(rec, "fix flagged components")
@@ -244,7 +278,7 @@ def fix_flagged(
     done = set(rec.verified) | set(rec.result.get("verified") or {})
     flagged = [c for c in flagged_components(rec.result, done) if c not in rec.pending]
     total = n_components(rec.result)
-    job_id = _queue_components(settings, store, queue, "fix", analysis_id, flagged)
+    job_id = _queue_components(settings, store, queue, gate, "fix", rec, flagged)
     fix = {
         "status": (JobStatus.QUEUED if flagged else JobStatus.DONE).value,
         "components": flagged,

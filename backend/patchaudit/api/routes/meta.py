@@ -4,24 +4,39 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..deps import SettingsDep
+from ..deps import SettingsDep, WriteAccess
 from ..errors import ApiError
 from ..schemas import ErrorResponse, ModelInfo, TaskInfo, TokenizeRequest, TokenizeResponse
-from ..validation import check_model, tokenizer_for
+from ..validation import check_model, enable_hint, tokenizer_for
 
 router = APIRouter(prefix="/api", tags=["meta"])
 
 
 @router.get("/models", response_model=list[ModelInfo], summary="Models this server offers")
 def list_models(settings: SettingsDep) -> list[ModelInfo]:
+    """The enabled models first (bundled, then what the operator named); then the featured hub
+    models this server does not run, with ``enabled: false`` and the setting that enables them."""
     import patchaudit as pa
 
+    featured = {m["name"]: m for m in pa.list_models()}
     allowed = settings.allowed_models
-    out = [ModelInfo.model_validate(m) for m in pa.list_models() if m["name"] in allowed]
-    known = {m.name for m in out}
-    for name in settings.model_allowlist or []:
-        if name not in known:
-            out.append(ModelInfo(name=name, description="allowed by PATCHAUDIT_MODEL_ALLOWLIST"))
+    out = [
+        ModelInfo.model_validate(
+            featured.get(name)
+            or {"name": name, "description": "enabled by the operator (PATCHAUDIT_MODEL_ALLOWLIST)"}
+        )
+        for name in settings.named_models
+    ]
+    named = set(settings.named_models)
+    for name, m in featured.items():
+        if name in named:
+            continue
+        if name in allowed:
+            out.append(ModelInfo.model_validate(m))
+        else:
+            out.append(
+                ModelInfo.model_validate({**m, "enabled": False, "enable_with": enable_hint(name)})
+            )
     return out
 
 
@@ -35,10 +50,14 @@ def list_tasks() -> list[TaskInfo]:
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
-    responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    responses={
+        401: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
     summary="Tokens of each pair and what is wrong with it (before submitting)",
 )
-def tokenize(body: TokenizeRequest, settings: SettingsDep) -> TokenizeResponse:
+def tokenize(body: TokenizeRequest, _: WriteAccess, settings: SettingsDep) -> TokenizeResponse:
     import patchaudit as pa
 
     model = check_model(body.model, settings)
