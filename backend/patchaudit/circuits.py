@@ -145,8 +145,11 @@ def faithfulness(
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
-    cost = {"forward": tracker.forward, "backward": tracker.backward}
-    cost["seconds"] = time.perf_counter() - t0
+    cost = {
+        "forward": tracker.forward,
+        "backward": tracker.backward,
+        "seconds": time.perf_counter() - t0,
+    }
     m, f = r.m.tolist(), r.f.tolist()
     return Faithfulness(
         m[0] if single else m,
@@ -202,8 +205,11 @@ def circuit_curve(
     f = r.f.tolist()
     cpr, cmd = K.curve_areas(fr, f)
     nc = p.site.n_comp
-    cost = {"forward": tracker.forward, "backward": tracker.backward}
-    cost["seconds"] = time.perf_counter() - t0
+    cost = {
+        "forward": tracker.forward,
+        "backward": tracker.backward,
+        "seconds": time.perf_counter() - t0,
+    }
     return CircuitCurve(
         sizes=ks,
         fractions=fr,
