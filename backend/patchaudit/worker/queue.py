@@ -15,6 +15,7 @@ JOB_FUNCS = {
     "analysis": "patchaudit.worker.jobs.run_analysis",
     "verify": "patchaudit.worker.jobs.run_verify",
     "fix": "patchaudit.worker.jobs.run_fix",
+    "circuit": "patchaudit.worker.jobs.run_circuit",
 }
 ON_FAILURE = "patchaudit.worker.jobs.on_job_failure"
 
