@@ -409,6 +409,7 @@ def test_openapi_lists_every_endpoint_with_models(stack: Stack) -> None:
         ("get", "/api/analyses/{analysis_id}"): None,
         ("post", "/api/analyses/{analysis_id}/verify"): "VerifyRequest",
         ("post", "/api/analyses/{analysis_id}/fix"): None,
+        ("post", "/api/analyses/{analysis_id}/circuit"): "CircuitRequest",
         ("post", "/api/analyses/{analysis_id}/cancel"): None,
         ("get", "/api/analyses/{analysis_id}/export.csv"): None,
         ("get", "/api/models"): None,

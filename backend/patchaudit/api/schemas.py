@@ -16,7 +16,7 @@ Site = Literal["heads", "mlp", "resid"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
 Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp"]
-Task = Literal["ioi", "induction"]
+Task = Literal["ioi", "induction", "planted"]
 
 SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
@@ -94,6 +94,21 @@ class VerifyRequest(_Strict):
     components: list[list[int]] = Field(min_length=1, examples=[[[0, 1], [1, 0]]])
 
 
+class CircuitRequest(_Strict):
+    """A circuit curve: rank the components by one method's scores (any the analysis has),
+    keep the top k for each size, measure faithfulness (METHODS.md, Circuits)."""
+
+    ranking: Method = Field(examples=["hvp"], description="the method whose scores rank")
+    sizes: list[int] | None = Field(
+        default=None,
+        max_length=256,
+        examples=[[1, 2, 4, 8]],
+        description="circuit sizes (numbers of components); default: every k for maps of at "
+        "most 64 components, MIB's 0.1 .. 100 % otherwise; 0 and all are always included",
+    )
+    absolute: bool = Field(default=True, description="rank by |score| (else signed)")
+
+
 class TokenizeRequest(_Strict):
     model: str = Field(default="bundled", min_length=1, max_length=MAX_MODEL_NAME)
     pairs: list[PairIn] = Field(min_length=1)
@@ -145,6 +160,29 @@ class FixInfo(BaseModel):
 Matrix = list[list[float | None]]
 
 
+class CircuitInfo(BaseModel):
+    """One ranking's circuit curve (``result.circuits[ranking]``; "hvp:signed" when signed)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: JobStatus = JobStatus.QUEUED
+    ranking: str = ""
+    absolute: bool = True
+    sizes: list[int] | None = Field(default=None, description="circuit sizes k on the curve")
+    fractions: list[float] | None = Field(default=None, description="k / number of components")
+    faithfulness: list[float | None] | None = Field(default=None, description="f of the top k")
+    cpr: float | None = Field(default=None, description="area under f (higher is better)")
+    cmd: float | None = Field(default=None, description="area of |1 - f| (lower is better)")
+    smallest_80: int | None = None
+    smallest_90: int | None = None
+    order: list[list[int]] | None = Field(
+        default=None, description="every component, most important first: top k = first k"
+    )
+    m_all: float | None = None
+    m_empty: float | None = None
+    job_id: str | None = None
+    error: ErrorInfo | None = None
+
+
 class AnalysisResult(BaseModel):
     """Per-component numbers; matrices are [rows][cols] (layer x head for site heads)."""
 
@@ -160,6 +198,9 @@ class AnalysisResult(BaseModel):
     )
     cost: dict[str, dict[str, float]] = Field(default_factory=dict)
     fix: FixInfo | None = None
+    circuits: dict[str, CircuitInfo] = Field(
+        default_factory=dict, description="circuit curves by ranking (POST .../circuit)"
+    )
     pairs: list[dict[str, str]] | None = Field(
         default=None, description="the prompts the analysis ran on (task sets are generated)"
     )
@@ -205,6 +246,14 @@ class VerifyAccepted(BaseModel):
     url: str
     components: list[str] = Field(description="components queued for verification")
     pending: list[str] = Field(description="every component of this analysis being verified")
+    job_id: str | None = None
+
+
+class CircuitAccepted(BaseModel):
+    id: str
+    url: str
+    key: str = Field(description="where the curve appears: result.circuits[key]")
+    circuit: CircuitInfo
     job_id: str | None = None
 
 

@@ -106,6 +106,10 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
                     "`python -m patchaudit.models.train_bundled`"
                 )
             model = _load_local(BUNDLED_DIR, device, dtype)
+        elif source == "planted":
+            from . import planted
+
+            model = planted.load(device, dtype)
         elif Path(source).expanduser().is_dir():
             model = _load_local(Path(source).expanduser(), device, dtype)
         else:
@@ -202,5 +206,13 @@ def list_models() -> list[dict]:
             "bundled": True,
         }
     ]
+    out.append(
+        {
+            "name": "planted",
+            "description": "a 3 x 4-head GPT-2 with hand-set weights and a known induction "
+            "circuit (ground truth in models/planted/ground_truth.json; task 'planted')",
+            "bundled": True,
+        }
+    )
     out += [{"name": n, "description": d, "bundled": False} for n, d in FEATURED]
     return out

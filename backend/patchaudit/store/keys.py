@@ -19,6 +19,8 @@ VERIFIED = f"{PREFIX}:verified:"
 PENDING = f"{PREFIX}:pending:"
 #: List per analysis: one JSON record per finished verify / fix run (components, forwards).
 VERIFICATIONS = f"{PREFIX}:verifications:"
+#: Hash per analysis: ranking ("atp", "hvp:signed", ...) -> circuit curve JSON (issue 12).
+CIRCUITS = f"{PREFIX}:circuits:"
 #: String per request hash: the analysis id that already holds this request's result.
 DEDUP = f"{PREFIX}:dedup:"
 #: String per RQ job id: set when a user asked to cancel; polled by the engine's should_stop.
@@ -87,3 +89,7 @@ def admission(client: str) -> str:
 
 def admission_lock(client: str) -> str:
     return ADMISSION_LOCK + client
+
+
+def circuits(analysis_id: str) -> str:
+    return CIRCUITS + analysis_id

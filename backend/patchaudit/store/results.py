@@ -70,6 +70,7 @@ class Analysis:
     pending: list[str] = field(default_factory=list)
     verifications: list[dict[str, Any]] = field(default_factory=list)
     fix: dict[str, Any] | None = None
+    circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_key: str | None = None
     job_id: str | None = None
     created_at: float = 0.0
@@ -126,7 +127,7 @@ class AnalysisStore:
         with self.r.pipeline() as p:
             p.delete(keys.analysis(analysis_id), keys.verified(analysis_id))
             p.delete(keys.pending(analysis_id), keys.jobs(analysis_id))
-            p.delete(keys.verifications(analysis_id))
+            p.delete(keys.verifications(analysis_id), keys.circuits(analysis_id))
             p.zrem(keys.ANALYSES_INDEX, analysis_id)
             p.execute()
 
@@ -145,7 +146,8 @@ class AnalysisStore:
             p.hgetall(keys.verified(analysis_id))
             p.smembers(keys.pending(analysis_id))
             p.lrange(keys.verifications(analysis_id), 0, -1)
-            raw, verified, pending, runs = p.execute()
+            p.hgetall(keys.circuits(analysis_id))
+            raw, verified, pending, runs, circuits = p.execute()
         if not raw:
             return None
         d = {self._text(k): self._text(v) for k, v in raw.items()}
@@ -169,6 +171,9 @@ class AnalysisStore:
             pending=sorted((self._text(x) for x in pending), key=parse_component_key),
             verifications=[json.loads(self._text(x)) for x in runs],
             fix=decoded.get("fix"),
+            circuits={
+                self._text(k): json.loads(self._text(v)) for k, v in sorted(circuits.items())
+            },
             cache_key=d.get("cache_key") or None,
             job_id=d.get("job_id") or None,
             created_at=float(d.get("created_at") or 0.0),
@@ -237,6 +242,14 @@ class AnalysisStore:
     def append_verification(self, analysis_id: str, entry: dict[str, Any]) -> None:
         """Append one verify run's record (components, forwards, cache_hit, seconds)."""
         self.r.rpush(keys.verifications(analysis_id), canonical_json(entry))
+
+    def set_circuit(self, analysis_id: str, ranking: str, entry: dict[str, Any]) -> None:
+        """Store one ranking's circuit curve (or its queued / failed state)."""
+        self.r.hset(keys.circuits(analysis_id), ranking, canonical_json(entry))
+
+    def get_circuit(self, analysis_id: str, ranking: str) -> dict[str, Any] | None:
+        raw = self.r.hget(keys.circuits(analysis_id), ranking)
+        return json.loads(self._text(raw)) if raw else None
 
     # -- jobs and cancellation ----------------------------------------------------------
 

@@ -36,4 +36,19 @@ def list_tasks() -> list[dict]:
             "example": ind_example,
         }
     )
+    out.append(
+        {
+            "name": "planted",
+            "description": "Induction with a BOS token for the planted model (pa.load_model("
+            "'planted')), whose circuit is known by construction: [bos] r r[:-1] -> r[-1]; "
+            "corruption: the first half replaced by random tokens.",
+            "corruptions": ["random"],
+            "example": {
+                "clean": "<bos> t24 t31 t28 t13 t01 t08 t16 t15 t24 t31 t28 t13 t01 t08 t16",
+                "corrupted": "<bos> t12 t09 t30 t11 t18 t06 t25 t04 t24 t31 t28 t13 t01 t08 t16",
+                "answer": " t15",
+                "wrong": " t04",
+            },
+        }
+    )
     return out

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-TASKS = ("ioi", "induction")
+TASKS = ("ioi", "induction", "planted")
 
 
 @dataclass
@@ -229,11 +229,9 @@ class PromptPairs:
             )
             p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "abc"}
             return p
-        if name == "induction":
+        if name in ("induction", "planted"):  # planted: induction for the planted model
             if corruption not in (None, "random"):
-                raise ValueError(
-                    f"task 'induction' has corruption 'random' only, got {corruption!r}"
-                )
+                raise ValueError(f"task {name!r} has corruption 'random' only, got {corruption!r}")
             return cls(task={"name": name, "n": n, "seed": seed, "corruption": "random", **kw})
         raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
 
@@ -260,7 +258,11 @@ class PromptPairs:
                             f"{label} token ids must lie in [0, {vocab}) for this model"
                         )
             return t
-        if self.task is not None and self.task["name"] == "induction" and not self.clean:
+        if (
+            self.task is not None
+            and self.task["name"] in ("induction", "planted")
+            and not self.clean
+        ):
             from .induction import make_induction
 
             kw = {

@@ -484,6 +484,85 @@ def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
         _finish_job(rt, analysis_id, job_id)
 
 
+def circuit_key(ranking: str, absolute: bool = True) -> str:
+    """Where a curve is stored in ``result.circuits``: the ranking ("hvp"), or "hvp:signed"."""
+    return ranking if absolute else f"{ranking}:signed"
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: NaN / inf -> None (recursively)."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return x
+
+
+@job_function
+def run_circuit(
+    analysis_id: str, ranking: str, sizes: list[int] | None = None, absolute: bool = True
+) -> dict[str, Any]:
+    """The circuit curve of one ranking (a method's scores) of a finished analysis: faithfulness
+    of its top-k components for each size (one batched pass on the cached base), stored as
+    ``result.circuits[ranking]`` (``ranking:signed`` for a signed ranking)."""
+    import patchaudit as pa
+
+    rt = get_runtime()
+    job_id = _current_job_id()
+    key = circuit_key(ranking, absolute)
+    entry: dict[str, Any] = {"status": JobStatus.RUNNING.value, "ranking": ranking}
+    entry.update({"absolute": absolute, "requested_sizes": sizes})
+    try:
+        rec = rt.store.get(analysis_id)
+        if rec is None or rec.result is None:
+            raise ValueError(f"analysis {analysis_id} has no result to build circuits from")
+        scores = (rec.result.get("scores") or {}).get(ranking)
+        if scores is None:
+            raise ValueError(f"this analysis has no {ranking!r} scores")
+        rt.store.set_circuit(analysis_id, key, entry)
+        req = rec.request
+        progress = JobProgress(rt, analysis_id, job_id, mirror=False)
+        progress.check()
+        progress("circuit", 0.0, 0)
+        model, tp, ckey = _prepare(rt, req)
+        base = _load_base(rt, rec.cache_key or ckey)
+        curve = pa.circuit_curve(
+            model,
+            tp,
+            [[float("nan") if v is None else v for v in row] for row in scores],
+            site=req["site"],
+            metric=req["metric"],
+            direction=req["direction"],
+            sizes=sizes,
+            absolute=absolute,
+            base=base,
+            progress=progress,
+            should_stop=progress.should_stop,
+        )
+        if base is None:
+            _save_base(rt, ckey, curve.base)
+        entry.update(_finite(curve.to_dict()))
+        entry.update({"status": JobStatus.DONE.value, "cache_hit": base is not None})
+        rt.store.set_circuit(analysis_id, key, entry)
+        return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
+    except (pa.Cancelled, JobCancelled):
+        rt.store.set_circuit(analysis_id, key, {**entry, "status": JobStatus.CANCELLED.value})
+        return {"status": "cancelled"}
+    except Exception as exc:
+        err = error_info(exc, rt)
+        entry.update(
+            {"status": JobStatus.FAILED.value, "error": {k: err[k] for k in ("type", "message")}}
+        )
+        rt.store.set_circuit(analysis_id, key, entry)
+        log.exception("circuit of %s failed", analysis_id)
+        _no_retry()
+        raise
+    finally:
+        _finish_job(rt, analysis_id, job_id)
+
+
 # ----------------------------------------------------------------------------------------
 # abandoned jobs
 # ----------------------------------------------------------------------------------------
@@ -527,6 +606,20 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
                     "type": "WorkerLost",
                     "message": "the worker running this analysis stopped twice; submit it again",
                     "traceback": "",
+                },
+            )
+            store.remove_job(analysis_id, job.id)
+    elif kind == "circuit":
+        if not retrying and len(args) > 1:
+            absolute = bool(args[3]) if len(args) > 3 else True
+            store.set_circuit(
+                analysis_id,
+                circuit_key(str(args[1]), absolute),
+                {
+                    "status": JobStatus.FAILED.value,
+                    "ranking": str(args[1]),
+                    "absolute": absolute,
+                    "error": {"type": "WorkerLost", "message": "the worker stopped; try again"},
                 },
             )
             store.remove_job(analysis_id, job.id)

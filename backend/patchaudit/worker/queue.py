@@ -9,7 +9,7 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ..store import AnalysisStore, keys
-from .jobs import job_name, on_job_failure, run_analysis, run_fix, run_verify
+from .jobs import job_name, on_job_failure, run_analysis, run_circuit, run_fix, run_verify
 
 #: Kinds of job and the function each runs (by import path, as RQ stores it); every one is a
 #: registered job function (``jobs.JOB_FUNCTIONS``), the only ones workers run.
@@ -17,6 +17,7 @@ JOB_FUNCS = {
     "analysis": job_name(run_analysis),
     "verify": job_name(run_verify),
     "fix": job_name(run_fix),
+    "circuit": job_name(run_circuit),
 }
 ON_FAILURE = job_name(on_job_failure)
 

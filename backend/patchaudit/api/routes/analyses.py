@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from ...store import JobStatus, component_key, parse_component_key
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
-from ...worker.jobs import flagged_components, n_components
+from ...worker.jobs import circuit_key, flagged_components, n_components
 from ...worker.queue import enqueue
 from ..deps import GateDep, QueueDep, RedisDep, SettingsDep, StoreDep, WriteAccess
 from ..errors import ApiError
@@ -26,6 +26,9 @@ from ..schemas import (
     Accepted,
     Analysis,
     AnalysisRequest,
+    CircuitAccepted,
+    CircuitInfo,
+    CircuitRequest,
     ErrorResponse,
     VerifyAccepted,
     VerifyRequest,
@@ -73,6 +76,7 @@ def to_schema(rec: StoredAnalysis) -> Analysis:
             sorted(verified.items(), key=lambda kv: parse_component_key(kv[0]))
         )
         result["fix"] = rec.fix
+        result["circuits"] = rec.circuits
     error = None
     if rec.error:
         error = {"type": rec.error.get("type", "Error"), "message": rec.error.get("message", "")}
@@ -292,6 +296,84 @@ def fix_flagged(
 
 
 @router.post(
+    "/{analysis_id}/circuit",
+    status_code=202,
+    response_model=CircuitAccepted,
+    responses=ERRORS,
+    summary="Queue the circuit curve of one ranking (stored as result.circuits[ranking])",
+)
+def circuit_curve(
+    analysis_id: str,
+    body: CircuitRequest,
+    _: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+) -> CircuitAccepted:
+    rec = load(store, analysis_id)
+    _require_done(rec, "build circuits")
+    assert rec.result is not None
+    have = list(rec.result.get("scores") or {})
+    if body.ranking not in have:
+        raise unprocessable(
+            "ranking",
+            f"this analysis has no {body.ranking!r} scores: choose one of {', '.join(have)}",
+        )
+    n = n_components(rec.result)
+    sizes = None
+    if body.sizes is not None:
+        for i, s in enumerate(body.sizes):
+            if not 0 <= s <= n:
+                raise unprocessable(f"sizes.{i}", f"size {s} is outside 0..{n} (the components)")
+        sizes = sorted(set(body.sizes))
+    key = circuit_key(body.ranking, body.absolute)
+    old = rec.circuits.get(key)
+    same = old is not None and old.get("requested_sizes") == sizes
+    live = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.DONE.value)
+    if same and old is not None and old.get("status") in live:
+        return CircuitAccepted.model_validate(
+            {
+                "id": analysis_id,
+                "url": page_url(analysis_id),
+                "key": key,
+                "circuit": old,
+                "job_id": old.get("job_id"),
+            }
+        )
+    entry: dict[str, Any] = {
+        "status": JobStatus.QUEUED.value,
+        "ranking": body.ranking,
+        "absolute": body.absolute,
+        "requested_sizes": sizes,
+    }
+    cost = estimate_cost(rec.request or {}, "circuit", n_components=len(sizes or range(16)))
+    with gate.admit(cost) as record:
+        store.set_circuit(analysis_id, key, entry)
+        job_id = enqueue(
+            queue,
+            store,
+            "circuit",
+            analysis_id,
+            body.ranking,
+            sizes,
+            body.absolute,
+            job_timeout_s=settings.job_timeout_s,
+        )
+        record(job_id)
+    entry["job_id"] = job_id
+    if (store.get_circuit(analysis_id, key) or {}).get("status") == JobStatus.QUEUED.value:
+        store.set_circuit(analysis_id, key, entry)  # unless the worker already picked it up
+    return CircuitAccepted(
+        id=analysis_id,
+        url=page_url(analysis_id),
+        key=key,
+        circuit=CircuitInfo.model_validate(entry),
+        job_id=job_id,
+    )
+
+
+@router.post(
     "/{analysis_id}/cancel",
     status_code=202,
     response_model=Analysis,
@@ -324,6 +406,11 @@ def cancel_analysis(
                 store.update(
                     analysis_id, fix={"status": JobStatus.CANCELLED.value, "components": []}
                 )
+            if kind == "circuit" and len(job.args) > 1:
+                absolute = bool(job.args[3]) if len(job.args) > 3 else True
+                key = circuit_key(str(job.args[1]), absolute)
+                entry = store.get_circuit(analysis_id, key) or {}
+                store.set_circuit(analysis_id, key, {**entry, "status": JobStatus.CANCELLED.value})
             if kind == "analysis":
                 store.set_status(analysis_id, JobStatus.CANCELLED)
     if rec.status == JobStatus.QUEUED and store.status(analysis_id) == JobStatus.QUEUED:
