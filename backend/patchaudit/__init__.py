@@ -7,6 +7,7 @@ report = pa.audit(model, pairs, methods=("atp", "hvp", "ap"))
 """
 
 from .audit import FixResult, VerifyResult, audit, base_key, screen_flag_fix, verify
+from .detail import ComponentDetail, inspect
 from .estimators.core import DIRECTIONS, BaseCache, Cancelled
 from .estimators.methods import METHODS
 from .estimators.sites import SITES
@@ -26,6 +27,7 @@ __all__ = [
     "SITES",
     "BaseCache",
     "Cancelled",
+    "ComponentDetail",
     "FixResult",
     "ModelLoadError",
     "PromptPairs",
@@ -35,6 +37,7 @@ __all__ = [
     "audit",
     "base_key",
     "check_pairs",
+    "inspect",
     "list_models",
     "list_tasks",
     "load_model",
