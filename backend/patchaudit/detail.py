@@ -153,9 +153,7 @@ def inspect(
     methods = list(dict.fromkeys(["atp", *methods]))
     for m in methods:
         if m not in I.INSPECT_METHODS:
-            raise ValueError(
-                f"inspect computes {', '.join(I.INSPECT_METHODS)} per pair, not {m!r}"
-            )
+            raise ValueError(f"inspect computes {', '.join(I.INSPECT_METHODS)} per pair, not {m!r}")
     dev = model_device(model).type
     probes = _positive_int(
         "hvp_probes", defaults.hvp_probes(dev) if hvp_probes is None else hvp_probes
@@ -175,9 +173,7 @@ def inspect(
         else:
             vals = torch.as_tensor(verified_ap, dtype=torch.float32).flatten()
             if vals.numel() != len(tp):
-                raise ValueError(
-                    f"verified_ap has {vals.numel()} values for {len(tp)} pairs"
-                )
+                raise ValueError(f"verified_ap has {vals.numel()} values for {len(tp)} pairs")
             per_pair["ap"] = vals
         if verified is None:
             verified = float(per_pair["ap"].mean())

@@ -56,13 +56,14 @@ def _by_position(p: Problem, x: Tensor, comp: int) -> Float[Tensor, "batch pos"]
     return (x * _mask(p, comp, x)).flatten(2).sum(-1)  # [batch, pos, rest] -> [batch, pos]
 
 
-def first_order_pairs(
-    p: Problem, base: BaseCache
-) -> Float[Tensor, "batch n_layers n_comp"]:
+def first_order_pairs(p: Problem, base: BaseCache) -> Float[Tensor, "batch n_layers n_comp"]:
     """Every component's first-order estimate on every pair alone (B <g_b, delta_b>)."""
-    return torch.stack(
-        [p.site.reduce(g * d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1
-    ) * p.batch  # [batch, n_layers, n_comp]
+    return (
+        torch.stack(
+            [p.site.reduce(g * d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1
+        )
+        * p.batch
+    )  # [batch, n_layers, n_comp]
 
 
 def first_order_positions(
@@ -162,9 +163,7 @@ def inspect_component(
     out.per_pair["atp"], out.per_position["atp"] = a1, a1_pos
     for m in methods:
         if m not in INSPECT_METHODS:
-            raise ValueError(
-                f"inspect computes {', '.join(INSPECT_METHODS)} per pair, not {m!r}"
-            )
+            raise ValueError(f"inspect computes {', '.join(INSPECT_METHODS)} per pair, not {m!r}")
         if m in FIRST_ORDER:
             continue
         signs, combine = tangents(p, m, layer, comp, probes, seed)
@@ -229,4 +228,3 @@ def attention(
     if p.direction == "noising":
         return {"clean": on_base, "corrupted": on_src}
     return {"clean": on_src, "corrupted": on_base}
-
