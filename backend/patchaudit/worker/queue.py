@@ -15,6 +15,7 @@ JOB_FUNCS = {
     "analysis": "patchaudit.worker.jobs.run_analysis",
     "verify": "patchaudit.worker.jobs.run_verify",
     "fix": "patchaudit.worker.jobs.run_fix",
+    "inspect": "patchaudit.worker.jobs.run_inspect",
 }
 ON_FAILURE = "patchaudit.worker.jobs.on_job_failure"
 
@@ -44,9 +45,10 @@ def enqueue(
     analysis_id: str,
     *args: object,
     job_timeout_s: int,
+    job_id: str | None = None,
 ) -> str:
     """Enqueue one job for an analysis and record it among the analysis's active jobs."""
-    job_id = new_job_id(kind, analysis_id)
+    job_id = job_id or new_job_id(kind, analysis_id)
     store.add_job(analysis_id, job_id)
     queue.enqueue(
         JOB_FUNCS[kind],
