@@ -111,8 +111,14 @@ def test_bad_component_keys(stack: Stack, done: dict, key: str, status: int, nee
 
 
 def test_unknown_analysis_and_unfinished(stack: Stack):
-    r = stack.client.get("/api/analyses/" + "0" * 32 + "/components/1.2")
+    c = stack.client
+    r = c.get("/api/analyses/" + "0" * 32 + "/components/1.2")
     assert r.status_code == 404 and "no analysis" in r.json()["message"]
+    # the worker sleeps 0.3 s per phase in these tests: the new analysis is not done yet
+    aid = c.post("/api/analyses", json=token_request(stack.tiny, seed=7)).json()["id"]
+    r = c.get(f"/api/analyses/{aid}/components/1.2")
+    assert r.status_code == 409 and "once it is done" in r.json()["message"]
+    wait_status(c, aid, ("done",), 90)
 
 
 def test_mlp_key_is_the_layer(stack: Stack):
