@@ -51,6 +51,7 @@ bench: install
 	$(VENV)/bin/patchaudit bench accuracy --out bench/results/accuracy.json --write-defaults
 	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
 	$(PY) bench/bench_verify_latency.py
+	$(PY) bench/bench_inspect_latency.py
 	$(PY) bench/make_report.py
 	$(MAKE) docs
 

@@ -8,6 +8,7 @@ report = pa.audit(model, pairs, methods=("atp", "hvp", "ap"))
 
 from .audit import FixResult, VerifyResult, audit, base_key, screen_flag_fix, verify
 from .circuits import CircuitCurve, Faithfulness, circuit_curve, faithfulness
+from .detail import ComponentDetail, inspect
 from .estimators.core import DIRECTIONS, BaseCache, Cancelled
 from .estimators.methods import METHODS
 from .estimators.sites import SITES
@@ -29,6 +30,7 @@ __all__ = [
     "Cancelled",
     "CircuitCurve",
     "Faithfulness",
+    "ComponentDetail",
     "FixResult",
     "ModelLoadError",
     "PromptPairs",
@@ -40,6 +42,7 @@ __all__ = [
     "check_pairs",
     "circuit_curve",
     "faithfulness",
+    "inspect",
     "list_models",
     "list_tasks",
     "load_model",

@@ -237,6 +237,8 @@ class VerifyResult:
     values: dict[tuple[int, int], float]
     cost: dict = field(default_factory=dict)
     base: BaseCache | None = None
+    # every pair's own ap value (the same patched forwards compute them): component -> [batch]
+    per_pair: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 def verify(
@@ -268,13 +270,14 @@ def verify(
     t0 = time.perf_counter()
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "verify"
-    values = patch_components(p, b, sorted(set(comps)), tracker) if comps else {}
+    per_pair: dict[tuple[int, int], torch.Tensor] = {}
+    values = patch_components(p, b, sorted(set(comps)), tracker, per_pair) if comps else {}
     cost = {
         "forward": tracker.forward,
         "backward": tracker.backward,
         "seconds": time.perf_counter() - t0,
     }
-    return VerifyResult(values, cost, b)
+    return VerifyResult(values, cost, b, per_pair)
 
 
 @dataclass

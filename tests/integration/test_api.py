@@ -412,6 +412,8 @@ def test_openapi_lists_every_endpoint_with_models(stack: Stack) -> None:
         ("post", "/api/analyses/{analysis_id}/circuit"): "CircuitRequest",
         ("post", "/api/analyses/{analysis_id}/cancel"): None,
         ("get", "/api/analyses/{analysis_id}/export.csv"): None,
+        ("get", "/api/analyses"): None,
+        ("get", "/api/analyses/{analysis_id}/components/{key}"): None,
         ("get", "/api/models"): None,
         ("get", "/api/tasks"): None,
         ("post", "/api/tokenize"): "TokenizeRequest",

@@ -124,3 +124,23 @@ def get_gate(request: Request) -> Gate:
 
 
 GateDep = Annotated[Gate, Depends(get_gate)]
+
+
+def require_list_access(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> None:
+    """Listing every analysis reveals their ids (capabilities): API-token holders only, or
+    everyone when the server runs without a token on a loopback address."""
+    from .settings import is_loopback
+
+    if settings.token:
+        require_write_token(settings, authorization, x_api_token)
+    elif not is_loopback(settings.host):
+        raise ApiError(
+            403, "listing analyses needs an API token on a server reachable beyond this machine"
+        )
+
+
+ListAccess = Annotated[None, Depends(require_list_access)]

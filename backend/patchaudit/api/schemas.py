@@ -323,3 +323,72 @@ class ErrorResponse(BaseModel):
 
     detail: Any
     message: str
+
+
+# -- exploration (issue 11) --------------------------------------------------------------------
+
+
+class ComponentDetailOut(BaseModel):
+    """One component in detail (``pa.ComponentDetail.to_dict()``): per-pair values (mean = the
+    map's value), per-position rows (first order: they sum to the per-pair value) and, for a
+    head, its attention pattern on the clean and the corrupted prompts."""
+
+    model_config = ConfigDict(extra="allow")
+    site: Site
+    component: list[int]
+    key: str = Field(description='"L.H" (heads), "L" (mlp), "L.P" (resid)')
+    name: str
+    metric: str
+    direction: str
+    methods: list[str]
+    n_pairs: int
+    n_pos: int
+    tokens: dict[str, Any] = Field(description="clean / corrupted token strings, last_pos")
+    per_pair: dict[str, list[float | None]] = Field(
+        description='method -> [pairs], + "reliability", + "ap" when verified'
+    )
+    per_position: dict[str, list[list[float | None]]] = Field(
+        description="method -> [pairs][positions]"
+    )
+    q: dict[str, list[float | None]] = Field(default_factory=dict)
+    attention: dict[str, list[list[list[float | None]]]] | None = Field(
+        default=None, description='heads: "clean" / "corrupted" -> [pairs][query][key]'
+    )
+    map_value: dict[str, float | None] = Field(default_factory=dict)
+    verified: float | None = None
+    reliability_source: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    cost: dict[str, Any] = Field(default_factory=dict)
+
+
+class ComponentPending(BaseModel):
+    """202: the component is being computed by a worker; ask again (Retry-After)."""
+
+    id: str
+    key: str
+    status: JobStatus
+    job_id: str | None = None
+    retry_after_s: float = 1.0
+
+
+class AnalysisSummary(BaseModel):
+    id: str
+    url: str
+    status: JobStatus
+    model: str | None = None
+    task: str | None = Field(default=None, description='a task name, or "custom" for own pairs')
+    site: str | None = None
+    metric: str | None = None
+    direction: str | None = None
+    n_pairs: int | None = None
+    methods: list[str] = Field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class AnalysisList(BaseModel):
+    items: list[AnalysisSummary]
+    total: int
+    page: int
+    per_page: int
+    pages: int

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..tasks.metrics import MetricTargets, per_copy
+from ..tasks.metrics import MetricTargets, per_copy, per_example
 from .sites import Site, make_site
 
 DIRECTIONS = ("noising", "denoising")
@@ -343,8 +343,6 @@ def compute_base_fused(
         if signs is not None:
             delta = [s_ - b_ for s_, b_ in zip(a_src, a_base, strict=True)]
             y = hvp_from_graph(p, g, eps, delta, signs, k, tracker)
-    from ..tasks.metrics import per_example
-
     with torch.no_grad():
         fb = per_example(p.metric, lg_base, p.targets)
         fs = per_example(p.metric, lg_src.detach(), p.targets)
@@ -472,9 +470,12 @@ def patch_components(
     base: BaseCache,
     components: Sequence[tuple[int, int]],
     tracker: Tracker,
+    per_pair: dict[tuple[int, int], Tensor] | None = None,
 ) -> dict[tuple[int, int], float]:
     """Activation patching: for each component, one forward of the base run with that
     component's activation replaced by the source run's; returns F(patched) - F(base).
+    With ``per_pair`` (a dict) it also keeps every pair's own value, m_b(patched) - m_b(base)
+    ([batch] on the CPU; their mean is the returned value), which the same forward computes.
     Components of one layer share a forward (copies on the batch axis, chunked); where the
     model can resume mid-network, that forward starts at the layer from the cached residual
     stream (the blocks before it are untouched by the patch)."""
@@ -508,7 +509,11 @@ def patch_components(
                 logits = run(p, resid, replace=patch, start_at_layer=layer, last_only=last)
             else:
                 logits = run(p, tile(p.base_tokens, k), replace=patch, last_only=last)
-            vals = per_copy(p.metric, logits, targets)
+            rows = per_example(p.metric, logits, targets).view(k, p.batch)  # [copies, batch]
+            vals = rows.mean(1)  # per_copy
+            if per_pair is not None:
+                for c, r in zip(comps, (rows - base.f_base).detach().cpu(), strict=True):
+                    per_pair[(layer, c)] = r
         tracker.forward += 1
         for c, v in zip(comps, (vals - f0).tolist(), strict=True):
             out[(layer, c)] = float(v)

@@ -21,6 +21,12 @@ PENDING = f"{PREFIX}:pending:"
 VERIFICATIONS = f"{PREFIX}:verifications:"
 #: Hash per analysis: ranking ("atp", "hvp:signed", ...) -> circuit curve JSON (issue 12).
 CIRCUITS = f"{PREFIX}:circuits:"
+#: Hash per analysis: "L.C" -> JSON record of an inspected component (issue 11):
+#: {"status": queued|running|done|failed, "job_id", "detail" (ComponentDetail.to_dict), "error"}.
+COMPONENTS = f"{PREFIX}:components:"
+#: Hash per analysis: "L.C" -> JSON list of every pair's activation-patching value (kept from
+#: the batched patched forward of a verify / fix run; their mean is the VERIFIED value).
+VERIFIED_PAIRS = f"{PREFIX}:verified_pairs:"
 #: String per request hash: the analysis id that already holds this request's result.
 DEDUP = f"{PREFIX}:dedup:"
 #: String per RQ job id: set when a user asked to cancel; polled by the engine's should_stop.
@@ -63,6 +69,14 @@ def cancel(job_id: str) -> str:
 
 def jobs(analysis_id: str) -> str:
     return JOBS + analysis_id
+
+
+def components(analysis_id: str) -> str:
+    return COMPONENTS + analysis_id
+
+
+def verified_pairs(analysis_id: str) -> str:
+    return VERIFIED_PAIRS + analysis_id
 
 
 def verifications(analysis_id: str) -> str:

@@ -128,6 +128,7 @@ class AnalysisStore:
             p.delete(keys.analysis(analysis_id), keys.verified(analysis_id))
             p.delete(keys.pending(analysis_id), keys.jobs(analysis_id))
             p.delete(keys.verifications(analysis_id), keys.circuits(analysis_id))
+            p.delete(keys.components(analysis_id), keys.verified_pairs(analysis_id))
             p.zrem(keys.ANALYSES_INDEX, analysis_id)
             p.execute()
 
@@ -250,6 +251,71 @@ class AnalysisStore:
     def get_circuit(self, analysis_id: str, ranking: str) -> dict[str, Any] | None:
         raw = self.r.hget(keys.circuits(analysis_id), ranking)
         return json.loads(self._text(raw)) if raw else None
+
+    # -- inspected components (issue 11) ------------------------------------------------
+
+    def claim_component(self, analysis_id: str, key: str, job_id: str) -> bool:
+        """Mark component ``key`` queued for job ``job_id`` unless a record exists already."""
+        rec = canonical_json({"status": JobStatus.QUEUED.value, "job_id": job_id})
+        return bool(self.r.hsetnx(keys.components(analysis_id), key, rec))
+
+    def set_component(self, analysis_id: str, key: str, record: dict[str, Any]) -> None:
+        self.r.hset(keys.components(analysis_id), key, canonical_json(record))
+
+    def get_component(self, analysis_id: str, key: str) -> dict[str, Any] | None:
+        raw = self.r.hget(keys.components(analysis_id), key)
+        return None if raw is None else json.loads(self._text(raw))
+
+    def drop_component(self, analysis_id: str, key: str) -> None:
+        self.r.hdel(keys.components(analysis_id), key)
+
+    def component_keys(self, analysis_id: str) -> list[str]:
+        return sorted(
+            (self._text(k) for k in self.r.hkeys(keys.components(analysis_id))),
+            key=parse_component_key,
+        )
+
+    def add_verified_pairs(self, analysis_id: str, values: dict[str, list[float | None]]) -> None:
+        """Every pair's ap value of verified components ("L.C" -> [pairs])."""
+        if values:
+            self.r.hset(
+                keys.verified_pairs(analysis_id),
+                mapping={k: canonical_json(v) for k, v in values.items()},
+            )
+
+    def verified_pairs(self, analysis_id: str, key: str) -> list[float | None] | None:
+        raw = self.r.hget(keys.verified_pairs(analysis_id), key)
+        return None if raw is None else json.loads(self._text(raw))
+
+    # -- listing ------------------------------------------------------------------------
+
+    def list_summaries(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Newest first: id, status, request fields a list shows, timestamps (no results)."""
+        ids = [
+            self._text(x) for x in self.r.zrevrange(keys.ANALYSES_INDEX, offset, offset + limit - 1)
+        ]
+        if not ids:
+            return []
+        fields = ("status", "request", "created_at", "updated_at")
+        with self.r.pipeline() as p:
+            for i in ids:
+                p.hmget(keys.analysis(i), *fields)
+            rows = p.execute()
+        out = []
+        for analysis_id, row in zip(ids, rows, strict=True):
+            status, request, created, updated = (self._text(v) for v in row)
+            if status is None:  # deleted meanwhile
+                continue
+            out.append(
+                {
+                    "id": analysis_id,
+                    "status": JobStatus(status),
+                    "request": json.loads(request) if request else {},
+                    "created_at": float(created or 0.0),
+                    "updated_at": float(updated or 0.0),
+                }
+            )
+        return out
 
     # -- jobs and cancellation ----------------------------------------------------------
 

@@ -361,8 +361,31 @@ def _verify(
     if base is None:
         _save_base(rt, key, getattr(res, "base", None))
     values = {component_key(c): (None if v != v else float(v)) for c, v in res.values.items()}
+    _keep_pair_values(rt, analysis_id, getattr(res, "per_pair", None) or {})
     cost = dict(res.cost)
     return values, cost, base is not None
+
+
+def _keep_pair_values(rt: Runtime, analysis_id: str, per_pair: dict[Any, Any]) -> None:
+    """Keep every pair's ap value of the verified components (the batched patched forward
+    computed them), and add them to component details already stored."""
+    pairs = {
+        component_key(c): [None if x != x else float(x) for x in v.tolist()]
+        for c, v in per_pair.items()
+    }
+    if not pairs:
+        return
+    rt.store.add_verified_pairs(analysis_id, pairs)
+    for k, vals in pairs.items():
+        rec = rt.store.get_component(analysis_id, k)
+        if rec is None or rec.get("status") != JobStatus.DONE.value:
+            continue
+        detail = rec["detail"]
+        finite = [x for x in vals if x is not None]
+        detail["per_pair"]["ap"] = vals
+        detail["verified"] = sum(finite) / len(finite) if finite else None
+        detail["map_value"]["ap"] = detail["verified"]
+        rt.store.set_component(analysis_id, k, rec)
 
 
 @job_function
@@ -563,6 +586,74 @@ def run_circuit(
         _finish_job(rt, analysis_id, job_id)
 
 
+#: Pairs whose attention pattern a stored component detail keeps (the first ones): the
+#: pattern is [pairs, pos, pos] per prompt, the rest of the detail [pairs] or [pairs, pos].
+INSPECT_ATTENTION_PAIRS = 32
+
+
+@job_function
+def run_inspect(analysis_id: str, key: str) -> dict[str, Any]:
+    """One component of a finished analysis in detail (``pa.inspect``: per pair, per position,
+    attention), stored with the analysis under ``key`` ("L.C") so later requests and share
+    links read it without recomputing. Uses the cached base pass and, for a verified component,
+    every pair's ap value kept by the verify run (else one patched forward)."""
+    import patchaudit as pa
+    from patchaudit.estimators.inspect import INSPECT_METHODS
+
+    rt = get_runtime()
+    job_id = _current_job_id()
+    store = rt.store
+    try:
+        rec = store.get(analysis_id)
+        if rec is None or rec.result is None:
+            raise ValueError(f"analysis {analysis_id} has no result to inspect")
+        store.set_component(analysis_id, key, {"status": JobStatus.RUNNING.value, "job_id": job_id})
+        req = rec.request
+        model, tp, ckey = _prepare(rt, req)
+        base = _load_base(rt, rec.cache_key or ckey)
+        settings = rec.result.get("settings") or {}
+        verified = {**(rec.result.get("verified") or {}), **rec.verified}
+        pair_ap: Any = store.verified_pairs(analysis_id, key)
+        if pair_ap is not None and any(x is None for x in pair_ap):
+            pair_ap = None
+        if pair_ap is None and verified.get(key) is not None:
+            pair_ap = float(verified[key])  # verified by an audit with ap: patch it again
+        detail = pa.inspect(
+            model,
+            tp,
+            parse_component_key(key),
+            site=req["site"],
+            metric=req["metric"],
+            direction=req["direction"],
+            methods=tuple(m for m in req["methods"] if m in INSPECT_METHODS) or ("atp",),
+            base=base,
+            verified_ap=pair_ap,
+            hvp_probes=settings.get("hvp_probes") or req.get("hvp_probes"),
+            seed=int(req.get("seed", 0)),
+            attention_pairs=INSPECT_ATTENTION_PAIRS,
+        )
+        out = detail.to_dict()
+        out["settings"]["cache_hit"] = base is not None
+        store.set_component(analysis_id, key, {"status": JobStatus.DONE.value, "detail": out})
+        log.info("inspected %s of %s in %.2f s", key, analysis_id, detail.cost["seconds"])
+        return {"status": "done", "seconds": detail.cost["seconds"]}
+    except (pa.Cancelled, JobCancelled):
+        store.drop_component(analysis_id, key)
+        return {"status": "cancelled"}
+    except Exception as exc:
+        err = error_info(exc, rt)
+        store.set_component(
+            analysis_id,
+            key,
+            {"status": JobStatus.FAILED.value, "error": {k: err[k] for k in ("type", "message")}},
+        )
+        log.exception("inspect of %s in %s failed", key, analysis_id)
+        _no_retry()
+        raise
+    finally:
+        _finish_job(rt, analysis_id, job_id)
+
+
 # ----------------------------------------------------------------------------------------
 # abandoned jobs
 # ----------------------------------------------------------------------------------------
@@ -622,6 +713,10 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
                     "error": {"type": "WorkerLost", "message": "the worker stopped; try again"},
                 },
             )
+            store.remove_job(analysis_id, job.id)
+    elif kind == "inspect":
+        if not retrying and len(args) > 1:
+            store.drop_component(analysis_id, str(args[1]))  # the next request queues it again
             store.remove_job(analysis_id, job.id)
     elif not retrying:
         comps = args[1] if len(args) > 1 else []

@@ -9,7 +9,15 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ..store import AnalysisStore, keys
-from .jobs import job_name, on_job_failure, run_analysis, run_circuit, run_fix, run_verify
+from .jobs import (
+    job_name,
+    on_job_failure,
+    run_analysis,
+    run_circuit,
+    run_fix,
+    run_inspect,
+    run_verify,
+)
 
 #: Kinds of job and the function each runs (by import path, as RQ stores it); every one is a
 #: registered job function (``jobs.JOB_FUNCTIONS``), the only ones workers run.
@@ -18,6 +26,7 @@ JOB_FUNCS = {
     "verify": job_name(run_verify),
     "fix": job_name(run_fix),
     "circuit": job_name(run_circuit),
+    "inspect": job_name(run_inspect),
 }
 ON_FAILURE = job_name(on_job_failure)
 
@@ -47,9 +56,10 @@ def enqueue(
     analysis_id: str,
     *args: object,
     job_timeout_s: int,
+    job_id: str | None = None,
 ) -> str:
     """Enqueue one job for an analysis and record it among the analysis's active jobs."""
-    job_id = new_job_id(kind, analysis_id)
+    job_id = job_id or new_job_id(kind, analysis_id)
     store.add_job(analysis_id, job_id)
     queue.enqueue(
         JOB_FUNCS[kind],

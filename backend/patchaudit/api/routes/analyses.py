@@ -7,9 +7,11 @@ import io
 import logging
 import math
 import re
-from typing import Any
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -19,16 +21,29 @@ from ...store import JobStatus, component_key, parse_component_key
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
 from ...worker.jobs import circuit_key, flagged_components, n_components
-from ...worker.queue import enqueue
-from ..deps import GateDep, QueueDep, RedisDep, SettingsDep, StoreDep, WriteAccess
+from ...worker.queue import enqueue, new_job_id
+from ..deps import (
+    GateDep,
+    ListAccess,
+    QueueDep,
+    RedisDep,
+    SettingsDep,
+    StoreDep,
+    WriteAccess,
+    require_write_token,
+)
 from ..errors import ApiError
 from ..schemas import (
     Accepted,
     Analysis,
+    AnalysisList,
     AnalysisRequest,
+    AnalysisSummary,
     CircuitAccepted,
     CircuitInfo,
     CircuitRequest,
+    ComponentDetailOut,
+    ComponentPending,
     ErrorResponse,
     VerifyAccepted,
     VerifyRequest,
@@ -141,6 +156,47 @@ def create_analysis(
     status = store.status(analysis_id) or JobStatus.QUEUED
     response.headers["Location"] = f"/api/analyses/{analysis_id}"
     return Accepted(id=analysis_id, status=status, url=page_url(analysis_id), existing=existed)
+
+
+@router.get(
+    "",
+    response_model=AnalysisList,
+    responses={
+        401: ERRORS[401],
+        403: {"model": ErrorResponse, "description": "no token set and not on loopback"},
+    },
+    summary="The server's analyses, newest first (API-token holders; everyone on a "
+    "token-less loopback server)",
+)
+def list_analyses(
+    _: ListAccess,
+    store: StoreDep,
+    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    per_page: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> AnalysisList:
+    total = store.count()
+    items = []
+    for row in store.list_summaries((page - 1) * per_page, per_page):
+        req = row["request"]
+        custom = req.get("pairs") or req.get("tokens")
+        items.append(
+            AnalysisSummary(
+                id=row["id"],
+                url=page_url(row["id"]),
+                status=row["status"],
+                model=req.get("model"),
+                task=req.get("task") or ("custom" if custom else None),
+                site=req.get("site"),
+                metric=req.get("metric"),
+                direction=req.get("direction"),
+                n_pairs=req.get("n_pairs"),
+                methods=list(req.get("methods") or []),
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
+            )
+        )
+    pages = max(1, -(-total // per_page))
+    return AnalysisList(items=items, total=total, page=page, per_page=per_page, pages=pages)
 
 
 @router.get(
@@ -498,4 +554,112 @@ def export_csv(analysis_id: str, store: StoreDep) -> Response:
         buf.getvalue(),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="patchaudit-{analysis_id}.csv"'},
+    )
+
+
+_KEY = re.compile(r"^(\d{1,6})(?:\.(\d{1,6}))?$")
+
+
+def _component_of(rec: StoredAnalysis, key: str) -> str:
+    """The stored key ("L.C") of an API key: "L.H" (heads), "L" (mlp), "L.P" (resid)."""
+    assert rec.result is not None
+    site = str(rec.request.get("site", "heads"))
+    m = _KEY.match(key)
+    form = {
+        "heads": "'L.H' (layer.head)",
+        "mlp": "'L' (a layer)",
+        "resid": "'L.P' (layer.position)",
+    }
+    if m is None or (m[2] is None and site != "mlp"):
+        raise unprocessable("key", f"{key!r} is not a {site} component: use {form[site]}")
+    layer, comp = int(m[1]), int(m[2] or 0)
+    labels = rec.result.get("labels") or {}
+    n_rows, n_cols = len(labels.get("rows") or []), len(labels.get("cols") or [])
+    if not (layer < n_rows and comp < n_cols):
+        raise ApiError(404, f"no component {key} in this analysis's {n_rows} x {n_cols} {site} map")
+    return component_key([layer, comp])
+
+
+def _component_failed(store: Any, analysis_id: str, key: str, record: dict[str, Any]) -> ApiError:
+    store.drop_component(analysis_id, key)  # the next request tries again
+    err = record.get("error") or {}
+    status = 422 if err.get("type") == "ValueError" else 500
+    return ApiError(
+        status,
+        f"inspecting {key} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
+    )
+
+
+@router.get(
+    "/{analysis_id}/components/{key}",
+    response_model=ComponentDetailOut,
+    responses={
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="One component in detail: per pair, per position, attention (computed once by "
+    "a worker, then stored with the analysis)",
+)
+def get_component(
+    analysis_id: str,
+    key: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[
+        float, Query(ge=0, le=30, description="seconds to wait for a first computation")
+    ] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    rec = load(store, analysis_id)
+    _require_done(rec, "inspect components")
+    ckey = _component_of(rec, key)
+    record = store.get_component(analysis_id, ckey)
+    if record is not None and record.get("status") == JobStatus.DONE.value:
+        return JSONResponse(record["detail"])
+    if record is not None and record.get("status") == JobStatus.FAILED.value:
+        raise _component_failed(store, analysis_id, ckey, record)
+    if record is None or record.get("job_id") not in store.active_jobs(analysis_id):
+        # first request (or a job lost with its worker): computing needs write access
+        require_write_token(settings, authorization, x_api_token)
+        if record is not None:
+            store.drop_component(analysis_id, ckey)
+        job_id = new_job_id("inspect", analysis_id)
+        if store.claim_component(analysis_id, ckey, job_id):
+            cost = estimate_cost(rec.request or {}, "inspect", n_components=1)
+            try:
+                with gate.admit(cost) as record_job:
+                    enqueue(
+                        queue,
+                        store,
+                        "inspect",
+                        analysis_id,
+                        ckey,
+                        job_timeout_s=settings.job_timeout_s,
+                        job_id=job_id,
+                    )
+                    record_job(job_id)
+            except ApiError:
+                store.drop_component(analysis_id, ckey)  # refused: the next request asks again
+                raise
+    end = time.monotonic() + wait
+    while True:
+        record = store.get_component(analysis_id, ckey) or {}
+        if record.get("status") == JobStatus.DONE.value:
+            return JSONResponse(record["detail"])
+        if record.get("status") == JobStatus.FAILED.value:
+            raise _component_failed(store, analysis_id, ckey, record)
+        if time.monotonic() >= end:
+            break
+        time.sleep(0.05)
+    pending = ComponentPending(
+        id=analysis_id,
+        key=key,
+        status=JobStatus(record.get("status", JobStatus.QUEUED.value)),
+        job_id=record.get("job_id"),
+    )
+    return JSONResponse(
+        pending.model_dump(mode="json"), status_code=202, headers={"Retry-After": "1"}
     )
