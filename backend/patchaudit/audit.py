@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from .estimators import methods as M
 from .estimators import reliability as R
 from .estimators.core import (
     BaseCache,
+    Cancelled,
     Cost,
     Problem,
     ProgressFn,
@@ -167,30 +169,37 @@ def audit(
         ests[fused] = est
     b.key = base_key(model_name, tp, site, metric, direction)
 
-    for i, m in enumerate(methods, start=1):
-        state["i"] = i
-        tracker.phase = m
-        tracker.check()
-        if m in ests:
-            pass
-        elif m == "atp":
-            ests[m] = M.atp(p, b, tracker)
-        elif m in M.SECOND_ORDER:
-            ests[m] = M.second_order(p, b, m, hvp_probes, seed, tracker)
-        elif m == "ig":
-            ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
-        elif m == "mhvp":
-            ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
-        elif m == "ap":
-            ests[m] = M.ap(p, b, tracker=tracker)
-        tracker.report(1.0)
+    stopped: Cancelled | None = None
+    try:
+        for i, m in enumerate(methods, start=1):
+            state["i"] = i
+            tracker.phase = m
+            tracker.check()
+            if m in ests:
+                pass
+            elif m == "atp":
+                ests[m] = M.atp(p, b, tracker)
+            elif m in M.SECOND_ORDER:
+                ests[m] = M.second_order(p, b, m, hvp_probes, seed, tracker)
+            elif m == "ig":
+                ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
+            elif m == "mhvp":
+                ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
+            elif m == "ap":
+                ests[m] = M.ap(p, b, tracker=tracker)
+            tracker.report(1.0)
+    except Cancelled as exc:  # keep the methods that completed: exc.partial is their report
+        methods = [m for m in methods if m in ests]
+        if not methods:
+            raise
+        stopped = exc
 
     report = Report(
         site=site,
         metric=metric,
         direction=direction,
         methods=methods,
-        labels=p.site.labels(),
+        labels=site_labels(p, tp, model),
         scores={m: ests[m].values.detach().cpu() for m in methods},
         tau=tau,
         metric_base=float(b.f_base.mean()),
@@ -208,17 +217,38 @@ def audit(
         },
         base=b,
     )
-    report.cost["base"] = base_cost.as_dict()
+    report.cost["base"] = {
+        **base_cost.as_dict(),
+        "cached": cached,
+        "note": cost_note("base", b.cost, cached, p.site.n_layers * p.site.n_comp),
+    }
     for m in methods:
-        report.cost[m] = (ests[m].cost + base_cost).as_dict()
+        own = ests[m].cost
+        report.cost[m] = {
+            **(own + base_cost).as_dict(),
+            "cached": cached and own.forward + own.backward == 0,
+            "note": cost_note(
+                m,
+                own,
+                cached,
+                p.site.n_layers * p.site.n_comp,
+                hvp_probes=hvp_probes,
+                ig_steps=ig_steps,
+                mhvp_steps=mhvp_steps,
+                fused=m == fused,
+            ),
+        }
     if "ap" in ests:
         v = ests["ap"].values
         report.verified = {
             (i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])
         }
     source = next((m for m in M.SECOND_ORDER if m in ests), None)
+    a1 = M.atp(p, b).values.detach().cpu() if source is not None or "atp" in ests else None
+    report.material_threshold = R.MATERIAL_SHARE * abs(report.total_effect)
+    report.screen = screen_info(a1, report.total_effect, metric, direction, source)
     if source is not None:
-        a1 = M.atp(p, b).values.detach().cpu()
+        assert a1 is not None
         est = ests[source]
         assert est.q is not None
         q = est.q.detach().cpu()
@@ -227,18 +257,164 @@ def audit(
         report.reliability, report.error_bound = rel.score, rel.error_bound
         report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
         report.q, report.q_se, report.reliability_source = q, se, source
+        report.flag_reasons = rel.reasons
+    if stopped is not None:
+        report.partial = True
+        stopped.partial = report  # type: ignore[attr-defined]
+        raise stopped
     if progress is not None:
         progress("done", 1.0, tracker.passes)
     return report
+
+
+def site_labels(p: Problem, tp: TokenPairs, model) -> dict:
+    """The site's axis labels; for resid also ``positions``: the token at each position
+    (of the first clean prompt), so a component reads "L1 @3 'store'"."""
+    labels = p.site.labels()
+    if p.site.col_name == "position":
+        tok = getattr(model, "tokenizer", None)
+        ids = tp.clean[0].tolist()
+        if tok is not None:
+            labels["positions"] = [tok.decode([int(i)]) for i in ids]
+        else:
+            labels["positions"] = [str(i) for i in ids]
+    return labels
+
+
+def screen_info(
+    a1: torch.Tensor | None,
+    total_effect: float,
+    metric: str,
+    direction: str,
+    source: str | None,
+) -> dict:
+    """What the screen (AtP + HVP) can say for this metric and direction (METHODS.md):
+    ``informative`` is False where the first-order term vanishes at the base point."""
+    if a1 is None:
+        return {
+            "informative": False,
+            "first_order_vanishes": False,
+            "message": "no screen ran (add atp and hvp to the methods to screen and flag)",
+        }
+    vanishes = R.first_order_vanishes(a1, total_effect, metric, direction)
+    if not vanishes:
+        msg = "AtP ranks the components; flags mark the estimates it cannot be trusted on."
+        if source is None:
+            msg += " Add hvp to the methods to score reliability and flag."
+        return {"informative": True, "first_order_vanishes": False, "message": msg}
+    share = float(a1.nan_to_num(0.0).abs().sum()) / max(abs(total_effect), 1e-30)
+    if metric == "kl" and direction == "noising":
+        why = (
+            "KL noising: the clean run minimises KL(clean || patched), so the metric's gradient "
+            "is 0 there and AtP is 0 for every component"
+        )
+    else:
+        why = (
+            f"{metric} {direction}: all AtP values together are {share:.2%} of the total effect "
+            "(the base run is saturated: the model is already near-certain there)"
+        )
+    return {
+        "informative": False,
+        "first_order_vanishes": True,
+        "message": f"The screen is uninformative here. {why}. AtP cannot rank components and "
+        "none is ruled immaterial; the second-order term leads, so read the HVP map as a "
+        "ranking hint, not a size, and verify with activation patching (ap).",
+    }
+
+
+def cost_note(
+    method: str,
+    cost: Cost,
+    cached: bool,
+    n_components: int,
+    hvp_probes: int = 0,
+    ig_steps: int = 0,
+    mhvp_steps: int = 0,
+    fused: bool = False,
+) -> str:
+    """Plain words for one cost entry: what a pass is here and why a count can be 0."""
+    f, bw = cost.forward, cost.backward
+    base = "the base pass came from the activation cache" if cached else "plus the base pass"
+    if method == "base":
+        if cached:
+            return "served from the activation cache: no pass run"
+        return (
+            f"{f} batched forward(s) (clean and corrupted) + {bw} backward (the gradient at the "
+            "base run)"
+        )
+    if method == "atp":
+        return f"read off the base pass (<gradient, delta>): no pass of its own; {base}"
+    if method == "hvp":
+        rows = f"{hvp_probes} probes ride on the batch axis"
+        if fused:
+            return f"{rows} of the base pass itself: {bw} double backward(s) over {hvp_probes}x the rows, no extra forward"
+        return f"{rows}: {f} batched forward(s) + {bw} double backward(s) over up to {hvp_probes}x the rows; {base}"
+    if method in ("hvp_joint", "hvp_exact"):
+        what = (
+            "one joint probe"
+            if method == "hvp_joint"
+            else f"{n_components} tangents (one per component)"
+        )
+        return f"{what} on the batch axis: {f} batched forward(s) + {bw} double backward(s); {base}"
+    if method == "ig":
+        return (
+            f"{ig_steps} IG steps ride on the batch axis: {f} batched forward(s) + {bw} batched "
+            f"backward(s) over {ig_steps}x the rows; {base}"
+        )
+    if method == "mhvp":
+        return (
+            f"{mhvp_steps + 1} nodes ride on the batch axis: {f} batched forward(s) + {bw} "
+            f"backward(s) (gradients and the HVP at both ends); {base}"
+        )
+    if method == "ap":
+        return (
+            f"{n_components} patched component-forwards, batched into {f} forward pass(es) "
+            f"(components of a layer ride on the batch axis); {base}"
+        )
+    return base
 
 
 @dataclass
 class VerifyResult:
     values: dict[tuple[int, int], float]
     cost: dict = field(default_factory=dict)
-    base: BaseCache | None = None
+    base: BaseCache | None = field(default=None, repr=False)
     # every pair's own ap value (the same patched forwards compute them): component -> [batch]
     per_pair: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"L{i}.{j}={v:+.4g}" for (i, j), v in list(self.values.items())[:6])
+        more = " ..." if len(self.values) > 6 else ""
+        c = self.cost
+        return (
+            f"<VerifyResult {len(self.values)} components: {vals}{more} | "
+            f"{c.get('forward', 0)} forward(s), {c.get('seconds', 0.0):.3f} s>"
+        )
+
+
+def sweep_comparison(fix_cost: dict, n_fixed: int, n_components: int, cost: dict) -> dict:
+    """The fix against a full ap sweep, like with like: component forwards, batched forward
+    passes (as the engine runs them) and seconds (the sweep's measured when ap ran with the
+    analysis, else estimated from the fix's seconds per batched pass)."""
+    full_passes = int(fix_cost.get("full_sweep_batch_passes", 0))
+    fix_passes = int(fix_cost.get("patch_passes", fix_cost.get("forward", 0)))
+    patch_s = float(fix_cost.get("patch_seconds", fix_cost.get("seconds", 0.0)))
+    out: dict[str, Any] = {
+        "fix_forwards": n_fixed,
+        "full_sweep_forwards": n_components,
+        "fix_batch_passes": int(fix_cost.get("forward", 0)),
+        "full_sweep_batch_passes": full_passes,
+        "fix_seconds": float(fix_cost.get("seconds", 0.0)),
+    }
+    if "ap" in cost:
+        base_s = float((cost.get("base") or {}).get("seconds", 0.0))
+        out["full_sweep_seconds"] = max(0.0, float(cost["ap"]["seconds"]) - base_s)
+        out["full_sweep_seconds_estimated"] = False
+    else:
+        per_pass = patch_s / fix_passes if fix_passes else 0.0
+        out["full_sweep_seconds"] = per_pass * full_passes if per_pass else None
+        out["full_sweep_seconds_estimated"] = True
+    return out
 
 
 def verify(
@@ -271,11 +447,17 @@ def verify(
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "verify"
     per_pair: dict[tuple[int, int], torch.Tensor] = {}
+    f0, t1 = tracker.forward, time.perf_counter()
     values = patch_components(p, b, sorted(set(comps)), tracker, per_pair) if comps else {}
+    now = time.perf_counter()
     cost = {
         "forward": tracker.forward,
         "backward": tracker.backward,
-        "seconds": time.perf_counter() - t0,
+        "seconds": now - t0,
+        "patch_passes": tracker.forward - f0,  # batched patched forwards (no base pass)
+        "patch_seconds": now - t1,
+        # what a full sweep runs: each layer's components in chunks of max_copies
+        "full_sweep_batch_passes": p.site.n_layers * -(-p.site.n_comp // max(1, p.max_copies)),
     }
     return VerifyResult(values, cost, b, per_pair)
 
@@ -288,7 +470,27 @@ class FixResult:
     cost: dict
     fix_forwards: int  # patched component-forwards spent on the fix
     full_sweep_forwards: int  # what a full ap sweep costs (one per component)
-    report: Report
+    report: Report = field(repr=False)
+    fix_batch_passes: int = 0  # batched forward passes the fix ran (with any base pass)
+    full_sweep_batch_passes: int = 0  # batched patched forwards a full ap sweep runs
+    fix_seconds: float = 0.0
+    full_sweep_seconds: float | None = None  # measured when ap ran with the report
+    full_sweep_seconds_estimated: bool = True
+
+    def __repr__(self) -> str:
+        from .report import summary
+
+        sweep = (
+            "?"
+            if self.full_sweep_seconds is None
+            else f"{self.full_sweep_seconds:.3f} s{' (est.)' if self.full_sweep_seconds_estimated else ''}"
+        )
+        return summary(
+            self,
+            f" | fixed {self.fix_forwards} of {self.full_sweep_forwards} component forwards, "
+            f"{self.fix_batch_passes} vs {self.full_sweep_batch_passes} batched passes, "
+            f"{self.fix_seconds:.3f} s vs {sweep}",
+        )
 
 
 def screen_flag_fix(
@@ -347,4 +549,18 @@ def screen_flag_fix(
     report.verified.update(v.values)
     screen_cost = report.cost.get("hvp", report.cost.get("base", {}))
     cost = {"screen": screen_cost, "fix": v.cost}
-    return FixResult(est, v.values, flagged_t, cost, len(flagged_t), int(est.numel()), report)
+    cmp = sweep_comparison(v.cost, len(flagged_t), int(est.numel()), report.cost)
+    return FixResult(
+        est,
+        v.values,
+        flagged_t,
+        cost,
+        cmp["fix_forwards"],
+        cmp["full_sweep_forwards"],
+        report,
+        fix_batch_passes=cmp["fix_batch_passes"],
+        full_sweep_batch_passes=cmp["full_sweep_batch_passes"],
+        fix_seconds=cmp["fix_seconds"],
+        full_sweep_seconds=cmp["full_sweep_seconds"],
+        full_sweep_seconds_estimated=cmp["full_sweep_seconds_estimated"],
+    )

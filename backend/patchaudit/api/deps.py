@@ -45,27 +45,6 @@ QueueDep = Annotated[Queue, Depends(get_queue)]
 CacheDep = Annotated[ActivationCache, Depends(get_cache)]
 
 
-def require_write_token(
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_token: Annotated[str | None, Header()] = None,
-) -> None:
-    """Writes need the API token when one is configured (``Authorization: Bearer <token>`` or
-    ``X-API-Token: <token>``); reads by link stay open."""
-    expected = settings.token
-    if not expected:
-        return
-    given = presented_token(authorization, x_api_token)
-    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(
-            401,
-            "this server needs an API token for changes: send 'Authorization: Bearer <token>' "
-            "or 'X-API-Token: <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-WriteAccess = Annotated[None, Depends(require_write_token)]
 
 
 def presented_token(authorization: str | None = None, x_api_token: str | None = None) -> str | None:
@@ -77,6 +56,40 @@ def presented_token(authorization: str | None = None, x_api_token: str | None = 
         if scheme.lower() == "bearer":
             given = value.strip() or None
     return given
+
+
+def check_token(settings: Settings, given: str | None) -> None:
+    """Raise 401 unless no token is configured or ``given`` is the right one; the message says
+    whether the token is missing or wrong."""
+    expected = settings.token
+    if not expected:
+        return
+    if not given:
+        raise ApiError(
+            401,
+            "API token missing: this server needs its API token for changes (send "
+            "'Authorization: Bearer <token>' or 'X-API-Token: <token>')",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "the API token is wrong: check it with whoever runs this server",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+def require_write_token(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> None:
+    """Writes need the API token when one is configured (``Authorization: Bearer <token>`` or
+    ``X-API-Token: <token>``); reads by link stay open."""
+    check_token(settings, presented_token(authorization, x_api_token))
+
+
+WriteAccess = Annotated[None, Depends(require_write_token)]
 
 
 def client_id(request: Request) -> str:
