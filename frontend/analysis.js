@@ -6,9 +6,11 @@ import { api, ApiError, el } from "./api.js";
 import { initToken } from "./banner.js";
 import { renderCost, renderFix } from "./cost.js";
 import { METHOD_LABELS, computeFlags, correctedMethod } from "./flags.js";
+import { renderExplain } from "./explain.js";
 import { cellCenter, download, renderHeatmap } from "./heatmap.js";
+import { initKeys, renderKeys } from "./keys.js";
 import { showMessage, showNotice } from "./notices.js";
-import { cancel, renderProgress } from "./progress.js";
+import { cancel, renderProgress, rerun, statusMessage } from "./progress.js";
 import { renderRequest } from "./request.js";
 import { renderScatter } from "./scatter.js";
 import { ACTIVE, $, METHOD_ORDER, errorText, on, parseUrl, pendKey, pendingKeys, st, syncUrl, update } from "./state.js";
@@ -76,7 +78,7 @@ function reportVerificationErrors(data) {
   for (const v of list.slice(st.seenVerifications)) {
     if (v && v.error) {
       const comps = (v.components || []).join(", ");
-      showMessage(`Verifying ${comps || "components"} failed: ${errorText(v.error)}`);
+      showNotice(`Verifying ${comps || "components"} failed: ${errorText(v.error)}`, { error: true });
     }
   }
   st.seenVerifications = list.length;
@@ -86,9 +88,8 @@ function reportVerificationErrors(data) {
 function render() {
   const d = st.data;
   renderProgress();
-  const status = d.status || "unknown";
-  if (status === "failed") showMessage(`The analysis failed. ${errorText(d.error) || "No reason was given."}`);
-  if (status === "cancelled") showMessage("The analysis was cancelled.");
+  const said = statusMessage();
+  if (said) showMessage(said);
 
   renderRequest();
   if (d.result) {
@@ -145,6 +146,8 @@ function renderResult({ tauOnly = false } = {}) {
   const r = st.result;
   st.flags = computeFlags(r, st.tau);
   renderHeatmap();
+  renderExplain();
+  renderKeys();
   renderControls();
   renderTable();
   if (!tauOnly) {
@@ -215,6 +218,12 @@ function init() {
   $("tau").addEventListener("input", onTau);
   $("fix").addEventListener("click", fixAll);
   $("cancel").addEventListener("click", cancel);
+  $("rerun").addEventListener("click", rerun);
+  $("shared-scale").addEventListener("change", () => {
+    st.sharedScale = $("shared-scale").checked;
+    renderResult();
+  });
+  initKeys();
   $("copy-link").addEventListener("click", copyLink);
   $("download-png").addEventListener("click", () => download("png"));
   $("download-svg").addEventListener("click", () => download("svg"));

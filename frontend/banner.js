@@ -1,5 +1,5 @@
 // Read-only mode and the API token: the read-only banner, the token form.
-import { getToken, setToken, writesNeedToken } from "./api.js";
+import { getToken, saveToken, writesNeedToken } from "./api.js";
 import { showMessage } from "./notices.js";
 import { $, emit, st } from "./state.js";
 
@@ -8,6 +8,15 @@ export function setReadOnly(on) {
   $("readonly-note").classList.toggle("hidden", !on);
   if (on) $("token-box").open = true;
   emit("readonly", on);
+}
+
+/** Draw the eye to the read-only banner (a click on a cell while read-only). */
+export function pulseReadOnly() {
+  const note = $("readonly-note");
+  note.classList.remove("hidden");
+  note.classList.add("pulse");
+  $("token-box").open = true;
+  setTimeout(() => note.classList.remove("pulse"), 1500);
 }
 
 export async function checkReadOnly() {
@@ -19,7 +28,8 @@ export async function initToken() {
   $("token-input").value = getToken();
   $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    setToken($("token-input").value.trim());
+    const ok = await saveToken($("token-input").value.trim(), $("token-status"));
+    if (!ok) return; // a wrong token is not kept: the form says so, once
     showMessage("");
     await checkReadOnly();
   });

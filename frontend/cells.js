@@ -23,6 +23,8 @@ export function cellInfo(i, j) {
     est: corr ?? atp,
     flagged: st.flags.flags[i][j],
     reasons: st.flags.reasons[i][j],
+    codes: st.flags.codes[i][j],
+    serverCodes: st.result.flag_reasons?.[i]?.[j] ?? null, // at the server's tau
     material: r.material ? !!r.material[i]?.[j] : null,
   };
 }
@@ -62,6 +64,7 @@ export function hoverText(i, j, pending) {
     lines.push(pending ? "verifying…" : "not verified: click to verify");
   }
   if (c.material === false) lines.push("not material");
-  lines.push(c.flagged ? `FLAGGED: ${c.reasons.join("; ")}` : "not flagged");
+  lines.push(c.flagged ? `FLAGGED (${c.codes.join(", ")}): ${c.reasons.join("; ")}` : "not flagged");
+  if (c.serverCodes?.length) lines.push(`server's flag reasons at τ ${fmt(st.result.tau, 2)}: ${c.serverCodes.join(", ")}`);
   return lines.join("<br>");
 }

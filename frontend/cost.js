@@ -24,6 +24,16 @@ function pageFixInfo() {
   };
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+/** "12 component forwards (3 batched passes, 0.41 s)": the same three units on both sides. */
+function costText(forwards, passes, seconds, estimated = false) {
+  const bits = [];
+  if (passes != null) bits.push(plural(passes, "batched pass").replace(/passs$/, "passes"));
+  if (seconds != null) bits.push(`${estimated ? "≈ " : ""}${Number(seconds).toFixed(2)} s${estimated ? " estimated" : ""}`);
+  return `${plural(forwards ?? 0, "component forward")}${bits.length ? ` (${bits.join(", ")})` : ""}`;
+}
+
 export function renderFix() {
   const fx = pageFixInfo() || st.result.fix;
   const box = $("fix-summary");
@@ -44,13 +54,16 @@ export function renderFix() {
     return;
   }
   box.className = "msg ok";
+  const r = st.result;
+  const pick = (k) => fx[k] ?? r[k] ?? null;
   const n = (fx.components || []).length;
-  const fw = fx.forwards ?? 0;
-  const full = fx.full_sweep_forwards ?? 0;
-  const ratio = fw > 0 ? ` (${(full / fw).toFixed(1)}× fewer)` : "";
+  const fw = pick("fix_forwards") ?? fx.forwards ?? 0;
+  const full = pick("full_sweep_forwards") ?? 0;
+  const mine = costText(fw, pick("fix_batch_passes") ?? fx.batch_passes ?? null, pick("fix_seconds") ?? fx.seconds ?? null);
+  const theirs = costText(full, pick("full_sweep_batch_passes"), pick("full_sweep_seconds"), !!pick("full_sweep_seconds_estimated"));
   box.textContent =
-    `Screen-Flag-Fix verified ${n} flagged component${n === 1 ? "" : "s"} with ${fw} patched forward${fw === 1 ? "" : "s"}, ` +
-    `against ${full} for a full activation-patching sweep${ratio}` +
+    `Screen-Flag-Fix verified ${plural(n, "flagged component")} with ${mine}, ` +
+    `against ${theirs} for a full activation-patching sweep` +
     (fx.tau != null ? ` (flags at τ = ${fx.tau.toFixed(2)}).` : ".");
   box.classList.remove("hidden");
 }
@@ -61,14 +74,19 @@ export function renderCost() {
   box.replaceChildren();
   const names = Object.keys(cost);
   if (!names.length) return;
-  const tbl = el("table", { class: "comp", style: "max-width:36rem" },
-    el("thead", {}, el("tr", {}, el("th", { text: "cost" }), el("th", { text: "forward" }), el("th", { text: "backward" }), el("th", { text: "seconds" }))));
+  const tbl = el("table", { class: "comp cost", style: "max-width:60rem" },
+    el("thead", {}, el("tr", {}, el("th", { text: "cost" }), el("th", { text: "forward" }), el("th", { text: "backward" }), el("th", { text: "seconds" }), el("th", { class: "cost-note", text: "how it runs" }))));
   const tb = el("tbody");
   for (const m of names) {
     const c = cost[m] || {};
-    tb.append(el("tr", {}, el("td", { text: METHOD_LABELS[m] || m }), el("td", { text: c.forward ?? "–" }), el("td", { text: c.backward ?? "–" }), el("td", { text: c.seconds != null ? Number(c.seconds).toFixed(3) : "–" })));
+    const label = el("td", { text: METHOD_LABELS[m] || m });
+    if (c.cached) {
+      // Served from the activation cache: no pass ran, so no "0 0 0.000" row.
+      tb.append(el("tr", { "data-method": m, class: "cached" }, label, el("td", { colspan: 3, class: "cost-note", text: "cached (served from the activation cache, no pass ran)" }), el("td", { class: "cost-note", text: c.note || "" })));
+      continue;
+    }
+    tb.append(el("tr", { "data-method": m }, label, el("td", { text: c.forward ?? "–" }), el("td", { text: c.backward ?? "–" }), el("td", { text: c.seconds != null ? Number(c.seconds).toFixed(3) : "–" }), el("td", { class: "cost-note", text: c.note || "" })));
   }
   tbl.append(tb);
-  box.append(tbl);
+  box.append(el("p", { class: "small muted", style: "margin:0 0 0.3rem" }, "Passes count batched forwards and backwards over all prompt pairs, as the engine runs them."), tbl);
 }
-

@@ -2,7 +2,9 @@
 // path for the flags, markers for verified and pending cells; click a cell to verify it.
 /* global Plotly */
 import { hoverText } from "./cells.js";
-import { correctedMethod, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
+import { correctedMethod, fmt, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
+import { keyboardCell } from "./keys.js";
+import { metricLabel } from "./meaning.js";
 import { $, pendingKeys, st } from "./state.js";
 import { verify } from "./verify.js";
 
@@ -14,20 +16,21 @@ const DIVERGING = [
 ];
 const DARK = "#4a4f5a";
 
-function viewMatrix(R, C) {
+/** The matrix of the current view, its colour-scale kind and (error bounds) the unbounded cells. */
+function viewMatrix(R, C, view = st.view) {
   const r = st.result;
   const scores = r.scores || {};
-  const corrName = correctedMethod(scores, st.result.reliability_source);
-  const v = st.view;
+  const corrName = correctedMethod(scores, r.reliability_source);
+  const v = view;
   if (scores[v]) return { z: scores[v], kind: "diverging" };
   if (v === "reliability") return { z: r.reliability, kind: "unit" };
   if (v === "error_bound") {
-    const z = mapMatrix(R, C, (i, j) => r.error_bound[i]?.[j] ?? null);
-    const unb = mapMatrix(R, C, (i, j) => (r.error_bound[i]?.[j] == null ? 1 : null));
+    const z = mapMatrix(R, C, (i, j) => finite(r.error_bound[i]?.[j]));
+    const unb = mapMatrix(R, C, (i, j) => (finite(r.error_bound[i]?.[j]) == null ? 1 : null));
     return { z, kind: "positive", unbounded: unb };
   }
   if (v === "verified") return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j, C)), kind: "diverging" };
-  if (v === "diff") return { z: mapMatrix(R, C, (i, j) => scores[corrName][i][j] - scores.atp[i][j]), kind: "diverging" };
+  if (v === "diff") return { z: mapMatrix(R, C, (i, j) => scores[corrName][i][j] - scores.atp[i][j]), kind: "diverging", delta: true };
   if (v === "best") {
     const base = scores[corrName] || scores.atp;
     return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j, C) ?? base[i][j]), kind: "diverging" };
@@ -35,24 +38,65 @@ function viewMatrix(R, C) {
   return { z: mapMatrix(R, C, () => null), kind: "diverging" };
 }
 
-function quantile(matrix, q) {
-  const v = [];
-  for (const row of matrix || []) for (const x of row || []) if (typeof x === "number" && Number.isFinite(x)) v.push(x);
-  if (!v.length) return 0;
-  v.sort((a, b) => a - b);
-  return v[Math.min(v.length - 1, Math.floor(q * (v.length - 1)))];
+const finite = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+
+/** Views whose values are in the metric's units: they share one scale when asked to. */
+function effectViews() {
+  const scores = st.result.scores || {};
+  return [...Object.keys(scores), "verified", "best"];
+}
+
+/**
+ * The colour scale of a diverging view: symmetric about zero, ±max|z| of this view, or with
+ * the shared scale on, ±max over every effect view (AtP, HVP, ap, verified, ...), so the
+ * views compare by eye. Returns {zmax, shared, clipped} (clipped: cells beyond the scale).
+ */
+export function divergingScale(z, delta = false) {
+  const [R, C] = shapeOf(st.result);
+  let m = maxAbs(z);
+  let shared = false;
+  if (st.sharedScale && !delta) {
+    for (const v of effectViews()) m = Math.max(m, maxAbs(viewMatrix(R, C, v).z));
+    shared = true;
+  }
+  m = m || 1;
+  return { zmax: m, shared, clipped: countBeyond(z, m) };
+}
+
+function countBeyond(z, lim) {
+  let n = 0;
+  for (const row of z || []) for (const v of row || []) if (typeof v === "number" && Number.isFinite(v) && Math.abs(v) > lim) n++;
+  return n;
+}
+
+function tokenLabels() {
+  const lab = st.result.labels || {};
+  const toks = lab.tokens || lab.position_labels || st.result.position_labels || null;
+  return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
+}
+
+/** Column tick labels: "3 'store'" for resid positions with tokens, else the column label. */
+function colTicks() {
+  const lab = st.result.labels || {};
+  const toks = tokenLabels();
+  const cols = lab.cols || [];
+  return cols.map((c, j) => (toks ? `${c} ${JSON.stringify(toks[j]).slice(1, -1).trim() || "␣"}` : String(c)));
 }
 
 function geometry(R, C) {
-  const container = $("heatmap").clientWidth || 1000;
-  const margin = { l: 70, r: 110, t: 34, b: 60 };  // t: room for the mode bar above the cells
+  const wrap = $("heatmap-wrap");
+  const container = (wrap || $("heatmap")).clientWidth || 1000;
+  const toks = tokenLabels();
+  const margin = { l: 70, r: 150, t: 44, b: toks ? 90 : 60 }; // t: the title
   const avail = Math.max(200, container - margin.l - margin.r);
-  const cellW = Math.max(10, Math.min(120, avail / C));
-  let cellH = Math.max(14, Math.min(80, cellW));
+  // Never shrink below readable cells: the map scrolls sideways instead (#heatmap-wrap).
+  const minW = toks ? 34 : 14;
+  const cellW = Math.max(minW, Math.min(120, avail / C));
+  let cellH = Math.max(16, Math.min(80, cellW));
   if (R * cellH > 900) cellH = Math.max(12, 900 / R);
   return {
     margin,
-    width: Math.round(Math.min(container, C * cellW + margin.l + margin.r)),
+    width: Math.round(Math.max(Math.min(container, C * cellW + margin.l + margin.r), C * cellW + margin.l + margin.r)),
     height: Math.round(R * cellH + margin.t + margin.b),
     cellW,
     cellH,
@@ -73,15 +117,26 @@ function outlinePath(cells, inset) {
   return { x, y };
 }
 
+/** The figure's title: model, task, site, view, tau (on the page and in every export). */
+export function figureTitle() {
+  const req = st.data?.request || {};
+  const r = st.result;
+  const viewLabel = $("view")?.selectedOptions?.[0]?.textContent || st.view;
+  const prompts = req.task ? `${req.task}${req.n_pairs ? ` (${req.n_pairs} pairs)` : ""}` : `${(req.pairs || []).length} custom pairs`;
+  const bits = [req.model, prompts, `site ${r.site || req.site}`, `${r.metric || req.metric} ${r.direction || req.direction}`, viewLabel, `τ = ${st.tau.toFixed(2)}`];
+  return bits.filter(Boolean).join(" · ");
+}
+
 export function renderHeatmap() {
   const r = st.result;
   const [R, C] = shapeOf(r);
-  const { z, kind, unbounded } = viewMatrix(R, C);
+  const { z, kind, unbounded, delta } = viewMatrix(R, C);
   const pending = pendingKeys();
   const text = mapMatrix(R, C, (i, j) => hoverText(i, j, pending.has(`${i}.${j}`)));
   const xs = Array.from({ length: C }, (_, j) => j);
   const ys = Array.from({ length: R }, (_, i) => i);
   const lab = r.labels || {};
+  const metric = metricLabel(r.metric || st.data?.request?.metric);
 
   const hm = {
     type: "heatmap",
@@ -95,19 +150,27 @@ export function renderHeatmap() {
     colorbar: { thickness: 14, len: 0.9 },
     hoverongaps: true,
   };
+  let scaleNote = "";
   if (kind === "diverging") {
-    const m = maxAbs(z) || 1;
-    Object.assign(hm, { colorscale: DIVERGING, zmid: 0, zmin: -m, zmax: m });
-    hm.colorbar.title = { text: st.view === "diff" ? "Δ" : "metric", side: "right" };
+    const sc = divergingScale(z, delta);
+    Object.assign(hm, { colorscale: DIVERGING, zmid: 0, zmin: -sc.zmax, zmax: sc.zmax });
+    hm.colorbar.title = { text: delta ? `Δ ${metric}` : metric, side: "right" };
+    scaleNote = `Colour scale ±${fmt(sc.zmax)}${sc.shared ? " (shared by every estimate view of this analysis)" : " (this view only)"}; blue negative, red positive.`;
+    if (sc.clipped) scaleNote += ` ${sc.clipped} cell${sc.clipped === 1 ? "" : "s"} beyond the scale, clipped at ±${fmt(sc.zmax)}.`;
   } else if (kind === "unit") {
     Object.assign(hm, { colorscale: "Viridis", zmin: 0, zmax: 1 });
-    hm.colorbar.title = { text: "reliability", side: "right" };
+    hm.colorbar.title = { text: "reliability (0 to 1)", side: "right" };
+    scaleNote = "Reliability from 0 (unreliable) to 1.";
   } else {
-    // 0 = pale; the top of the scale at the 95th percentile so one huge bound does not wash
-    // out the rest (hover shows the exact value).
-    Object.assign(hm, { colorscale: "YlOrRd", reversescale: true, zmin: 0, zmax: quantile(z, 0.95) || maxAbs(z) || 1 });
-    hm.colorbar.title = { text: "± bound", side: "right" };
+    // 0 = pale; the top of the scale is the largest finite bound (hover shows each value);
+    // unbounded cells are drawn dark, apart from every finite value.
+    const top = maxAbs(z) || 1;
+    Object.assign(hm, { colorscale: "YlOrRd", reversescale: true, zmin: 0, zmax: top });
+    hm.colorbar.title = { text: `± bound (${metric})`, side: "right" };
+    const nUnb = (unbounded || []).flat().filter((v) => v === 1).length;
+    scaleNote = `Colour scale 0 to ${fmt(top)}, the largest finite bound (not clipped).` + (nUnb ? ` ${nUnb} unbounded cell${nUnb === 1 ? "" : "s"} drawn dark grey.` : "");
   }
+  $("scale-note").textContent = scaleNote;
   const traces = [hm];
   // Unbounded error bounds: a dark layer under nothing else (null cells are transparent).
   traces.push({
@@ -160,25 +223,32 @@ export function renderHeatmap() {
     showlegend: false,
     name: "pending",
   });
+  // The keyboard cursor (keys.js): a dashed box on the selected cell while the grid has focus.
+  const cur = keyboardCell();
+  const cursor = outlinePath(cur ? [cur] : [], 0.5);
+  traces.push({ type: "scatter", mode: "lines", ...cursor, line: { color: "#2457c5", width: 3, dash: "dot" }, hoverinfo: "skip", showlegend: false, name: "cursor" });
 
   // A tick label every k cells, k chosen so labels are at least 14 px apart.
   const tickStep = (px) => Math.max(1, Math.ceil(14 / px));
-  const xStep = tickStep(g.cellW);
+  const xStep = tokenLabels() ? 1 : tickStep(g.cellW);
   const yStep = tickStep(g.cellH);
+  const xt = colTicks();
   const layout = {
+    title: { text: figureTitle(), font: { size: 13 }, x: 0, xanchor: "left", y: 0.99, yanchor: "top", pad: { l: 4 } },
     width: g.width,
     height: g.height,
     margin: g.margin,
     plot_bgcolor: GREY,
     paper_bgcolor: "#ffffff",
     xaxis: {
-      title: { text: lab.col_name || "head" },
+      title: { text: tokenLabels() ? `${lab.col_name || "position"} and token` : lab.col_name || "head" },
       tickvals: xs.filter((j) => j % xStep === 0),
-      ticktext: xs.filter((j) => j % xStep === 0).map((j) => String(lab.cols?.[j] ?? j)),
+      ticktext: xs.filter((j) => j % xStep === 0).map((j) => xt[j] ?? String(j)),
+      tickangle: tokenLabels() ? -45 : 0,
       range: [-0.5, C - 0.5],
       showgrid: false,
       zeroline: false,
-      fixedrange: false,
+      fixedrange: true,
     },
     yaxis: {
       title: { text: lab.row_name || "layer" },
@@ -187,16 +257,21 @@ export function renderHeatmap() {
       range: [R - 0.5, -0.5],
       showgrid: false,
       zeroline: false,
+      fixedrange: true,
     },
     hovermode: "closest",
     hoverlabel: { align: "left", bgcolor: "#ffffff", font: { size: 12 } },
     dragmode: false,
     uirevision: `${st.id}`,
   };
+  // No mode bar (its buttons sat in the tab order and under quick clicks; PNG/SVG/CSV buttons
+  // are below the map), no double-click axis reset, no zoom: a click is a click on a cell.
   const config = {
     responsive: false,
     displaylogo: false,
-    modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"],
+    displayModeBar: false,
+    doubleClick: false,
+    scrollZoom: false,
     toImageButtonOptions: { filename: `patchaudit-${st.id}-${st.view}`, scale: 2 },
   };
   const div = $("heatmap");
@@ -210,7 +285,7 @@ export function renderHeatmap() {
 }
 
 function onCellClick(e) {
-  // Only clicks on the plot area (Plotly's drag layer), not on the mode bar or colour bar.
+  // Only clicks on the plot area (Plotly's drag layer), not on the colour bar or the title.
   if (!st.result || !(e.target instanceof Element) || !e.target.classList.contains("nsewdrag")) return;
   const gd = $("heatmap");
   const fl = gd._fullLayout;
@@ -222,6 +297,8 @@ function onCellClick(e) {
   if (i >= 0 && i < R && j >= 0 && j < C) verify([[i, j]]);
 }
 
+/** PNG/SVG of the map as drawn: its title names model, task, site, view and tau, its colour
+ * bar the metric. */
 export function download(format) {
   Plotly.downloadImage($("heatmap"), { format, filename: `patchaudit-${st.id}-${st.view}`, scale: format === "png" ? 2 : 1 });
 }
@@ -234,6 +311,13 @@ export function cellCenter(i, j) {
   const y0 = fl.yaxis._offset + fl.yaxis.l2p(i);
   if (box.top + y0 < 40 || box.top + y0 > window.innerHeight - 40) {
     window.scrollBy(0, box.top + y0 - window.innerHeight / 2);
+    box = gd.getBoundingClientRect();
+  }
+  const x0 = fl.xaxis._offset + fl.xaxis.l2p(j);
+  const wrap = $("heatmap-wrap");
+  const wb = wrap.getBoundingClientRect();
+  if (box.left + x0 < wb.left + 20 || box.left + x0 > wb.right - 20) {
+    wrap.scrollLeft += box.left + x0 - (wb.left + wb.right) / 2;
     box = gd.getBoundingClientRect();
   }
   return { x: box.left + fl.xaxis._offset + fl.xaxis.l2p(j), y: box.top + y0 };

@@ -1,6 +1,6 @@
 // New-analysis page: model and task from the API, custom pairs checked token by token
 // (debounced /api/tokenize) before anything is queued.
-import { api, ApiError, debounce, el, getToken, setToken, writesNeedToken } from "./api.js";
+import { api, ApiError, debounce, el, getToken, saveToken, writesNeedToken } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -341,9 +341,9 @@ function fillExample() {
 
 async function initToken() {
   $("token-input").value = getToken();
-  $("token-form").addEventListener("submit", (ev) => {
+  $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    setToken($("token-input").value.trim());
+    if (!(await saveToken($("token-input").value.trim(), $("token-status")))) return;
     state.readOnly = false;
     checkReadOnly();
   });

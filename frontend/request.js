@@ -50,7 +50,7 @@ export function renderRequest() {
 function pairTable(pairs) {
   const tbl = el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "#" }), el("th", { text: "clean" }), el("th", { text: "corrupted" }), el("th", { text: "answer" }), el("th", { text: "wrong" }))));
   const tb = el("tbody");
-  pairs.forEach((p, k) => tb.append(el("tr", {}, el("td", { text: k + 1 }), el("td", { text: p.clean }), el("td", { text: p.corrupted }), el("td", { text: JSON.stringify(p.answer) }), el("td", { text: JSON.stringify(p.wrong) }))));
+  pairs.forEach((p, k) => tb.append(el("tr", {}, el("td", { text: k + 1 }), el("td", { class: "prompt-col", text: p.clean }), el("td", { class: "prompt-col", text: p.corrupted }), el("td", { class: "tok-col", text: JSON.stringify(p.answer) }), el("td", { class: "tok-col", text: JSON.stringify(p.wrong) }))));
   tbl.append(tb);
   return tbl;
 }

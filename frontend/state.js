@@ -28,6 +28,7 @@ export const st = {
   readOnly: false,
   sort: { key: "absEst", dir: "desc" },
   busyFix: false,
+  sharedScale: true, // one colour scale for every estimate view (the "shared scale" toggle)
   stats: { renders: 0, lastRenderMs: 0 },
 };
 

@@ -83,7 +83,7 @@ export function renderTable() {
       el("td", { text: fmt(c.corr) }),
       el("td", { text: fmt(c.rel) }),
       el("td", { text: c.bound === null ? "∞" : fmt(c.bound) }),
-      el("td", { class: c.flagged ? "yes" : null, text: c.flagged ? "flagged" : "" , title: c.reasons.join("; ") }),
+      el("td", { class: c.flagged ? "yes flag-codes" : null, text: c.flagged ? c.codes.join(", ") || "flagged" : "", title: c.reasons.join("; ") }),
       el("td", { text: c.ver != null ? fmt(c.ver) : "" }),
       el("td", { text: c.ver != null && c.est != null ? fmt(c.est - c.ver) : "" }),
       el("td", {}, action)));

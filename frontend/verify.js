@@ -2,14 +2,14 @@
 // another tau), and the controls that show their state: the flag count and the Fix button.
 import { api, ApiError } from "./api.js";
 import { compName, shortName } from "./cells.js";
-import { setReadOnly } from "./banner.js";
+import { pulseReadOnly, setReadOnly } from "./banner.js";
 import { fmt, shapeOf, verifiedAt } from "./flags.js";
-import { noticeText, showMessage, showNotice } from "./notices.js";
+import { noticeText, showNotice } from "./notices.js";
 import { $, ACTIVE, pendingKeys, pollSoon, renderAll, st } from "./state.js";
 
 export async function verify(components) {
   if (st.readOnly) {
-    showNotice("Read-only: enter an API token at the top to verify components.");
+    pulseReadOnly(); // the read-only banner already says what to do: one banner, not two
     return;
   }
   const [, C] = shapeOf(st.result);
@@ -25,8 +25,7 @@ export async function verify(components) {
     await api(`/api/analyses/${encodeURIComponent(st.id)}/verify`, { method: "POST", body: { components: todo }, write: true });
   } catch (err) {
     if (err instanceof ApiError && err.isAuth) setReadOnly(true);
-    showNotice("");
-    showMessage(`Could not verify: ${err.message}`);
+    showNotice(`Could not verify: ${err.message}`, { error: true });
     return;
   }
   const now = Date.now();
@@ -60,8 +59,7 @@ export async function fixAll() {
     }
   } catch (err) {
     if (err instanceof ApiError && err.isAuth) setReadOnly(true);
-    showNotice("");
-    showMessage(`Could not run Fix: ${err.message}`);
+    showNotice(`Could not run Fix: ${err.message}`, { error: true });
     st.busyFix = false;
     st.pageFix = null;
     renderControls();
