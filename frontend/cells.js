@@ -29,8 +29,22 @@ export function cellInfo(i, j) {
   };
 }
 
+/** The tokens at the positions of a resid map (labels.tokens / position_labels), else null. */
+export function positionTokens() {
+  const lab = st.result.labels || {};
+  const toks = lab.tokens || lab.position_labels || st.result.position_labels || null;
+  return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
+}
+
+function positionToken(j) {
+  return positionTokens()?.[j] ?? null;
+}
+
+const isPositions = (lab) => (lab.col_name || "") === "position";
+
 export function compName(i, j) {
   const lab = st.result.labels || {};
+  if (isPositions(lab)) return shortName(i, j);
   const row = lab.rows?.[i] ?? i;
   const col = lab.cols?.[j] ?? j;
   const rn = lab.row_name || "layer";
@@ -40,6 +54,11 @@ export function compName(i, j) {
 
 export function shortName(i, j) {
   const lab = st.result.labels || {};
+  if (isPositions(lab)) {
+    // resid: layer and position, with the token there: L1 @3 'store'
+    const tok = positionToken(j);
+    return `L${lab.rows?.[i] ?? i} @${lab.cols?.[j] ?? j}${tok != null ? ` '${tok.trim() || tok}'` : ""}`;
+  }
   return (lab.cols?.length ?? 2) === 1 ? `L${lab.rows?.[i] ?? i}` : `L${lab.rows?.[i] ?? i}.H${lab.cols?.[j] ?? j}`;
 }
 

@@ -1,7 +1,7 @@
 // The Plotly heatmap: one heatmap trace (+ a dark layer for unbounded error bounds), one outline
 // path for the flags, markers for verified and pending cells; click a cell to verify it.
 /* global Plotly */
-import { hoverText } from "./cells.js";
+import { hoverText, positionTokens } from "./cells.js";
 import { correctedMethod, fmt, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
 import { keyboardCell } from "./keys.js";
 import { metricLabel } from "./meaning.js";
@@ -69,11 +69,7 @@ function countBeyond(z, lim) {
   return n;
 }
 
-function tokenLabels() {
-  const lab = st.result.labels || {};
-  const toks = lab.tokens || lab.position_labels || st.result.position_labels || null;
-  return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
-}
+const tokenLabels = () => positionTokens();
 
 /** Column tick labels: "3 'store'" for resid positions with tokens, else the column label. */
 function colTicks() {
