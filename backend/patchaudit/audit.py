@@ -190,7 +190,7 @@ def audit(
         metric=metric,
         direction=direction,
         methods=methods,
-        labels=p.site.labels(),
+        labels=site_labels(p, tp, model),
         scores={m: ests[m].values.detach().cpu() for m in methods},
         tau=tau,
         metric_base=float(b.f_base.mean()),
@@ -208,17 +208,38 @@ def audit(
         },
         base=b,
     )
-    report.cost["base"] = base_cost.as_dict()
+    report.cost["base"] = {
+        **base_cost.as_dict(),
+        "cached": cached,
+        "note": cost_note("base", b.cost, cached, p.site.n_layers * p.site.n_comp),
+    }
     for m in methods:
-        report.cost[m] = (ests[m].cost + base_cost).as_dict()
+        own = ests[m].cost
+        report.cost[m] = {
+            **(own + base_cost).as_dict(),
+            "cached": cached and own.forward + own.backward == 0,
+            "note": cost_note(
+                m,
+                own,
+                cached,
+                p.site.n_layers * p.site.n_comp,
+                hvp_probes=hvp_probes,
+                ig_steps=ig_steps,
+                mhvp_steps=mhvp_steps,
+                fused=m == fused,
+            ),
+        }
     if "ap" in ests:
         v = ests["ap"].values
         report.verified = {
             (i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])
         }
     source = next((m for m in M.SECOND_ORDER if m in ests), None)
+    a1 = M.atp(p, b).values.detach().cpu() if source is not None or "atp" in ests else None
+    report.material_threshold = R.MATERIAL_SHARE * abs(report.total_effect)
+    report.screen = screen_info(a1, report.total_effect, metric, direction, source)
     if source is not None:
-        a1 = M.atp(p, b).values.detach().cpu()
+        assert a1 is not None
         est = ests[source]
         assert est.q is not None
         q = est.q.detach().cpu()
@@ -227,9 +248,117 @@ def audit(
         report.reliability, report.error_bound = rel.score, rel.error_bound
         report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
         report.q, report.q_se, report.reliability_source = q, se, source
+        report.flag_reasons = rel.reasons
     if progress is not None:
         progress("done", 1.0, tracker.passes)
     return report
+
+
+def site_labels(p: Problem, tp: TokenPairs, model) -> dict:
+    """The site's axis labels; for resid also ``positions``: the token at each position
+    (of the first clean prompt), so a component reads "L1 @3 'store'"."""
+    labels = p.site.labels()
+    if p.site.col_name == "position":
+        tok = getattr(model, "tokenizer", None)
+        ids = tp.clean[0].tolist()
+        if tok is not None:
+            labels["positions"] = [tok.decode([int(i)]) for i in ids]
+        else:
+            labels["positions"] = [str(i) for i in ids]
+    return labels
+
+
+def screen_info(
+    a1: torch.Tensor | None,
+    total_effect: float,
+    metric: str,
+    direction: str,
+    source: str | None,
+) -> dict:
+    """What the screen (AtP + HVP) can say for this metric and direction (METHODS.md):
+    ``informative`` is False where the first-order term vanishes at the base point."""
+    if a1 is None:
+        return {
+            "informative": False,
+            "first_order_vanishes": False,
+            "message": "no screen ran (add atp and hvp to the methods to screen and flag)",
+        }
+    vanishes = R.first_order_vanishes(a1, total_effect, metric, direction)
+    if not vanishes:
+        msg = "AtP ranks the components; flags mark the estimates it cannot be trusted on."
+        if source is None:
+            msg += " Add hvp to the methods to score reliability and flag."
+        return {"informative": True, "first_order_vanishes": False, "message": msg}
+    share = float(a1.nan_to_num(0.0).abs().sum()) / max(abs(total_effect), 1e-30)
+    if metric == "kl" and direction == "noising":
+        why = (
+            "KL noising: the clean run minimises KL(clean || patched), so the metric's gradient "
+            "is 0 there and AtP is 0 for every component"
+        )
+    else:
+        why = (
+            f"{metric} {direction}: all AtP values together are {share:.2%} of the total effect "
+            "(the base run is saturated: the model is already near-certain there)"
+        )
+    return {
+        "informative": False,
+        "first_order_vanishes": True,
+        "message": f"The screen is uninformative here. {why}. AtP cannot rank components and "
+        "none is ruled immaterial; the second-order term leads, so read the HVP map as a "
+        "ranking hint, not a size, and verify with activation patching (ap).",
+    }
+
+
+def cost_note(
+    method: str,
+    cost: Cost,
+    cached: bool,
+    n_components: int,
+    hvp_probes: int = 0,
+    ig_steps: int = 0,
+    mhvp_steps: int = 0,
+    fused: bool = False,
+) -> str:
+    """Plain words for one cost entry: what a pass is here and why a count can be 0."""
+    f, bw = cost.forward, cost.backward
+    base = "the base pass came from the activation cache" if cached else "plus the base pass"
+    if method == "base":
+        if cached:
+            return "served from the activation cache: no pass run"
+        return (
+            f"{f} batched forward(s) (clean and corrupted) + {bw} backward (the gradient at the "
+            "base run)"
+        )
+    if method == "atp":
+        return f"read off the base pass (<gradient, delta>): no pass of its own; {base}"
+    if method == "hvp":
+        rows = f"{hvp_probes} probes ride on the batch axis"
+        if fused:
+            return f"{rows} of the base pass itself: {bw} double backward(s) over {hvp_probes}x the rows, no extra forward"
+        return f"{rows}: {f} batched forward(s) + {bw} double backward(s) over up to {hvp_probes}x the rows; {base}"
+    if method in ("hvp_joint", "hvp_exact"):
+        what = (
+            "one joint probe"
+            if method == "hvp_joint"
+            else f"{n_components} tangents (one per component)"
+        )
+        return f"{what} on the batch axis: {f} batched forward(s) + {bw} double backward(s); {base}"
+    if method == "ig":
+        return (
+            f"{ig_steps} IG steps ride on the batch axis: {f} batched forward(s) + {bw} batched "
+            f"backward(s) over {ig_steps}x the rows; {base}"
+        )
+    if method == "mhvp":
+        return (
+            f"{mhvp_steps + 1} nodes ride on the batch axis: {f} batched forward(s) + {bw} "
+            f"backward(s) (gradients and the HVP at both ends); {base}"
+        )
+    if method == "ap":
+        return (
+            f"{n_components} patched component-forwards, batched into {f} forward pass(es) "
+            f"(components of a layer ride on the batch axis); {base}"
+        )
+    return base
 
 
 @dataclass

@@ -25,11 +25,13 @@ def _fmt(v) -> str:
 
 
 def print_table(report, top: int = 15) -> None:
+    from .report import component_label
+
     cols = [m for m in ("atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp") if m in report.scores]
     header = ["component", *cols, "reliability", "bound", "flag", "verified (ap)"]
     rows = []
     for r in report.table(top):
-        name = f"L{r['layer']}.{report.labels['col_name'][0]}{r['comp']}"
+        name = component_label(report.labels, r["layer"], r["comp"])
         rows.append(
             [
                 name,

@@ -37,6 +37,60 @@ def _tensor(x, dtype=torch.float32) -> Tensor | None:
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in x], dtype=dtype)
 
 
+def _reason_masks(grid: list | None) -> dict[str, Tensor] | None:
+    if grid is None:
+        return None
+    from .estimators.reliability import REASONS
+
+    return {
+        k: torch.tensor([[k in cell for cell in row] for row in grid], dtype=torch.bool)
+        for k in REASONS
+    }
+
+
+def component_label(labels: dict, i: int, j: int) -> str:
+    """A component's name: "L1.H10" (heads), "L1.mlp", "L1 @3 'store'" (resid: layer, position
+    and the position's token when the labels carry them)."""
+    col = labels.get("col_name", "head")
+    if col == "position":
+        toks = labels.get("positions") or []
+        tok = f" {toks[j]!r}" if j < len(toks) else ""
+        return f"L{i} @{j}{tok}"
+    if col == "mlp":
+        return f"L{i}.mlp"
+    return f"L{i}.{col[:1].upper()}{j}"
+
+
+def summary(obj, extra: str = "") -> str:
+    """One short block for ``repr`` of a Report (and the results that carry one)."""
+    r = obj if isinstance(obj, Report) else obj.report
+    s = r.settings
+    shape = "x".join(str(n) for n in r.estimate.shape) if r.scores else "?"
+    n_flag = int(r.flags.sum()) if r.flags is not None else None
+    top = (
+        ", ".join(
+            f"{component_label(r.labels, c['layer'], c['comp'])}={c['estimate']:+.3g}"
+            for c in r.circuit(3)
+        )
+        if r.scores
+        else ""
+    )
+    head = type(obj).__name__
+    parts = [
+        f"model={s.get('model', '?')}",
+        f"site={r.site}",
+        f"metric={r.metric}",
+        f"direction={r.direction}",
+        f"methods={','.join(r.methods)}",
+        f"shape={shape}",
+        f"flagged={'-' if n_flag is None else n_flag}",
+    ]
+    if r.screen is not None and not r.screen.get("informative", True):
+        parts.append("screen=uninformative")
+    out = f"<{head} {' '.join(parts)}{extra}"
+    return out + (f"\n  top: {top}>" if top else ">")
+
+
 @dataclass
 class Report:
     site: str
@@ -59,7 +113,10 @@ class Report:
     metric_base: float = 0.0
     metric_src: float = 0.0
     settings: dict = field(default_factory=dict)
-    base: BaseCache | None = None
+    base: BaseCache | None = field(default=None, repr=False)
+    screen: dict | None = None  # {"informative", "first_order_vanishes", "message"}
+    flag_reasons: dict[str, Tensor] | None = None  # reason -> bool mask (reliability.REASONS)
+    material_threshold: float | None = None  # 1% of |total effect|
 
     @property
     def total_effect(self) -> float:
@@ -98,8 +155,25 @@ class Report:
             for i in idx
         ]
 
+    def reasons_grid(self) -> list[list[list[str]]] | None:
+        """Per component, the codes of why it is flagged (empty when it is not)."""
+        if self.flag_reasons is None or self.flags is None:
+            return None
+        rows, cols = self.flags.shape
+        masks = {k: v.tolist() for k, v in self.flag_reasons.items()}
+        return [
+            [[k for k, m in masks.items() if m[i][j]] for j in range(cols)] for i in range(rows)
+        ]
+
+    def __repr__(self) -> str:
+        """A short summary (never the cached activations)."""
+        return summary(self)
+
     def to_dict(self) -> dict:
         return {
+            "screen": self.screen,
+            "flag_reasons": self.reasons_grid(),
+            "material_threshold": self.material_threshold,
             "site": self.site,
             "metric": self.metric,
             "direction": self.direction,
@@ -151,6 +225,9 @@ class Report:
             metric_base=d.get("metric_base", 0.0),
             metric_src=d.get("metric_src", 0.0),
             settings=d.get("settings", {}),
+            screen=d.get("screen"),
+            flag_reasons=_reason_masks(d.get("flag_reasons")),
+            material_threshold=d.get("material_threshold"),
         )
 
     def table(self, top: int = 10) -> list[dict]:
@@ -180,7 +257,7 @@ class Report:
         for i in range(rows):
             row = []
             for j in range(cols):
-                parts = [f"{self.labels['row_name']} {i}, {self.labels['col_name']} {j}"]
+                parts = [component_label(self.labels, i, j)]
                 for m, v in self.scores.items():
                     parts.append(f"{METHOD_LABELS.get(m, m)}: {float(v[i, j]):.4g}")
                 if self.reliability is not None:

@@ -140,8 +140,14 @@ def test_reliability_definitions(tiny_model, tiny_pairs):
     finite = rr < 1
     assert torch.allclose(e[finite], ((q / 2).abs() * rr / (1 - rr))[finite])
     assert torch.isinf(e[~finite]).all()
-    mat = torch.maximum(a1.abs(), r.scores["hvp_exact"].abs()) >= 0.01 * abs(r.total_effect)
+    thr = 0.01 * abs(r.total_effect)
+    a2 = r.scores["hvp_exact"]
+    # revised materiality: immaterial only when |A2| + e rules a material effect out; an
+    # infinite bound never does
+    mat = (torch.maximum(a1.abs(), a2.abs()) >= thr) | ~(a2.abs() + e < thr)
     assert torch.equal(r.material, mat)
+    assert r.material_threshold == pytest.approx(thr)
+    assert not bool((~r.material & torch.isinf(e)).any())
     low = r.reliability < 0.9
     assert bool((r.flags >= (mat & low)).all())  # every material low-rho component is flagged
     assert not bool((r.flags & ~mat).any())  # nothing immaterial is flagged

@@ -41,6 +41,37 @@ QueueDep = Annotated[Queue, Depends(get_queue)]
 CacheDep = Annotated[ActivationCache, Depends(get_cache)]
 
 
+def sent_token(authorization: str | None, x_api_token: str | None) -> str | None:
+    """The token of a request (``X-API-Token``, else ``Authorization: Bearer``), or None."""
+    given = x_api_token
+    if given is None and authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            given = value.strip()
+    return given or None
+
+
+def check_token(settings: Settings, given: str | None) -> None:
+    """Raise 401 unless no token is configured or ``given`` is the right one; the message says
+    whether the token is missing or wrong."""
+    expected = settings.token
+    if not expected:
+        return
+    if not given:
+        raise ApiError(
+            401,
+            "API token missing: this server needs its API token for changes (send "
+            "'Authorization: Bearer <token>' or 'X-API-Token: <token>')",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "the API token is wrong: check it with whoever runs this server",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
 def require_write_token(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -48,21 +79,7 @@ def require_write_token(
 ) -> None:
     """Writes need the API token when one is configured (``Authorization: Bearer <token>`` or
     ``X-API-Token: <token>``); reads by link stay open."""
-    expected = settings.token
-    if not expected:
-        return
-    given = x_api_token
-    if given is None and authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            given = value.strip()
-    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(
-            401,
-            "this server needs an API token for changes: send 'Authorization: Bearer <token>' "
-            "or 'X-API-Token: <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_token(settings, sent_token(authorization, x_api_token))
 
 
 WriteAccess = Annotated[None, Depends(require_write_token)]

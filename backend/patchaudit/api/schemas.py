@@ -76,8 +76,14 @@ class AnalysisRequest(_Strict):
     metric: Metric = "logit_diff"
     direction: Direction = "noising"
     methods: list[Method] = Field(default_factory=lambda: _default_methods(), min_length=1)
-    hvp_probes: int | None = Field(default=8, ge=1)
-    ig_steps: int | None = Field(default=16, ge=1)
+    hvp_probes: int | None = Field(
+        default=None,
+        ge=1,
+        description="HVP probes; default: the engine's benchmark-chosen value (GET /api/config)",
+    )
+    ig_steps: int | None = Field(
+        default=None, ge=1, description="IG steps; default: the engine's (GET /api/config)"
+    )
     tau: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -85,6 +91,13 @@ class VerifyRequest(_Strict):
     """Components to verify with activation patching: ``[[layer, head], ...]``."""
 
     components: list[list[int]] = Field(min_length=1, examples=[[[0, 1], [1, 0]]])
+
+
+class PairsParseRequest(_Strict):
+    """Pasted or uploaded pairs: TSV, CSV or JSON lines (clean, corrupted, answer, wrong)."""
+
+    text: str = Field(examples=["clean\tcorrupted\tanswer\twrong\nWhen Mary and John ..."])
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
 
 
 class TokenizeRequest(_Strict):
@@ -131,11 +144,34 @@ class FixInfo(BaseModel):
     full_sweep_passes: int | None = Field(
         default=None, description="batched passes of a full sweep (one per layer)"
     )
+    fix_forwards: int | None = Field(
+        default=None, description="component forwards the fix spent (one per verified component)"
+    )
+    fix_batch_passes: int | None = Field(
+        default=None, description="batched forward passes the fix ran"
+    )
+    full_sweep_batch_passes: int | None = Field(
+        default=None, description="batched forward passes a full ap sweep runs"
+    )
+    fix_seconds: float | None = None
+    full_sweep_seconds: float | None = Field(
+        default=None, description="measured when ap ran with the analysis, else estimated"
+    )
+    full_sweep_seconds_estimated: bool | None = None
     components: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
 
 
 Matrix = list[list[float | None]]
+
+
+class Screen(BaseModel):
+    """What the screen (AtP + HVP) can say: not informative where the first-order term
+    vanishes at the base point (KL noising; a saturated prob_diff / logprob noising)."""
+
+    informative: bool = True
+    first_order_vanishes: bool = False
+    message: str = ""
 
 
 class AnalysisResult(BaseModel):
@@ -151,8 +187,24 @@ class AnalysisResult(BaseModel):
     verified: dict[str, float | None] = Field(
         default_factory=dict, description='"layer.head" -> activation-patching value'
     )
-    cost: dict[str, dict[str, float]] = Field(default_factory=dict)
+    cost: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per method: forward, backward, seconds, cached (served from the activation "
+        "cache), note (what the counts mean)",
+    )
     fix: FixInfo | None = None
+    screen: Screen | None = None
+    flag_reasons: list[list[list[str]]] | None = Field(
+        default=None,
+        description="per component, why it is flagged: reliability, sign, cutoff, unbounded, "
+        "atp_error (empty when not flagged)",
+    )
+    material_threshold: float | None = Field(
+        default=None, description="1% of |m(clean) - m(corrupted)|: the materiality line"
+    )
+    partial: bool = Field(
+        default=False, description="a cancelled analysis: only the methods that completed"
+    )
     pairs: list[dict[str, str]] | None = Field(
         default=None, description="the prompts the analysis ran on (task sets are generated)"
     )
@@ -254,6 +306,49 @@ class Health(BaseModel):
     cache: CacheStats | None = None
     auth_required: bool = False  # writes need the team token (reads by link stay open)
     message: str = ""
+
+
+class ConfigDefaults(BaseModel):
+    hvp_probes: int
+    ig_steps: int
+    mhvp_steps: int
+    tau: float
+    n_pairs: int
+
+
+class ConfigLimits(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    max_pairs: int
+    max_ig_steps: int
+    max_hvp_probes: int
+    max_prompt_tokens: int | None = None
+    max_prompt_chars: int
+    max_verify_components: int
+    max_body_bytes: int
+
+
+class ServerConfig(BaseModel):
+    """The engine's defaults and the limits this server enforces (the form reads both)."""
+
+    defaults: ConfigDefaults
+    limits: ConfigLimits
+    auth_required: bool
+
+
+class WhoAmI(BaseModel):
+    auth_required: bool
+    token_ok: bool
+
+
+class PairsParsed(BaseModel):
+    pairs: list[PairIn]
+    format: Literal["tsv", "csv", "jsonl"]
+
+
+class Vocab(BaseModel):
+    model: str
+    size: int
+    words: list[str]
 
 
 class ErrorResponse(BaseModel):

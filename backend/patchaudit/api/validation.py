@@ -72,10 +72,25 @@ def local_tokenizer(model: str) -> Any | None:
         return None
 
 
+def engine_defaults(settings: Settings) -> dict[str, Any]:
+    """The engine's benchmark-chosen defaults (defaults.json) for the worker's device."""
+    from patchaudit import defaults
+
+    d = defaults.load()
+    device = (settings.device or "cpu").split(":")[0]
+    return {
+        "hvp_probes": defaults.hvp_probes(device),
+        "ig_steps": int(d["ig_steps"]),
+        "mhvp_steps": int(d["mhvp_steps"]),
+        "tau": defaults.tau(),
+    }
+
+
 def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
     """Validate against the limits and return the canonical request (what the job runs and
     what identifies a duplicate). Raises ApiError(422) with a message a person can act on."""
     model = check_model(req.model, settings)
+    d = engine_defaults(settings)
     if req.pairs is not None and req.tokens is not None:
         raise unprocessable("pairs", "give either 'pairs' (text) or 'tokens', not both")
     out: dict[str, Any] = {
@@ -90,8 +105,8 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
         "metric": req.metric,
         "direction": req.direction,
         "methods": [m for m in METHODS if m in set(req.methods)],
-        "hvp_probes": req.hvp_probes,
-        "ig_steps": req.ig_steps,
+        "hvp_probes": d["hvp_probes"] if req.hvp_probes is None else req.hvp_probes,
+        "ig_steps": d["ig_steps"] if req.ig_steps is None else req.ig_steps,
         "tau": req.tau,
     }
     if req.pairs is not None:
@@ -147,16 +162,16 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
             )
         out.update(task=req.task, corruption=req.corruption)
     if "hvp" in out["methods"]:
-        if req.hvp_probes is not None and req.hvp_probes > settings.max_hvp_probes:
+        if out["hvp_probes"] > settings.max_hvp_probes:
             raise unprocessable(
-                "hvp_probes", f"{req.hvp_probes} is over the limit of {settings.max_hvp_probes}"
+                "hvp_probes", f"{out['hvp_probes']} is over the limit of {settings.max_hvp_probes}"
             )
     else:
         out["hvp_probes"] = None
     if "ig" in out["methods"]:
-        if req.ig_steps is not None and req.ig_steps > settings.max_ig_steps:
+        if out["ig_steps"] > settings.max_ig_steps:
             raise unprocessable(
-                "ig_steps", f"{req.ig_steps} is over the limit of {settings.max_ig_steps}"
+                "ig_steps", f"{out['ig_steps']} is over the limit of {settings.max_ig_steps}"
             )
     else:
         out["ig_steps"] = None

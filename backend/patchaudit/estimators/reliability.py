@@ -7,6 +7,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: Why a component is flagged (``Reliability.reasons``), in this order:
+#: reliability: rho < tau; sign: sign(A1) != sign(A2); cutoff: A2 +- e straddles the circuit
+#: cut-off; unbounded: the error bound is infinite or missing; atp_error: the interval
+#: A2 +- e admits an AtP error above ``ATP_ERROR_LIMIT`` (50%) of the true effect.
+REASONS = ("reliability", "sign", "cutoff", "unbounded", "atp_error")
+ATP_ERROR_LIMIT = 0.5
+MATERIAL_SHARE = 0.01
+#: The first-order term "vanishes" when all of |A1| together stay below this share of the
+#: total effect (KL noising: exactly 0; a saturated prob_diff / logprob noising: ~1e-3).
+VANISH_SHARE = 0.01
+
 
 @dataclass
 class Reliability:
@@ -16,6 +27,8 @@ class Reliability:
     material: Tensor  # bool
     flags: Tensor  # bool
     cutoff: float  # the circuit cut-off on |A2|
+    reasons: dict[str, Tensor] | None = None  # REASONS -> bool mask (flagged components only)
+    material_threshold: float = 0.0  # 1% of |total effect|
 
 
 def ratio(a1: Tensor, q: Tensor) -> Tensor:
@@ -40,9 +53,33 @@ def error_bound(q: Tensor, r: Tensor, q_se: Tensor | None = None, scale: float =
     return e * scale
 
 
-def material(a1: Tensor, a2: Tensor, total_effect: float, share: float = 0.01) -> Tensor:
-    """max(|A1|, |A2|) >= 1% of |m(x) - m(x~)|."""
-    return torch.maximum(a1.abs(), a2.abs()) >= share * abs(total_effect)
+def material(
+    a1: Tensor,
+    a2: Tensor,
+    total_effect: float,
+    share: float = MATERIAL_SHARE,
+    e: Tensor | None = None,
+) -> Tensor:
+    """Material unless ruled out: max(|A1|, |A2|) >= 1% of |m(x) - m(x~)|, or (with the error
+    bound ``e``) |A2| + e does not stay below it. An infinite or missing (NaN) bound never rules
+    a component out, so a vanishing first-order term cannot hide a large effect."""
+    thr = share * abs(total_effect)
+    out = torch.maximum(a1.abs(), a2.abs()) >= thr
+    if e is not None:
+        out = out | ~((a2.abs() + e) < thr)  # inf / NaN bound: the comparison is False
+    return out
+
+
+def first_order_vanishes(
+    a1: Tensor, total_effect: float, metric: str | None = None, direction: str | None = None
+) -> bool:
+    """True where the screen cannot rank by A1: KL noising (the clean run minimises
+    KL(clean || patched), so its gradient is 0 there) or, measured, sum_c |A1_c| below 1% of
+    the total effect (a saturated base run: prob_diff / logprob noising on a confident model)."""
+    if metric == "kl" and direction == "noising":
+        return True
+    total = abs(total_effect)
+    return total > 0 and float(a1.nan_to_num(0.0).abs().sum()) < VANISH_SHARE * total
 
 
 def circuit_cutoff(a2: Tensor, k: int | None = None) -> float:
@@ -56,14 +93,37 @@ def circuit_cutoff(a2: Tensor, k: int | None = None) -> float:
     return float((v[k - 1] + v[k]) / 2)
 
 
+def flag_reasons(
+    a1: Tensor, a2: Tensor, rho: Tensor, e: Tensor, is_material: Tensor, tau: float, cutoff: float
+) -> dict[str, Tensor]:
+    """Each reason's mask, already restricted to material components (REASONS)."""
+    mag = a2.abs()
+    unbounded = ~torch.isfinite(e)
+    # the largest AtP error the interval A2 +- e allows: |A1 - x| / |x| over x in it
+    worst = ((a1 - a2).abs() + e) / torch.clamp(mag - e, min=0.0)
+    return {
+        "reliability": is_material & (rho < tau),
+        "sign": is_material & (torch.sign(a1) != torch.sign(a2)),
+        "cutoff": is_material & (mag - e < cutoff) & (mag + e > cutoff),
+        "unbounded": is_material & unbounded,
+        "atp_error": is_material & ~unbounded & ~(worst <= ATP_ERROR_LIMIT),
+    }
+
+
 def flags(
     a1: Tensor, a2: Tensor, rho: Tensor, e: Tensor, is_material: Tensor, tau: float, cutoff: float
 ) -> Tensor:
-    """Unreliable: material and (rho < tau, or a sign flip, or A2 +- e straddles the cut-off)."""
-    sign_flip = torch.sign(a1) != torch.sign(a2)
-    mag = a2.abs()
-    straddle = (mag - e < cutoff) & (mag + e > cutoff)
-    return is_material & ((rho < tau) | sign_flip | straddle)
+    """Unreliable: material and (rho < tau, or a sign flip, or A2 +- e straddles the cut-off,
+    or the bound is infinite, or A2 +- e admits an AtP error above 50%)."""
+    return any_reason(flag_reasons(a1, a2, rho, e, is_material, tau, cutoff))
+
+
+def any_reason(why: dict[str, Tensor]) -> Tensor:
+    masks = list(why.values())
+    out = masks[0].clone()
+    for m in masks[1:]:
+        out = out | m
+    return out
 
 
 def assess(
@@ -79,6 +139,16 @@ def assess(
     r = ratio(a1, q)
     rho = score(r)
     e = error_bound(q, r, q_se, bound_scale)
-    mat = material(a1, a2, total_effect)
+    mat = material(a1, a2, total_effect, e=e)
     cut = circuit_cutoff(a2, circuit_k)
-    return Reliability(r, rho, e, mat, flags(a1, a2, rho, e, mat, tau, cut), cut)
+    why = flag_reasons(a1, a2, rho, e, mat, tau, cut)
+    return Reliability(
+        r,
+        rho,
+        e,
+        mat,
+        any_reason(why),
+        cut,
+        why,
+        material_threshold=MATERIAL_SHARE * abs(total_effect),
+    )

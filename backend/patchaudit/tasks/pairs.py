@@ -58,6 +58,77 @@ def _show(tok, ids: Sequence[int]) -> list[str]:
     return [tok.decode([i]) for i in ids]
 
 
+def unknown_words(tok, text: str) -> list[str]:
+    """The words of ``text`` the tokenizer reads as its unknown token, in order, once each."""
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return []
+    out: list[str] = []
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [
+            text[a:b]
+            for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+            if i == unk
+        ]
+    except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer: word by word
+        spans = [w for w in text.split() if unk in _encode(tok, w)]
+    for w in spans:
+        w = w.strip()
+        if w and w not in out:
+            out.append(w)
+    return out
+
+
+def _punctuation_fix(tok, word: str) -> str | None:
+    """``word`` with its attached punctuation spaced off ("store," -> "store ,") when every
+    piece is then known; None when that does not help."""
+    import re
+
+    pieces = re.findall(r"\w+|[^\w\s]", word)
+    if len(pieces) < 2 or not any(re.fullmatch(r"[^\w\s]", p) for p in pieces):
+        return None
+    unk = tok.unk_token_id
+    if any(unk in _encode(tok, p) for p in pieces):
+        return None
+    return " ".join(pieces)
+
+
+def unknown_words_message(tok, label: str, text: str) -> str:
+    """'the clean prompt has words the model's vocabulary lacks: 'Zed', 'store,' ...' with a
+    hint for punctuation attached to a word."""
+    words = unknown_words(tok, text)
+    named = ", ".join(repr(w) for w in words[:8]) + (" ..." if len(words) > 8 else "")
+    msg = (
+        f"the {label} has words the model's vocabulary lacks (read as {tok.unk_token}): "
+        f"{named or '?'}"
+    )
+    fixes = [(w, f) for w in words if (f := _punctuation_fix(tok, w))]
+    if fixes:
+        w, f = fixes[0]
+        msg += (
+            f"; this tokenizer splits on spaces only, so put a space before punctuation "
+            f"({w!r} -> {f!r})"
+        )
+    elif words:
+        msg += "; use words it knows"
+    if word_vocab(tok) is not None:
+        msg += " (GET /api/models/<model>/vocab lists them)"
+    return msg
+
+
+def word_vocab(tok) -> list[str] | None:
+    """The words of a word-level vocabulary (special tokens left out), in id order; None for
+    subword vocabularies (BPE, WordPiece, Unigram), where any text splits into known pieces."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    if type(model).__name__ != "WordLevel":
+        return None
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    vocab = tok.get_vocab()
+    return [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w not in special]
+
+
 def check_pairs(
     model_or_tokenizer,
     clean: Sequence[str],
@@ -101,17 +172,14 @@ def check_pairs(
                 )
         unk = getattr(tok, "unk_token_id", None)
         if unk is not None and not getattr(tok, "patchaudit_placeholder", False):
-            for label, ids in (
-                ("clean prompt", ci),
-                ("corrupted prompt", xi),
-                ("answer", ai),
-                ("wrong answer", wi),
+            for label, ids, s in (
+                ("clean prompt", ci, c),
+                ("corrupted prompt", xi, x),
+                ("answer", ai, a),
+                ("wrong answer", wi, w),
             ):
                 if unk in ids:
-                    problems.append(
-                        f"the {label} has words the model's vocabulary lacks (read as "
-                        f"{tok.unk_token}): use words it knows"
-                    )
+                    problems.append(unknown_words_message(tok, label, s or ""))
         if c and x and ai and ai == wi:
             problems.append("the answer and the wrong answer are the same token")
         if n_ctx and max(len(ci), len(xi)) > n_ctx:
@@ -128,6 +196,126 @@ def check_pairs(
             }
         )
     return out
+
+
+PAIR_FIELDS = ("clean", "corrupted", "answer", "wrong")
+PAIR_FORMATS = ("auto", "tsv", "csv", "jsonl")
+_ALIASES = {
+    "clean": "clean",
+    "corrupted": "corrupted",
+    "corrupt": "corrupted",
+    "answer": "answer",
+    "answers": "answer",
+    "wrong": "wrong",
+    "wrong_answer": "wrong",
+}
+
+
+class PairsParseError(ValueError):
+    """A pairs file or paste that cannot be read; ``line`` is 1-based (0: the whole text)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+def detect_format(text: str) -> str:
+    """jsonl when the first non-blank line starts with '{' or '[', tsv when it has a tab,
+    else csv."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line[0] in "{[":
+            return "jsonl"
+        return "tsv" if "\t" in raw else "csv"
+    return "tsv"
+
+
+def _header(cells: list[str]) -> list[str] | None:
+    names = [_ALIASES.get(c.strip().lower()) for c in cells]
+    if all(names) and set(names) >= set(PAIR_FIELDS):
+        return [str(n) for n in names]
+    return None
+
+
+def _check_row(line: int, row: dict) -> dict:
+    out = {}
+    for k in PAIR_FIELDS:
+        v = row.get(k)
+        if not isinstance(v, str):
+            raise PairsParseError(line, f"'{k}' is missing or not text")
+        v = v.rstrip("\r\n")
+        if not v.strip():
+            raise PairsParseError(line, f"the {k} field is empty")
+        out[k] = v
+    return out
+
+
+def parse_pairs(text: str, format: str = "auto") -> tuple[list[dict], str]:
+    """Prompt pairs from TSV, CSV or JSON lines: (pairs, format). Columns are clean, corrupted,
+    answer, wrong, in that order or named by a header row; JSON lines are objects with those
+    keys (or arrays in that order). Blank lines and lines starting with '#' are skipped.
+    Fields keep their spaces (an answer is often " Mary"). Raises PairsParseError naming the
+    line."""
+    import csv
+    import json
+
+    if format not in PAIR_FORMATS:
+        raise PairsParseError(
+            0, f"unknown format {format!r}: choose one of {', '.join(PAIR_FORMATS)}"
+        )
+    if not isinstance(text, str) or not text.strip():
+        raise PairsParseError(0, "no pairs given: the text is empty")
+    fmt = detect_format(text) if format == "auto" else format
+    pairs: list[dict] = []
+    lines = text.splitlines()
+    if fmt == "jsonl":
+        for n, raw in enumerate(lines, start=1):
+            if not raw.strip() or raw.strip().startswith("#"):
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise PairsParseError(n, f"not valid JSON ({e.msg})") from None
+            if isinstance(obj, list):
+                if len(obj) != 4:
+                    raise PairsParseError(
+                        n, f"expected 4 values (clean, corrupted, answer, wrong), got {len(obj)}"
+                    )
+                obj = dict(zip(PAIR_FIELDS, obj, strict=True))
+            if not isinstance(obj, dict):
+                raise PairsParseError(n, "expected an object with clean, corrupted, answer, wrong")
+            obj = {_ALIASES.get(str(k).lower(), str(k)): v for k, v in obj.items()}
+            pairs.append(_check_row(n, obj))
+    else:
+        delim = "\t" if fmt == "tsv" else ","
+        rows = (
+            csv.reader(lines, delimiter=delim) if fmt == "csv" else (ln.split("\t") for ln in lines)
+        )
+        names: list[str] | None = None
+        for n, cells in enumerate(rows, start=1):
+            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                continue
+            if names is None and not pairs:
+                names = _header(cells)
+                if names is not None:
+                    continue
+            cols = names or list(PAIR_FIELDS)
+            if len(cells) != len(cols):
+                sep = "tabs" if fmt == "tsv" else "commas"
+                raise PairsParseError(
+                    n,
+                    f"expected {len(cols)} columns ({', '.join(cols)}) separated by {sep}, got "
+                    f"{len(cells)}"
+                    + (" (quote fields that contain commas)" if fmt == "csv" else ""),
+                )
+            pairs.append(_check_row(n, dict(zip(cols, cells, strict=True))))
+    if not pairs:
+        raise PairsParseError(
+            0, "no pairs found: give one pair per line (clean, corrupted, answer, wrong)"
+        )
+    return pairs, fmt
 
 
 def _stack(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -181,6 +369,37 @@ class PromptPairs:
                 if not isinstance(s, str) or not s.strip():
                     raise ValueError(f"pair {i}: the {label} is empty; give a non-empty string")
         return cls(list(clean), list(corrupted), list(answers), list(wrong))
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict]) -> PromptPairs:
+        """Pairs from dicts with keys clean, corrupted, answer, wrong."""
+        return cls.from_text(
+            [r["clean"] for r in records],
+            [r["corrupted"] for r in records],
+            [r["answer"] for r in records],
+            [r["wrong"] for r in records],
+        )
+
+    @classmethod
+    def from_file(cls, path, format: str = "auto") -> PromptPairs:
+        """Pairs from a TSV, CSV or JSON-lines file (``parse_pairs``); with format "auto" the
+        extension (.tsv, .csv, .jsonl) decides, else the content."""
+        from pathlib import Path
+
+        path = Path(path)
+        if format == "auto":
+            format = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+                path.suffix.lower(), "auto"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read pairs file {str(path)!r}: {e.strerror or e}") from None
+        try:
+            records, _ = parse_pairs(text, format)
+        except PairsParseError as e:
+            raise ValueError(f"{path.name}: {e}") from None
+        return cls.from_records(records)
 
     @classmethod
     def from_tokens(

