@@ -83,7 +83,9 @@ async function errorFrom(resp) {
   // Refuse to show anything that looks like a Python traceback.
   if (/Traceback \(most recent call last\)/.test(text)) text = "";
   const hint = STATUS_HINT[resp.status] || `The server answered ${resp.status}.`;
-  return new ApiError(resp.status, text ? (resp.status === 422 ? text : `${hint} ${text}`.trim()) : hint);
+  // 422 and auth errors: the server's own sentence is the message (the hint would repeat it).
+  const own = resp.status === 422 || resp.status === 401 || resp.status === 403;
+  return new ApiError(resp.status, text ? (own ? text : `${hint} ${text}`.trim()) : hint);
 }
 
 export async function api(path, { method = "GET", body = undefined, write = false } = {}) {
@@ -140,6 +142,56 @@ export async function writesNeedToken(probePath = null, probeBody = {}) {
     /* unknown */
   }
   return null;
+}
+
+/**
+ * Check a token with GET /api/whoami before keeping it. Returns {ok, message}: ok=false with
+ * the server's plain message when the token is wrong; ok=true (message "") when it is right
+ * or no token is needed; ok=null when the server cannot say (no /api/whoami).
+ */
+export async function checkToken(token) {
+  const headers = { Accept: "application/json" };
+  if (token) headers["X-API-Token"] = token;
+  let resp;
+  try {
+    resp = await fetch("/api/whoami", { headers });
+  } catch {
+    return { ok: null, message: "The server cannot be reached to check the token." };
+  }
+  if (resp.ok) {
+    let body = {};
+    try {
+      body = await resp.json();
+    } catch {
+      /* keep {} */
+    }
+    if (body.token_ok === false && body.auth_required) return { ok: false, message: "The server refused this API token: it is wrong." };
+    return { ok: true, message: "", authRequired: !!body.auth_required };
+  }
+  if (resp.status === 401 || resp.status === 403) {
+    const err = await errorFrom(resp);
+    const said = err.message;
+    return { ok: false, message: /wrong|invalid|refused|incorrect/i.test(said) ? said : `That API token is wrong. ${said}`.trim() };
+  }
+  return { ok: null, message: "" };
+}
+
+/**
+ * The token form's Save, on either page: check the token first, keep it only when the server
+ * accepts it (or cannot say), and write one clear line into `statusEl`.
+ */
+export async function saveToken(token, statusEl) {
+  statusEl.textContent = token ? "Checking the token…" : "";
+  statusEl.classList.remove("bad");
+  const res = token ? await checkToken(token) : { ok: true, message: "" };
+  if (res.ok === false) {
+    statusEl.textContent = res.message;
+    statusEl.classList.add("bad");
+    return false;
+  }
+  setToken(token);
+  statusEl.textContent = token ? (res.ok ? "Token accepted." : "Token saved (the server could not check it).") : "Token cleared.";
+  return true;
 }
 
 /** Debounce: run fn once calls stop for `ms`. */

@@ -53,7 +53,8 @@ function straddles(est, bound, cutoff) {
  * The cut-off comes from result.cutoff when the service sends it. Without it, the straddle
  * term is read back from the server's own flags at the server's tau: a cell the server
  * flagged for neither of the first two reasons was flagged for the straddle.
- * Returns {flags: bool[][], reasons: string[][][], count, material}.
+ * Returns {flags: bool[][], reasons: string[][][] (sentences), codes: string[][][] (the
+ * contract's reason codes: reliability, sign, cutoff, unbounded), count, material}.
  */
 export function computeFlags(result, tau) {
   const [R, C] = shapeOf(result);
@@ -69,21 +70,30 @@ export function computeFlags(result, tau) {
   const cutoff = num(result.cutoff ?? result.circuit_cutoff);
   const flags = new Array(R);
   const reasons = new Array(R);
+  const codes = new Array(R);
   let count = 0;
   let nMaterial = 0;
   for (let i = 0; i < R; i++) {
     const fr = new Array(C);
     const rr = new Array(C);
+    const cr = new Array(C);
     for (let j = 0; j < C; j++) {
       const mat = material ? !!at(material, i, j) : corr != null;
       const why = [];
+      const code = [];
       if (mat) {
         nMaterial++;
         const r = num(at(rel, i, j));
         const a = num(at(atp, i, j));
         const c = num(at(corr, i, j));
-        if (r != null && r < tau) why.push(`reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
-        if (a != null && c != null && Math.sign(a) !== Math.sign(c)) why.push("AtP and corrected disagree in sign");
+        if (r != null && r < tau) {
+          why.push(`reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
+          code.push("reliability");
+        }
+        if (a != null && c != null && Math.sign(a) !== Math.sign(c)) {
+          why.push("AtP and corrected disagree in sign");
+          code.push("sign");
+        }
         if (c != null) {
           const b = at(bound, i, j);
           const e = b == null ? null : num(b);
@@ -99,17 +109,25 @@ export function computeFlags(result, tau) {
           } else {
             straddle = false;
           }
-          if (straddle) why.push("interval straddles the circuit cut-off");
+          if (straddle && e == null) {
+            why.push("unbounded error bound (straddles the circuit cut-off)");
+            code.push("unbounded");
+          } else if (straddle) {
+            why.push("interval straddles the circuit cut-off");
+            code.push("cutoff");
+          }
         }
       }
       fr[j] = why.length > 0;
       rr[j] = why;
+      cr[j] = code;
       if (fr[j]) count++;
     }
     flags[i] = fr;
     reasons[i] = rr;
+    codes[i] = cr;
   }
-  return { flags, reasons, count, material: nMaterial };
+  return { flags, reasons, codes, count, material: nMaterial };
 }
 
 export function fmt(v, digits = 3) {

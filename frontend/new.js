@@ -1,6 +1,8 @@
-// New-analysis page: model and task from the API, custom pairs checked token by token
-// (debounced /api/tokenize) before anything is queued.
-import { api, ApiError, debounce, el, getToken, setToken, writesNeedToken } from "./api.js";
+// New-analysis page: model, task, defaults and limits from the API (GET /api/config), custom
+// pairs checked token by token (debounced /api/tokenize) before anything is queued, kept in
+// localStorage across reloads, pasted in bulk (POST /api/pairs/parse); the model's vocabulary
+// (GET /api/models/{name}/vocab); /?from=<id> fills the form with that analysis's request.
+import { api, ApiError, debounce, el, getToken, saveToken, writesNeedToken } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -15,7 +17,12 @@ const state = {
   tokenSeq: 0,
   submitting: false,
   readOnly: false,
+  config: null, // GET /api/config: {defaults, limits, auth_required}
+  vocab: new Map(), // model -> {size, words} or {error}
 };
+
+const PAIRS_KEY = "patchaudit.pairs";
+const EMPTY_PAIR = () => ({ clean: "", corrupted: "", answer: "", wrong: "" });
 
 function source() {
   return document.querySelector('input[name="source"]:checked').value;
@@ -124,6 +131,7 @@ function renderPairs() {
       input.value = p[key];
       input.addEventListener("input", () => {
         state.pairs[idx][key] = input.value;
+        savePairs();
         scheduleTokenize();
       });
       grid.append(el("div", { class: "field" }, el("label", { for: id, text: `${label}` }), input));
@@ -136,6 +144,7 @@ function renderPairs() {
       onclick: () => {
         state.pairs.splice(idx, 1);
         state.tokens.splice(idx, 1);
+        savePairs();
         renderPairs();
         scheduleTokenize();
       },
@@ -258,24 +267,32 @@ function blockReason() {
   if (state.readOnly) return "Read-only: enter an API token to start an analysis.";
   if (state.submitting) return "Submitting…";
   if (!methods().length) return "Choose at least one method.";
-  for (const [id, name] of [["hvp_probes", "HVP probes"], ["ig_steps", "steps"]]) {
+  const lim = state.config?.limits || {};
+  for (const [id, name, max] of [["hvp_probes", "HVP probes", lim.max_hvp_probes], ["ig_steps", "steps", lim.max_ig_steps]]) {
     const v = intValue(id);
     if (!(v >= 1)) return `Set ${name} to a whole number of at least 1.`;
+    if (max != null && v > max) return `Set ${name} to at most ${max} (this server's limit).`;
   }
   if (source() === "task") {
     if (!currentTask()) return "No task available.";
     const n = intValue("n_pairs");
     if (!(n >= 1)) return "Set the number of pairs to a whole number of at least 1.";
+    if (lim.max_pairs != null && n > lim.max_pairs) return `Set the number of pairs to at most ${lim.max_pairs} (this server's limit).`;
     if (!(intValue("seed") >= 0)) return "Set the seed to a whole number.";
     return "";
   }
+  if (lim.max_pairs != null && state.pairs.length > lim.max_pairs) return `${state.pairs.length} pairs is over this server's limit of ${lim.max_pairs}.`;
   if (state.tokenizing) return "Checking tokens…";
   if (state.tokenizeError) return `Cannot check the pairs: ${state.tokenizeError}`;
   const bad = [];
   state.pairs.forEach((_, idx) => {
     if (pairProblems(idx).length) bad.push(idx + 1);
   });
-  if (bad.length) return `Fix pair ${bad.join(", ")} first (see the problems under ${bad.length > 1 ? "them" : "it"}).`;
+  if (bad.length) {
+    // Name the first problem (e.g. the unknown words) in the form's own message.
+    const first = pairProblems(bad[0] - 1)[0];
+    return `Fix pair ${bad.join(", ")} first: ${first}${bad.length > 1 ? " (see the problems under each)" : ""}`;
+  }
   if (!state.tokenizeUnavailable && state.tokens.length !== state.pairs.length) return "Checking tokens…";
   return "";
 }
@@ -328,9 +345,154 @@ async function submit(ev) {
   updateSubmit();
 }
 
+
+// ---------------------------------------------------------------- defaults and limits
+async function loadConfig() {
+  try {
+    state.config = await api("/api/config");
+  } catch (err) {
+    showError(`Could not read the server's defaults and limits: ${err.message}`);
+    return;
+  }
+  const { defaults = {}, limits = {} } = state.config;
+  const set = (id, value, max) => {
+    const input = $(id);
+    if (value != null && input.value === "") input.value = String(value);
+    if (max != null) input.max = String(max);
+  };
+  set("hvp_probes", defaults.hvp_probes, limits.max_hvp_probes);
+  set("ig_steps", defaults.ig_steps, limits.max_ig_steps);
+  set("n_pairs", defaults.n_pairs, limits.max_pairs);
+  $("limits-note").textContent =
+    `This server's limits: ${limits.max_pairs} pairs, ${limits.max_hvp_probes} HVP probes, ${limits.max_ig_steps} steps` +
+    (limits.max_prompt_tokens ? `, ${limits.max_prompt_tokens} tokens a prompt.` : ".");
+}
+
+// ---------------------------------------------------------------- pairs kept across reloads
+function savePairs() {
+  try {
+    localStorage.setItem(PAIRS_KEY, JSON.stringify({ source: source(), pairs: state.pairs }));
+  } catch {
+    /* storage disabled: pairs live for this page only */
+  }
+}
+
+function restorePairs() {
+  let saved = null;
+  try {
+    saved = JSON.parse(localStorage.getItem(PAIRS_KEY) || "null");
+  } catch {
+    saved = null;
+  }
+  if (!saved || !Array.isArray(saved.pairs) || !saved.pairs.length) return;
+  state.pairs = saved.pairs.map((p) => ({ ...EMPTY_PAIR(), ...p }));
+  if (saved.source === "custom") document.querySelector('input[name="source"][value="custom"]').checked = true;
+}
+
+function setPairs(pairs) {
+  state.pairs = pairs.length ? pairs.map((p) => ({ ...EMPTY_PAIR(), ...p })) : [EMPTY_PAIR()];
+  state.tokens = [];
+  savePairs();
+  renderPairs();
+  scheduleTokenize();
+}
+
+// ---------------------------------------------------------------- bulk paste
+async function addBulk() {
+  const status = $("bulk-status");
+  status.classList.remove("bad");
+  const text = $("bulk-text").value;
+  if (!text.trim()) {
+    status.textContent = "Paste some pairs first.";
+    status.classList.add("bad");
+    return;
+  }
+  status.textContent = "Reading the pairs…";
+  try {
+    const res = await api("/api/pairs/parse", { method: "POST", body: { text, format: $("bulk-format").value } });
+    const blank = state.pairs.every((p) => !p.clean && !p.corrupted && !p.answer && !p.wrong);
+    setPairs(blank ? res.pairs : state.pairs.concat(res.pairs));
+    status.textContent = `Added ${res.pairs.length} pair${res.pairs.length === 1 ? "" : "s"} (${res.format.toUpperCase()}).`;
+    $("bulk-text").value = "";
+  } catch (err) {
+    status.textContent = `The pairs were not added: ${err.message}`;
+    status.classList.add("bad");
+  }
+}
+
+// ---------------------------------------------------------------- vocabulary
+async function showVocab() {
+  if (!$("vocab-box").open) return;
+  const model = $("model").value;
+  const status = $("vocab-status");
+  if (!state.vocab.has(model)) {
+    status.textContent = "Loading the vocabulary…";
+    try {
+      state.vocab.set(model, await api(`/api/models/${encodeURIComponent(model)}/vocab`));
+    } catch (err) {
+      state.vocab.set(model, { error: err.message });
+    }
+  }
+  if ($("model").value !== model) return;
+  const v = state.vocab.get(model);
+  status.classList.toggle("bad", !!v.error);
+  status.textContent = v.error || "";
+  $("vocab-size").textContent = v.error ? "" : `${v.size} words in ${model}'s vocabulary`;
+  filterVocab();
+}
+
+function filterVocab() {
+  const v = state.vocab.get($("model").value);
+  const box = $("vocab-words");
+  box.replaceChildren();
+  if (!v || v.error) return;
+  const q = $("vocab-filter").value.trim().toLowerCase();
+  const words = q ? v.words.filter((w) => w.toLowerCase().includes(q)) : v.words;
+  for (const w of words.slice(0, 2000)) box.append(el("span", { text: w }));
+  if (words.length > 2000) box.append(el("span", { class: "muted", text: `… ${words.length - 2000} more` }));
+  box.dataset.count = String(words.length);
+}
+
+// ---------------------------------------------------------------- edit and re-run
+/** /?from=<id>: fill the form with that analysis's request. */
+async function fillFromAnalysis() {
+  const from = new URLSearchParams(window.location.search).get("from");
+  if (!from) return;
+  let data;
+  try {
+    data = await api(`/api/analyses/${encodeURIComponent(from)}`);
+  } catch (err) {
+    showError(`Could not load the analysis to edit: ${err.message}`);
+    return;
+  }
+  const req = data.request || {};
+  const setVal = (id, v) => {
+    if (v != null && $(id)) $(id).value = String(v);
+  };
+  if (req.model && [...$("model").options].some((o) => o.value === req.model)) $("model").value = req.model;
+  describeModel();
+  const custom = Array.isArray(req.pairs) && req.pairs.length > 0;
+  document.querySelector(`input[name="source"][value="${custom ? "custom" : "task"}"]`).checked = true;
+  if (custom) {
+    setPairs(req.pairs);
+  } else {
+    setVal("task", req.task);
+    describeTask();
+    setVal("corruption", req.corruption || "");
+    setVal("n_pairs", req.n_pairs);
+    setVal("seed", req.seed);
+  }
+  for (const k of ["site", "metric", "direction", "hvp_probes", "ig_steps"]) setVal(k, req[k]);
+  const methods = new Set(req.methods || []);
+  for (const c of document.querySelectorAll('input[name="methods"]')) c.checked = methods.has(c.value);
+  $("from-note").textContent = `Filled in from analysis ${from.slice(0, 8)}: change anything, then run it.`;
+  setSource();
+}
+
 // ---------------------------------------------------------------- wiring
 function setSource() {
   const custom = source() === "custom";
+  savePairs();
   $("task-section").classList.toggle("hidden", custom);
   $("custom-section").classList.toggle("hidden", !custom);
   if (custom) scheduleTokenize();
@@ -342,15 +504,16 @@ function fillExample() {
   if (!ex) return;
   state.pairs = [{ clean: ex.clean, corrupted: ex.corrupted, answer: ex.answer, wrong: ex.wrong }];
   state.tokens = [];
+  savePairs();
   renderPairs();
   scheduleTokenize();
 }
 
 async function initToken() {
   $("token-input").value = getToken();
-  $("token-form").addEventListener("submit", (ev) => {
+  $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    setToken($("token-input").value.trim());
+    if (!(await saveToken($("token-input").value.trim(), $("token-status")))) return;
     state.readOnly = false;
     checkReadOnly();
   });
@@ -369,24 +532,34 @@ function init() {
   $("task").addEventListener("change", describeTask);
   $("model").addEventListener("change", () => {
     describeModel();
+    showVocab();
     if (source() === "custom") scheduleTokenize();
   });
   $("add-pair").addEventListener("click", () => {
-    state.pairs.push({ clean: "", corrupted: "", answer: "", wrong: "" });
+    state.pairs.push(EMPTY_PAIR());
+    savePairs();
     renderPairs();
     document.getElementById(`pair-${state.pairs.length - 1}-clean`)?.focus();
     scheduleTokenize();
   });
   $("fill-example").addEventListener("click", fillExample);
+  $("clear-pairs").addEventListener("click", () => setPairs([]));
+  $("bulk-add").addEventListener("click", addBulk);
+  $("vocab-box").addEventListener("toggle", showVocab);
+  $("vocab-filter").addEventListener("input", filterVocab);
   $("analysis-form").addEventListener("submit", submit);
   $("analysis-form").addEventListener("input", updateSubmit);
   $("analysis-form").addEventListener("change", updateSubmit);
+  restorePairs();
   renderPairs();
   updateSubmit();
-  Promise.all([loadModels(), loadTasks(), initToken()]).then(() => {
-    document.body.dataset.ready = "1";
-    updateSubmit();
-  });
+  Promise.all([loadModels(), loadTasks(), loadConfig(), initToken()])
+    .then(fillFromAnalysis)
+    .then(() => {
+      setSource();
+      document.body.dataset.ready = "1";
+      updateSubmit();
+    });
 }
 
 init();

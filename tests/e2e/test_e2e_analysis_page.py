@@ -233,7 +233,8 @@ def test_read_only_without_token_and_token_is_sent(page, analysis_id):
     expect(page.locator("#top-table tbody button").first).to_be_disabled()
     c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
     page.mouse.click(c["x"], c["y"])
-    expect(page.locator("#notice")).to_contain_text("Read-only")
+    expect(page.locator("#readonly-note")).to_be_visible()  # one banner: no second notice
+    expect(page.locator("#notice")).to_have_text("")
 
     # Enter a token: stored in localStorage, sent with writes, buttons enabled.
     expect(page.locator("#token-box")).to_have_attribute("open", "")  # opened for the user

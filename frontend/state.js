@@ -1,0 +1,118 @@
+// The analysis page's one shared state, its URL serialisation and a tiny event bus.
+// Every panel module (heatmap, table, cost, verify, ...) reads `st` and talks to the others
+// through `emit`/`on` instead of importing each other, so a new panel (component detail,
+// circuit, compare, history) is one more module that subscribes here.
+//
+// URL: /a/<id>?view=&tau=&c=&pair=&k=
+//   view  the heatmap view (a method, reliability, error_bound, verified, diff, best)
+//   tau   the reliability threshold the page flags at
+//   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
+//         the panels that use them; unknown to the others.
+
+export const $ = (id) => document.getElementById(id);
+export const ACTIVE = new Set(["queued", "running", "started", "deferred", "scheduled"]);
+export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "mhvp", "ig", "ap"];
+
+/** The state every panel reads. Change it with `update` so subscribers and the URL follow. */
+export const st = {
+  id: null,
+  data: null, // the last GET /api/analyses/<id> answer
+  result: null, // data.result once there is one
+  view: null,
+  tau: null,
+  c: null, // selected component "i.j" (URL ?c=)
+  pair: null, // selected prompt pair (URL ?pair=)
+  k: null, // top-k (URL ?k=)
+  flags: null, // computeFlags() output at st.tau
+  localPending: new Map(), // "i.j" -> time the verify POST was answered
+  readOnly: false,
+  sort: { key: "absEst", dir: "desc" },
+  busyFix: false,
+  sharedScale: true, // one colour scale for every estimate view (the "shared scale" toggle)
+  stats: { renders: 0, lastRenderMs: 0 },
+};
+
+// ---------------------------------------------------------------- events
+const handlers = new Map();
+
+/** Subscribe to an event ("change", "render", "poll", "readonly", ...). Returns an unsubscribe. */
+export function on(event, fn) {
+  if (!handlers.has(event)) handlers.set(event, new Set());
+  handlers.get(event).add(fn);
+  return () => handlers.get(event).delete(fn);
+}
+
+export function emit(event, payload) {
+  for (const fn of handlers.get(event) || []) fn(payload);
+}
+
+/** Set state keys, keep the URL in step, and tell subscribers which keys changed. */
+export function update(patch, { url = true } = {}) {
+  const changed = Object.keys(patch).filter((k) => st[k] !== patch[k]);
+  Object.assign(st, patch);
+  if (url && changed.some((k) => URL_KEYS.includes(k))) syncUrl();
+  if (changed.length) emit("change", changed);
+  return changed;
+}
+
+// ---------------------------------------------------------------- URL state
+const URL_KEYS = ["view", "tau", "c", "pair", "k"];
+
+/** Read the id and the URL keys. Returns {view, tau, c, pair, k} (null where absent). */
+export function parseUrl() {
+  const m = window.location.pathname.match(/\/a\/([^/?#]+)/);
+  st.id = m ? decodeURIComponent(m[1]) : new URLSearchParams(window.location.search).get("id");
+  const q = new URLSearchParams(window.location.search);
+  const h = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+  const get = (k) => q.get(k) ?? h.get(k);
+  const num = (v) => (v != null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : null);
+  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")) };
+}
+
+export function shareUrl() {
+  const q = new URLSearchParams();
+  if (st.view) q.set("view", st.view);
+  if (st.tau != null) q.set("tau", st.tau.toFixed(2));
+  if (st.c != null) q.set("c", st.c);
+  if (st.pair != null) q.set("pair", String(st.pair));
+  if (st.k != null) q.set("k", String(st.k));
+  return `${window.location.origin}/a/${encodeURIComponent(st.id)}?${q.toString()}`;
+}
+
+export function syncUrl() {
+  if (!st.id) return;
+  const url = shareUrl();
+  if (url !== window.location.href) window.history.replaceState(null, "", url);
+  const box = $("share-link");
+  if (box) box.value = url;
+}
+
+// ---------------------------------------------------------------- shared helpers
+/** A pending entry is "layer.head" or [layer, head]. */
+export function pendKey(c) {
+  return Array.isArray(c) ? c.join(".") : String(c);
+}
+
+/** Components being verified: the server's pending list plus the page's own requests. */
+export function pendingKeys() {
+  const keys = new Set((st.data?.pending || []).map(pendKey));
+  for (const k of st.localPending.keys()) keys.add(k);
+  return keys;
+}
+
+export function errorText(error) {
+  if (!error) return "";
+  if (typeof error === "string") return error;
+  const t = error.type ? `${error.type}: ` : "";
+  return `${t}${error.message || ""}`;
+}
+
+/** Ask the entry point to redraw the result panels ({tauOnly} skips tau-independent ones). */
+export function renderAll(opts = {}) {
+  emit("render", opts);
+}
+
+/** Ask the entry point to poll the analysis again in `ms`. */
+export function pollSoon(ms) {
+  emit("poll", ms);
+}
