@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-deps run test lint unit integration e2e bench bench-quick docs screenshots clean
+.PHONY: install system-deps run test lint unit integration e2e bench bench-quick docs screenshots clean fuzz load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ docs: install system-deps
 	$(VENV)/bin/patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap \
 	  --out docs/audit/report.json --html docs/audit/report.html --png docs/audit/heads.png > docs/audit/table.txt
 	$(PY) bench/make_docs.py
+
+# schemathesis against a real `patchaudit serve` (200 examples per operation; 0 server errors)
+fuzz: install
+	PATCHAUDIT_FUZZ_EXAMPLES=200 PATCHAUDIT_FUZZ_OUT=bench/results/fuzz.json $(VENV)/bin/pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
+
+# 50 loopback clients for 60 s; writes bench/results/load.json and the README table
+load: install
+	$(PY) bench/load_test.py --clients 50 --seconds 60
 
 bench-quick: install
 	$(VENV)/bin/patchaudit bench accuracy --quick --out /tmp/patchaudit-accuracy-quick.json

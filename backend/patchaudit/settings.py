@@ -223,9 +223,9 @@ class Settings(BaseSettings):
     def allowed_models(self) -> frozenset[str]:
         if not self.allow_hub_models:
             return frozenset(self.named_models)
-        from patchaudit.models import supported_model_names
+        from patchaudit.models import FEATURED, supported_model_names
 
-        return frozenset([*self.named_models, *supported_model_names()])
+        return frozenset([*self.named_models, *(n for n, _ in FEATURED), *supported_model_names()])
 
     @cached_property
     def host_names(self) -> frozenset[str]:

@@ -118,18 +118,11 @@ class Gate:
     @contextmanager
     def admit(self, cost: int) -> Iterator[Callable[[str], None]]:
         try:
-            ctx = self.admission.admit(self.client, cost)
-            record = ctx.__enter__()
+            with self.admission.admit(self.client, cost) as record:
+                yield record
         except Refused as e:
             headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
             raise ApiError(e.status, e.message, headers=headers) from None
-        try:
-            yield record
-        except BaseException as e:
-            if not ctx.__exit__(type(e), e, e.__traceback__):
-                raise
-        else:
-            ctx.__exit__(None, None, None)
 
 
 def get_gate(request: Request) -> Gate:

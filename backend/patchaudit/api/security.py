@@ -5,7 +5,7 @@
 - ``SecurityHeaders``: a Content-Security-Policy without third-party origins,
   ``X-Content-Type-Options: nosniff``, ``frame-ancestors 'none'`` (+ ``X-Frame-Options``) and
   ``Referrer-Policy: no-referrer`` (``/a/{id}`` links are capabilities).
-- ``/docs``: Swagger UI from the installed ``swagger-ui-bundle`` package, started by a local
+- ``/docs``: Swagger UI from the installed ``swagger-ui-bundle-v2`` package, started by a local
   script (no CDN, no inline script).
 """
 
@@ -146,7 +146,7 @@ def docs_page() -> Response:
     if swagger_ui_dir() is None:  # pragma: no cover
         return HTMLResponse(
             "<!doctype html><title>patchaudit API</title><p>Swagger UI is not installed "
-            '(pip install swagger-ui-bundle); the OpenAPI document is at <a href="/openapi.json">'
+            '(pip install swagger-ui-bundle-v2); the OpenAPI document is at <a href="/openapi.json">'
             "/openapi.json</a>.</p>"
         )
     return HTMLResponse(_DOCS_HTML)

@@ -89,11 +89,11 @@ def verifications(analysis_id: str) -> str:
 ADMISSION = f"{PREFIX}:admission:"
 #: Short lock per client while a submission is checked and queued.
 ADMISSION_LOCK = f"{PREFIX}:admission:lock:"
-#: Hash job id -> fair-queueing tag (virtual finish time); the queue is kept in tag order.
+#: Hash job id -> fair-queueing start tag; the queue is kept in start-tag order.
 FAIR_TAGS = f"{PREFIX}:fair:tags"
-#: Hash client -> the tag of its last queued job.
+#: Hash client -> the finish tag (start + cost) of its last queued job.
 FAIR_LAST = f"{PREFIX}:fair:last"
-#: String: the virtual time (tag of the job at the head of the queue when last seen).
+#: String: the virtual time (start tag of the job at the head of the queue when last seen).
 FAIR_VTIME = f"{PREFIX}:fair:vtime"
 
 

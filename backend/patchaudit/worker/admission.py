@@ -6,9 +6,10 @@
   running) jobs and ``max_client_cost`` summed cost; globally ``max_queued_jobs`` queued. Over a
   limit: ``Refused`` (429 + Retry-After). Outstanding jobs are read from RQ's own job status, so
   a finished, failed, cancelled or vanished job frees its slot without any bookkeeping.
-- Fair queueing (start-time fair queueing on the RQ list): each job gets a tag
-  ``max(virtual time, client's last tag) + cost`` and is placed before the first queued job
-  with a larger tag. A client that queued 16 large jobs does not make another client's small
+- Fair queueing (start-time fair queueing on the RQ list): each job gets a start tag
+  ``max(virtual time, client's last finish tag)`` (its finish tag adds its cost; the virtual
+  time is the head job's start tag) and is placed before the first queued job with a larger
+  start tag. A client that queued 16 large jobs does not make another client's small
   job wait behind all of them: it runs next.
 """
 
@@ -43,9 +44,9 @@ if head then
   if t and t > v then v = t end
 end
 local last = tonumber(redis.call('HGET', KEYS[3], client) or '0')
-local tag = math.max(v, last) + cost
+local tag = math.max(v, last)
 redis.call('SET', KEYS[4], tostring(v))
-redis.call('HSET', KEYS[3], client, tostring(tag))
+redis.call('HSET', KEYS[3], client, tostring(tag + cost))
 redis.call('HSET', KEYS[2], id, tostring(tag))
 if redis.call('LREM', KEYS[1], 1, id) == 0 then return -1 end
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)

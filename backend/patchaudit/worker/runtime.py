@@ -141,7 +141,8 @@ class Runtime:
             self.redis, Path(config.data_dir) / "cache", config.cache_budget_bytes
         )
         self.models = ModelLRU(
-            config.max_loaded_models, lambda name: _load_model(name, config.device, config.max_model_params)
+            config.max_loaded_models,
+            lambda name: _load_model(name, config.device, config.max_model_params),
         )
 
 
