@@ -279,6 +279,78 @@ def cost_md(cost: dict, title: str) -> str:
 # ----------------------------------------------------------------------------- targets
 
 
+# ----------------------------------------------------------------------------- circuits
+
+
+def circuits_md(circ: dict) -> str:
+    """The circuit-recovery table (``patchaudit bench circuits``)."""
+    out = [
+        "## Circuit recovery",
+        "",
+        f"Mode `{circ.get('mode')}`; metric `{circ.get('metric')}`, direction "
+        f"`{circ.get('direction')}`. Each estimator's map ranks the heads (by |score|); the "
+        "top k of the ranking is a circuit and its faithfulness f is measured by patching every "
+        "other head with its corrupted activation (MIB's node-level convention). CPR = area "
+        "under f over the fraction kept (higher is better; ap's ranking is the ceiling), CMD = "
+        "area of |1 - f| (lower is better), k90 = the smallest circuit with f >= 0.9. AUC: "
+        "ROC AUC of |score| against the planted circuit (planted model only). Cost: the "
+        "ranking's estimator from the tokens (base pass included), forward + backward passes "
+        "and seconds on this CPU.",
+        "",
+    ]
+    for name, c in circ.get("configs", {}).items():
+        if "rankings" not in c:
+            out += [f"### {name}", "", f"not run: {c.get('skipped') or c.get('error')}", ""]
+            continue
+        shape = c["shape"]
+        planted = any("auc" in r for r in c["rankings"].values())
+        head = "| ranking | CPR | CMD | k90 | " + ("AUC | " if planted else "")
+        head += "passes | seconds |"
+        out += [
+            f"### {name}",
+            "",
+            f"{c['config']['n_pairs']} pairs; {shape[0]} x {shape[1]} = {c['n_components']} "
+            f"heads; metric clean {_f(c.get('metric_clean'))}, corrupted "
+            f"{_f(c.get('metric_corrupted'))}.",
+            "",
+            head,
+            "|" + "---|" * (head.count("|") - 1),
+        ]
+        for m, r in c["rankings"].items():
+            cost = r.get("ranking_cost") or {}
+            passes = int(cost.get("forward", 0)) + int(cost.get("backward", 0))
+            k90 = r.get("smallest_90")
+            row = (
+                f"| {m} | {_f(r['cpr'])} | {_f(r['cmd'])} | {k90 if k90 is not None else 'n/a'} | "
+            )
+            if planted:
+                row += f"{_f(r.get('auc'))} | "
+            row += f"{passes} | {_f(cost.get('seconds'), 2)} |"
+            out.append(row)
+        out.append("")
+    cv = circ.get("curve_vs_ap")
+    if cv:
+        out += [
+            "### A 16-size curve against a batched ap sweep",
+            "",
+            f"{cv['model']}, {cv['n_pairs']} pairs x {cv['n_pos']} tokens, both from the tokens "
+            "(base pass included), median of the runs in the same process:",
+            "",
+            "| | median s | forward | backward |",
+            "|---|---|---|---|",
+            f"| circuit curve ({cv['curve']['n_sizes']} sizes incl. 0 and all) | "
+            f"{_f(cv['curve']['median_s'])} | {cv['curve']['cost']['forward']} | "
+            f"{cv['curve']['cost']['backward']} |",
+            f"| batched ap sweep ({cv['n_components']} heads) | {_f(cv['ap_sweep']['median_s'])} "
+            f"| {cv['ap_sweep']['cost']['forward']} | {cv['ap_sweep']['cost']['backward']} |",
+            "",
+            f"Curve / sweep time: {_f(cv['ratio'], 2)} "
+            f"({'holds' if cv['holds'] else 'does not hold'}: the curve costs no more).",
+            "",
+        ]
+    return "\n".join(out)
+
+
 def _bundled_ioi(acc: dict) -> list[tuple[str, dict]]:
     return [
         (n, c)
@@ -590,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = _load(res / "cost_cpu.json") or _load(res / "cost_cpu_quick.json")
     gpus = [g for g in (_load(p) for p in sorted(res.glob("cost_gpu*.json"))) if g]
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
+    circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
 
     sections = []
     if acc:
@@ -610,6 +683,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"max relative error {_f(v.get('max_rel_err'), 7)}",
             )
         )
+    if circ and circ.get("curve_vs_ap"):
+        cv = circ["curve_vs_ap"]
+        rows.append(
+            (
+                "a 16-size circuit curve costs no more than a batched ap sweep (GPT-2 small, CPU)",
+                bool(cv.get("holds")),
+                f"{_f(cv['curve']['median_s'])} s vs {_f(cv['ap_sweep']['median_s'])} s",
+            )
+        )
+    if circ:
+        (res / "circuits.md").write_text(circuits_md(circ))
     t_md = targets_md(rows)
     (res / "targets.md").write_text(t_md)
     made = plots(acc, plot_dir)
@@ -624,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     if acc:
         sections.append(accuracy_md(acc))
         sections.append(reliability_md(acc))
+    if circ:
+        sections.append(circuits_md(circ))
     if made:
         sections.append("\n".join(f"![{p.stem}](bench/plots/{p.name})" for p in made) + "\n")
     body = "\n".join(s for s in sections if s)

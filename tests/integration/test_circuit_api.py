@@ -61,9 +61,7 @@ def test_circuit_curve_is_queued_computed_and_stored(stack: Stack, done: dict) -
     assert f == pytest.approx(ref.f, rel=1e-4, abs=1e-5)
     hvp = torch.tensor(done["result"]["scores"]["hvp"])
     order = [tuple(x) for x in curve["order"]]
-    assert [float(hvp[i, j].abs()) for i, j in order] == sorted(hvp.abs().flatten().tolist())[
-        ::-1
-    ]
+    assert [float(hvp[i, j].abs()) for i, j in order] == sorted(hvp.abs().flatten().tolist())[::-1]
     # asking again for the same curve queues nothing
     again = c.post(f"/api/analyses/{aid}/circuit", json={"ranking": "hvp", "sizes": [4, 2, 1]})
     assert again.status_code == 202 and again.json()["circuit"]["status"] == "done"

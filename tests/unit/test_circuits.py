@@ -143,3 +143,18 @@ def test_bad_input_is_one_clear_error(arch_model):
         pa.faithfulness(model, pairs, [[(0, 1, 2)]])
     with pytest.raises(ValueError, match="scores have shape"):
         pa.circuit_curve(model, pairs, torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("site", ["mlp", "resid"])
+def test_all_but_one_equals_activation_patching_on_every_site(site):
+    from .conftest import random_model
+
+    model = random_model("gpt2")
+    pairs = random_pairs(n=2, pos=6, seed=4)
+    rep = pa.audit(model, pairs, site=site, methods=("ap",))
+    ap = rep.scores["ap"]
+    comps = [(i, j) for i in range(ap.shape[0]) for j in range(ap.shape[1])]
+    circuits = [[x for x in comps if x != c] for c in comps]
+    r = pa.faithfulness(model, pairs, circuits, site=site, base=rep.base)
+    for c, m in zip(comps, r.m, strict=True):
+        assert m - r.m_all == pytest.approx(float(ap[c]), rel=1e-4, abs=1e-5), (site, c)

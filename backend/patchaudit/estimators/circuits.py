@@ -95,17 +95,19 @@ def faithfulness(
     keep = keep.to(torch.bool)
     full = keep.flatten(1).all(1)
     empty = ~keep.flatten(1).any(1)
-    todo = torch.cat([torch.zeros(1, *keep.shape[1:], dtype=torch.bool), keep.cpu()[~full.cpu()]])
-    ms = circuit_metrics(p, base, todo, tracker).cpu()
+    full, empty = full.cpu(), empty.cpu()
+    rest = ~full & ~empty
+    todo = torch.cat([torch.zeros(1, *keep.shape[1:], dtype=torch.bool), keep.cpu()[rest]])
+    ms = circuit_metrics(p, base, todo, tracker).cpu()  # m(empty) first, then the rest
     m_empty = float(ms[0])
     m_all = float(base.f_base.double().mean())
     m = torch.full((keep.shape[0],), m_all, dtype=torch.float64)
-    m[~full.cpu()] = ms[1:]
-    m[empty.cpu()] = m_empty
+    m[rest] = ms[1:]
+    m[empty] = m_empty
     d = m_all - m_empty
     f = (m - m_empty) / d if d != 0 else torch.full_like(m, float("nan"))
-    f[full.cpu()] = 1.0
-    f[empty.cpu()] = 0.0
+    f[full] = 1.0
+    f[empty] = 0.0
     return FaithfulnessValues(m, m_all, m_empty, f)
 
 
