@@ -168,12 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "device": "cpu",
+                # a shared machine: the 1-minute load average before and after the run
+                "load_avg_1m": [os.getloadavg()[0]],
             },
             "engine": bench_engine(args.n_pairs, args.repeats, tmp),
         }
         if not args.no_service:
             (tmp / "service").mkdir()
             out["service"] = bench_service(args.n_pairs, args.repeats, tmp / "service")
+    out["machine"]["load_avg_1m"].append(os.getloadavg()[0])
     e = out["engine"]["load_cache_and_inspect"]
     print(f"engine: first computation (cache load + inspect) median {e['median_s'] * 1e3:.0f} ms")
     out["pass"] = True

@@ -99,17 +99,30 @@ def second_order_positions(
 ) -> Float[Tensor, "k batch pos"]:
     """y[k, b, pos] = s_kc delta_{c,b,pos} . [H_b v_k]_{c,b,pos} (times B): the second-order
     term of tangent k on pair b, split over positions. One forward with create_graph and one
-    double backward per tangent (only the component's layer is differentiated twice)."""
+    double backward per tangent (only the component's layer is differentiated twice). Only
+    the layers the tangents touch get a perturbation; where the model can resume mid-network
+    the forward starts at the first of them from the cached residual stream (for a one-hot
+    tangent: at the component's own layer)."""
     delta = base.delta
     k_all = int(signs.shape[0])
     d_l = delta[layer]
     acc = torch.promote_types(d_l.dtype, torch.float32)
     out = torch.zeros(k_all, p.batch, d_l.shape[1], dtype=acc, device=d_l.device)
-    eps = [torch.zeros_like(d).requires_grad_(True) for d in delta]
+    active = [li for li in range(p.site.n_layers) if bool(signs[:, li].ne(0).any())]
+    eps: list[Tensor | None] = [
+        torch.zeros_like(d).requires_grad_(True) if li in active else None
+        for li, d in enumerate(delta)
+    ]
+    leaves = [e for e in eps if e is not None]
+    start = min(active)
     with torch.enable_grad():
-        f = p.copies_metric(run(p, p.base_tokens, eps=eps)).sum()
+        if p.can_resume and base.resid is not None and start > 0:
+            lg = run(p, base.resid[start], eps=eps, start_at_layer=start)
+        else:
+            lg = run(p, p.base_tokens, eps=eps)
+        f = p.copies_metric(lg).sum()
         tracker.forward += 1
-        g = torch.autograd.grad(f, eps, create_graph=True)
+        g = dict(zip(active, torch.autograd.grad(f, leaves, create_graph=True), strict=True))
         tracker.backward += 1
         for k in range(k_all):
             tracker.check()
@@ -117,13 +130,13 @@ def second_order_positions(
             if float(s[layer, comp]) == 0.0:
                 continue
             inner = torch.zeros((), device=d_l.device, dtype=d_l.dtype)
-            for li, (gl, d) in enumerate(zip(g, delta, strict=True)):
-                inner = inner + (gl * d * p.site.expand(s[li][None])).sum()  # <g, v_k>
+            for li, gl in g.items():
+                inner = inner + (gl * delta[li] * p.site.expand(s[li][None])).sum()  # <g, v_k>
             if not inner.requires_grad:  # F is linear in eps: the Hessian is 0
                 continue
-            (hv,) = torch.autograd.grad(
-                inner, [eps[layer]], retain_graph=k < k_all - 1, allow_unused=True
-            )
+            e_l = eps[layer]
+            assert e_l is not None  # the component's own sign is not 0: its layer is active
+            (hv,) = torch.autograd.grad(inner, [e_l], retain_graph=k < k_all - 1, allow_unused=True)
             tracker.backward += 1
             if hv is None:
                 continue
