@@ -15,6 +15,8 @@ import pytest
 from e2e_synthetic import synthetic_analysis
 from playwright.sync_api import expect
 
+from .conftest import start_server, stop_server
+
 pytestmark = pytest.mark.e2e
 
 VIEWPORT = {"width": 1280, "height": 800}
@@ -489,38 +491,43 @@ def test_read_only_page_shows_one_banner(new_context, real_analysis):
 
 
 # ------------------------------------------------------------------ item 10
-def test_wrong_token_is_refused_once_clearly(new_context, real_analysis):
-    page = new_context(viewport=VIEWPORT).new_page()
-    data = synthetic_analysis(real_analysis, n_layers=3, n_heads=3)
-    serve_json(page, real_analysis, data)
-    good = "the-right-token-0123456789abcdef"
+TOKEN = "the-right-token-0123456789abcdef"
 
-    def whoami(route):
-        if route.request.headers.get("x-api-token") == good:
-            route.fulfill(
-                status=200,
-                content_type="application/json",
-                body=json.dumps({"auth_required": True, "token_ok": True}),
-            )
-        else:
-            msg = "The API token is wrong: check it with whoever runs this server."
-            route.fulfill(
-                status=401,
-                content_type="application/json",
-                body=json.dumps({"detail": msg, "message": msg}),
-            )
 
-    page.route(re.compile(r".*/api/whoami$"), whoami)
-    page.goto(f"/a/{real_analysis}")
-    wait_rendered(page)
-    page.click("#token-box summary")
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """A second real `patchaudit serve`, this one with an API token."""
+    srv, proc = start_server(tmp_path_factory.mktemp("serve-token"), token=TOKEN)
+    try:
+        yield srv
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize("where", ["form", "analysis"])
+def test_wrong_token_is_refused_once_clearly(new_context, token_server, model_name, where):
+    path = "/"
+    if where == "analysis":
+        status, body = token_server.api(
+            "POST",
+            "/api/analyses",
+            {"model": model_name, "task": "ioi", "n_pairs": 2, "methods": ["atp"]},
+        )
+        assert status == 202, body
+        path = f"/a/{body['id']}"
+    page = new_context(viewport=VIEWPORT, base_url=token_server.url).new_page()
+    page.goto(path)
+    expect(page.locator("#readonly-note")).to_be_visible()
+    expect(page.locator("#token-box")).to_have_attribute("open", "")  # opened for the user
     page.fill("#token-input", "not-the-token")
     page.press("#token-input", "Enter")
-    status = page.locator("#token-status")
-    expect(status).to_have_text("The API token is wrong: check it with whoever runs this server.")
+    status_line = page.locator("#token-status")
+    expect(status_line).to_contain_text("the API token is wrong")
+    assert status_line.inner_text().lower().count("wrong") == 1
     assert page.evaluate("localStorage.getItem('patchaudit.token')") is None
-    assert status.inner_text().lower().count("wrong") == 1
-    page.fill("#token-input", good)
+    expect(page.locator("#readonly-note")).to_be_visible()
+    page.fill("#token-input", TOKEN)
     page.press("#token-input", "Enter")
-    expect(status).to_have_text("Token accepted.")
-    assert page.evaluate("localStorage.getItem('patchaudit.token')") == good
+    expect(status_line).to_have_text("Token accepted.")
+    assert page.evaluate("localStorage.getItem('patchaudit.token')") == TOKEN
+    expect(page.locator("#readonly-note")).to_be_hidden()
