@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from .estimators import methods as M
 from .estimators import reliability as R
 from .estimators.core import (
     BaseCache,
+    Cancelled,
     Cost,
     Problem,
     ProgressFn,
@@ -167,23 +169,32 @@ def audit(
         ests[fused] = est
     b.key = base_key(model_name, tp, site, metric, direction)
 
-    for i, m in enumerate(methods, start=1):
-        state["i"] = i
-        tracker.phase = m
-        tracker.check()
-        if m in ests:
-            pass
-        elif m == "atp":
-            ests[m] = M.atp(p, b, tracker)
-        elif m in M.SECOND_ORDER:
-            ests[m] = M.second_order(p, b, m, hvp_probes, seed, tracker)
-        elif m == "ig":
-            ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
-        elif m == "mhvp":
-            ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
-        elif m == "ap":
-            ests[m] = M.ap(p, b, tracker=tracker)
-        tracker.report(1.0)
+    stopped: Cancelled | None = None
+    # cheapest first, ap last: a cancel keeps as much as possible
+    order = sorted(methods, key=lambda m: (m == "ap", m in ("ig", "mhvp"), m != "atp"))
+    try:
+        for i, m in enumerate(order, start=1):
+            state["i"] = i
+            tracker.phase = m
+            tracker.check()
+            if m in ests:
+                pass
+            elif m == "atp":
+                ests[m] = M.atp(p, b, tracker)
+            elif m in M.SECOND_ORDER:
+                ests[m] = M.second_order(p, b, m, hvp_probes, seed, tracker)
+            elif m == "ig":
+                ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
+            elif m == "mhvp":
+                ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
+            elif m == "ap":
+                ests[m] = M.ap(p, b, tracker=tracker)
+            tracker.report(1.0)
+    except Cancelled as exc:  # keep the methods that completed: exc.partial is their report
+        methods = [m for m in methods if m in ests]
+        if not methods:
+            raise
+        stopped = exc
 
     report = Report(
         site=site,
@@ -244,11 +255,16 @@ def audit(
         assert est.q is not None
         q = est.q.detach().cpu()
         se = est.q_se.detach().cpu() if est.q_se is not None else None
-        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k)
+        feasible = R.feasible_range(metric, report.metric_base)
+        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k, feasible)
         report.reliability, report.error_bound = rel.score, rel.error_bound
         report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
         report.q, report.q_se, report.reliability_source = q, se, source
         report.flag_reasons = rel.reasons
+    if stopped is not None:
+        report.partial = True
+        stopped.partial = report  # type: ignore[attr-defined]
+        raise stopped
     if progress is not None:
         progress("done", 1.0, tracker.passes)
     return report
@@ -365,7 +381,41 @@ def cost_note(
 class VerifyResult:
     values: dict[tuple[int, int], float]
     cost: dict = field(default_factory=dict)
-    base: BaseCache | None = None
+    base: BaseCache | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"L{i}.{j}={v:+.4g}" for (i, j), v in list(self.values.items())[:6])
+        more = " ..." if len(self.values) > 6 else ""
+        c = self.cost
+        return (
+            f"<VerifyResult {len(self.values)} components: {vals}{more} | "
+            f"{c.get('forward', 0)} forward(s), {c.get('seconds', 0.0):.3f} s>"
+        )
+
+
+def sweep_comparison(fix_cost: dict, n_fixed: int, n_components: int, cost: dict) -> dict:
+    """The fix against a full ap sweep, like with like: component forwards, batched forward
+    passes (as the engine runs them) and seconds (the sweep's measured when ap ran with the
+    analysis, else estimated from the fix's seconds per batched pass)."""
+    full_passes = int(fix_cost.get("full_sweep_batch_passes", 0))
+    fix_passes = int(fix_cost.get("patch_passes", fix_cost.get("forward", 0)))
+    patch_s = float(fix_cost.get("patch_seconds", fix_cost.get("seconds", 0.0)))
+    out: dict[str, Any] = {
+        "fix_forwards": n_fixed,
+        "full_sweep_forwards": n_components,
+        "fix_batch_passes": int(fix_cost.get("forward", 0)),
+        "full_sweep_batch_passes": full_passes,
+        "fix_seconds": float(fix_cost.get("seconds", 0.0)),
+    }
+    if "ap" in cost:
+        base_s = float((cost.get("base") or {}).get("seconds", 0.0))
+        out["full_sweep_seconds"] = max(0.0, float(cost["ap"]["seconds"]) - base_s)
+        out["full_sweep_seconds_estimated"] = False
+    else:
+        per_pass = patch_s / fix_passes if fix_passes else 0.0
+        out["full_sweep_seconds"] = per_pass * full_passes if per_pass else None
+        out["full_sweep_seconds_estimated"] = True
+    return out
 
 
 def verify(
@@ -397,11 +447,17 @@ def verify(
     t0 = time.perf_counter()
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "verify"
+    f0, t1 = tracker.forward, time.perf_counter()
     values = patch_components(p, b, sorted(set(comps)), tracker) if comps else {}
+    now = time.perf_counter()
     cost = {
         "forward": tracker.forward,
         "backward": tracker.backward,
-        "seconds": time.perf_counter() - t0,
+        "seconds": now - t0,
+        "patch_passes": tracker.forward - f0,  # batched patched forwards (no base pass)
+        "patch_seconds": now - t1,
+        # what a full sweep runs: each layer's components in chunks of max_copies
+        "full_sweep_batch_passes": p.site.n_layers * -(-p.site.n_comp // max(1, p.max_copies)),
     }
     return VerifyResult(values, cost, b)
 
@@ -414,7 +470,27 @@ class FixResult:
     cost: dict
     fix_forwards: int  # patched component-forwards spent on the fix
     full_sweep_forwards: int  # what a full ap sweep costs (one per component)
-    report: Report
+    report: Report = field(repr=False)
+    fix_batch_passes: int = 0  # batched forward passes the fix ran (with any base pass)
+    full_sweep_batch_passes: int = 0  # batched patched forwards a full ap sweep runs
+    fix_seconds: float = 0.0
+    full_sweep_seconds: float | None = None  # measured when ap ran with the report
+    full_sweep_seconds_estimated: bool = True
+
+    def __repr__(self) -> str:
+        from .report import summary
+
+        sweep = (
+            "?"
+            if self.full_sweep_seconds is None
+            else f"{self.full_sweep_seconds:.3f} s{' (est.)' if self.full_sweep_seconds_estimated else ''}"
+        )
+        return summary(
+            self,
+            f" | fixed {self.fix_forwards} of {self.full_sweep_forwards} component forwards, "
+            f"{self.fix_batch_passes} vs {self.full_sweep_batch_passes} batched passes, "
+            f"{self.fix_seconds:.3f} s vs {sweep}",
+        )
 
 
 def screen_flag_fix(
@@ -473,4 +549,18 @@ def screen_flag_fix(
     report.verified.update(v.values)
     screen_cost = report.cost.get("hvp", report.cost.get("base", {}))
     cost = {"screen": screen_cost, "fix": v.cost}
-    return FixResult(est, v.values, flagged_t, cost, len(flagged_t), int(est.numel()), report)
+    cmp = sweep_comparison(v.cost, len(flagged_t), int(est.numel()), report.cost)
+    return FixResult(
+        est,
+        v.values,
+        flagged_t,
+        cost,
+        cmp["fix_forwards"],
+        cmp["full_sweep_forwards"],
+        report,
+        fix_batch_passes=cmp["fix_batch_passes"],
+        full_sweep_batch_passes=cmp["full_sweep_batch_passes"],
+        fix_seconds=cmp["fix_seconds"],
+        full_sweep_seconds=cmp["full_sweep_seconds"],
+        full_sweep_seconds_estimated=cmp["full_sweep_seconds_estimated"],
+    )

@@ -53,17 +53,30 @@ def print_table(report, top: int = 15) -> None:
 
 def write_html(report, path: str | Path) -> None:
     """A standalone page with one heatmap per method (plotly.js inlined: works offline)."""
+    from html import escape
+
     import plotly.io as pio
 
+    from .report import negative_means
+
+    zmax = report.shared_zmax()  # every view on one scale
     parts = []
     for i, m in enumerate(report.scores):
-        fig = report.figure(m)
+        fig = report.figure(m, zmax=zmax)
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
     s = report.settings
+    screen = report.screen or {}
+    warn = (
+        f"<p style='background:#fff3cd;padding:8px'><b>Warning:</b> {escape(screen['message'])}</p>"
+        if screen and not screen.get("informative", True)
+        else ""
+    )
     head = (
         f"<h1>patchaudit: {report.site}, {report.metric}, {report.direction}</h1>"
         f"<p>model {s.get('model')}, {s.get('n_pairs')} pairs, hvp probes {s.get('hvp_probes')}, "
-        f"tau {report.tau}; flagged components are outlined; hover for every number.</p>"
+        f"tau {report.tau}; flagged components are outlined; hover for every number. "
+        f"Colours: negative blue, positive red, one scale (+-{zmax:.3g}) for every view. "
+        f"Negative means: {escape(negative_means(report.metric, report.direction))}.</p>{warn}"
     )
     Path(path).write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>patchaudit report</title></head>"
@@ -78,6 +91,12 @@ def cmd_audit(argv: list[str]) -> int:
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--task", default="ioi", help="ioi or induction")
     ap.add_argument("--corruption", default=None, help="ioi: abc (default) or swap")
+    ap.add_argument(
+        "--pairs",
+        default=None,
+        help="your own prompt pairs: a TSV, CSV or JSON-lines file (clean, corrupted, answer, "
+        "wrong; a header row is optional); replaces --task",
+    )
     ap.add_argument("--n", type=int, default=16, help="number of prompt pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--site", default="heads")
@@ -111,8 +130,11 @@ def cmd_audit(argv: list[str]) -> int:
         ]:  # before the model loads: a typo should not cost a load
             if value not in allowed:
                 raise ValueError(f"unknown {kind} {value!r}: choose one of {', '.join(allowed)}")
+        if a.pairs:  # read before the model loads: a bad line should not cost a load
+            pairs = pa.PromptPairs.from_file(a.pairs)
         model = pa.load_model(a.model, device=a.device)
-        pairs = pa.PromptPairs.from_task(a.task, n=a.n, seed=a.seed, corruption=a.corruption)
+        if not a.pairs:
+            pairs = pa.PromptPairs.from_task(a.task, n=a.n, seed=a.seed, corruption=a.corruption)
         bar = tqdm(
             total=1000,
             desc="audit",
@@ -141,6 +163,7 @@ def cmd_audit(argv: list[str]) -> int:
             progress=progress,
             model_name=a.model,
         )
+        fix = None
         if a.fix and report.flags is not None:
             fix = pa.screen_flag_fix(model, pairs, a.site, a.metric, a.direction, report=report)
             bar.set_description(f"fixed {fix.fix_forwards} of {fix.full_sweep_forwards} components")
@@ -155,16 +178,31 @@ def cmd_audit(argv: list[str]) -> int:
     m_clean, m_corr = report.metric_base, report.metric_src
     if a.direction == "denoising":
         m_clean, m_corr = m_corr, m_clean
+    source = f"{Path(a.pairs).name}" if a.pairs else a.task
     _write(
-        f"{a.model} | {a.task} x{len(pairs)} | site {a.site} | {a.metric} {a.direction} | "
+        f"{a.model} | {source} x{len(pairs)} | site {a.site} | {a.metric} {a.direction} | "
         f"m(clean)={m_clean:+.3f} m(corrupted)={m_corr:+.3f} | "
         f"{flagged} flagged of {report.estimate.numel()} (tau {report.tau:g})"
     )
+    if report.screen and not report.screen.get("informative", True):
+        _write(f"warning: {report.screen['message']}")
     print_table(report, a.top)
     costs = ", ".join(
         f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m != "base"
     )
     _write(f"cost: {costs}")
+    if fix is not None:
+        sweep = (
+            "?"
+            if fix.full_sweep_seconds is None
+            else f"{fix.full_sweep_seconds * 1000:.0f} ms"
+            + (" (estimated)" if fix.full_sweep_seconds_estimated else "")
+        )
+        _write(
+            f"fix: {fix.fix_forwards} component forwards vs {fix.full_sweep_forwards} for a full "
+            f"ap sweep; {fix.fix_batch_passes} batched passes vs {fix.full_sweep_batch_passes}; "
+            f"{fix.fix_seconds * 1000:.0f} ms vs {sweep}"
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(report.to_dict(), indent=1))
     if a.html:

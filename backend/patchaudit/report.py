@@ -21,6 +21,39 @@ METHOD_LABELS = {
 }
 
 
+#: One colour convention everywhere (report.figure, --html, the dashboard): negative blue,
+#: zero white, positive red, symmetric about zero (RdBu reversed).
+COLORSCALE = "RdBu_r"
+
+#: The colour bar title: the metric and its units.
+METRIC_UNITS = {
+    "logit_diff": "logit diff (answer - wrong)",
+    "prob_diff": "prob diff (p(answer) - p(wrong))",
+    "logprob": "log p(answer) (nats)",
+    "kl": "KL(clean || patched) (nats)",
+}
+
+
+def negative_means(metric: str, direction: str) -> str:
+    """What a negative value means for this metric and direction (values are the change of
+    the metric when one component is patched)."""
+    if metric == "kl":
+        if direction == "noising":
+            return (
+                "KL to the clean output cannot fall below its clean value 0: a patched effect "
+                "is >= 0, so a negative estimate is an estimation error"
+            )
+        return "restoring this component brings the output closer to the clean distribution"
+    what = {
+        "logit_diff": "the answer's logit lead over the wrong answer",
+        "prob_diff": "p(answer) - p(wrong)",
+        "logprob": "log p(answer)",
+    }.get(metric, metric)
+    if direction == "noising":
+        return f"corrupting this component lowers {what}: it supports the clean answer"
+    return f"restoring this component lowers {what}: it works against the clean answer"
+
+
 def _jsonable(t: Tensor | None):
     if t is None:
         return None
@@ -117,6 +150,7 @@ class Report:
     screen: dict | None = None  # {"informative", "first_order_vanishes", "message"}
     flag_reasons: dict[str, Tensor] | None = None  # reason -> bool mask (reliability.REASONS)
     material_threshold: float | None = None  # 1% of |total effect|
+    partial: bool = False  # cancelled: only the methods that completed
 
     @property
     def total_effect(self) -> float:
@@ -174,6 +208,9 @@ class Report:
             "screen": self.screen,
             "flag_reasons": self.reasons_grid(),
             "material_threshold": self.material_threshold,
+            "partial": self.partial,
+            "metric_label": METRIC_UNITS.get(self.metric, self.metric),
+            "negative_means": negative_means(self.metric, self.direction),
             "site": self.site,
             "metric": self.metric,
             "direction": self.direction,
@@ -228,6 +265,7 @@ class Report:
             screen=d.get("screen"),
             flag_reasons=_reason_masks(d.get("flag_reasons")),
             material_threshold=d.get("material_threshold"),
+            partial=bool(d.get("partial", False)),
         )
 
     def table(self, top: int = 10) -> list[dict]:
@@ -284,13 +322,13 @@ class Report:
         traces = [
             go.Heatmap(
                 z=z.tolist(),
-                colorscale="RdBu",
+                colorscale=COLORSCALE,
                 zmid=0.0,
                 zmin=-zmax,
                 zmax=zmax,
                 text=text,
                 hovertemplate="%{text}<extra></extra>",
-                colorbar={"title": {"text": self.metric}},
+                colorbar={"title": {"text": METRIC_UNITS.get(self.metric, self.metric)}},
                 showscale=first,
             )
         ]
@@ -346,12 +384,20 @@ class Report:
         }
         return x, y
 
-    def figure(self, method: str = "hvp"):
-        """A Plotly heatmap: layer rows, component columns, diverging scale centred at 0,
-        flagged cells outlined, hover with every number of the cell."""
-        return self.figure_panels([method])
+    def shared_zmax(self) -> float:
+        """One scale for every view of this report: the largest |value| of any method (and of
+        the verified values), so AtP, HVP and ap can be compared by eye."""
+        vals = [float(v.nan_to_num(0.0).abs().max()) for v in self.scores.values()]
+        vals += [abs(v) for v in self.verified.values() if v == v]
+        return max(vals, default=0.0) or 1.0
 
-    def figure_panels(self, methods: list[str] | None = None):
+    def figure(self, method: str = "hvp", zmax: float | None = None):
+        """A Plotly heatmap: layer rows, component columns, negative blue / positive red,
+        symmetric about 0 (``zmax``: the scale's half-width, e.g. ``shared_zmax()`` for every
+        view on one scale), flagged cells outlined, hover with every number of the cell."""
+        return self.figure_panels([method], zmax=zmax)
+
+    def figure_panels(self, methods: list[str] | None = None, zmax: float | None = None):
         """Heatmaps of several methods side by side on one colour scale (centred at 0)."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -360,7 +406,8 @@ class Report:
         for m in methods:
             if m not in self.scores:
                 raise ValueError(f"method {m!r} is not in this report: {', '.join(self.scores)}")
-        zmax = max(float(self.scores[m].nan_to_num(0.0).abs().max()) for m in methods) or 1.0
+        if zmax is None:
+            zmax = max(float(self.scores[m].nan_to_num(0.0).abs().max()) for m in methods) or 1.0
         text = self._hover()
         if len(methods) == 1:
             fig = go.Figure(self._traces(methods[0], zmax, text, True))
@@ -378,8 +425,10 @@ class Report:
         fig.update_xaxes(**x)
         fig.update_yaxes(**y)
         title = ", ".join(METHOD_LABELS.get(m, m) for m in methods)
+        model = self.settings.get("model")
         fig.update_layout(
-            title=f"{title} ({self.site}, {self.metric}, {self.direction})",
+            title=f"{title} ({model + ', ' if model else ''}{self.site}, {self.metric}, "
+            f"{self.direction}, tau {self.tau:g})",
             legend={"orientation": "h", "y": -0.18},
             plot_bgcolor="white",
         )

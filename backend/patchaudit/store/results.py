@@ -215,6 +215,15 @@ class AnalysisStore:
             progress={"phase": "done", "fraction": 1.0, "passes": _passes(result)},
         )
 
+    def set_partial(self, analysis_id: str, result: dict[str, Any], cache_key: str | None) -> None:
+        """A cancelled analysis that keeps the methods it completed (``result["partial"]``)."""
+        self.update(
+            analysis_id,
+            status=JobStatus.CANCELLED,
+            result={**result, "partial": True},
+            cache_key=cache_key or "",
+        )
+
     def set_error(self, analysis_id: str, error: dict[str, Any]) -> None:
         """``error`` = {type, message, traceback}; the API shows only type and message."""
         self.update(analysis_id, status=JobStatus.FAILED, error=error)

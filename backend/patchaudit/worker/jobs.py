@@ -19,14 +19,16 @@ from typing import Any
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from ..estimators.core import Cancelled
 from ..store import JobStatus, cache_key, component_key, parse_component_key
 from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
 
-class JobCancelled(Exception):
-    """Raised by the progress reporter's test delay when a cancel flag is seen."""
+class JobCancelled(Cancelled):
+    """Raised by the progress reporter's test delay when a cancel flag is seen (a
+    ``pa.Cancelled``, so the engine keeps the methods that completed)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,9 +275,18 @@ def run_analysis(analysis_id: str) -> dict[str, Any]:
         store.set_result(analysis_id, result, key)
         log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
         return {"status": "done"}
-    except (pa.Cancelled, JobCancelled):
-        store.set_status(analysis_id, JobStatus.CANCELLED)
-        log.info("analysis %s cancelled", analysis_id)
+    except (pa.Cancelled, JobCancelled) as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None:  # keep the methods that completed
+            if base is None:
+                _save_base(rt, key, partial.base)
+            result = partial.to_dict()
+            result["cache_hit"] = base is not None
+            result["pairs"] = _pair_texts(model, req, tp)
+            store.set_partial(analysis_id, result, key)
+        else:
+            store.set_status(analysis_id, JobStatus.CANCELLED)
+        log.info("analysis %s cancelled%s", analysis_id, " (partial result)" if partial else "")
         return {"status": "cancelled"}
     except BaseException as exc:
         if not isinstance(exc, Exception | JobTimeoutException):
@@ -392,14 +403,17 @@ def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
         total = n_components(rec.result) if rec and rec.result else 0
         values, cost, hit = _verify(rt, analysis_id, components, "fix")
         rt.store.add_verified(analysis_id, values)
-        labels = (rec.result or {}).get("labels") or {} if rec else {}
+        from ..audit import sweep_comparison
+
+        cmp = sweep_comparison(
+            cost, len(values), total, (rec.result or {}).get("cost") or {} if rec else {}
+        )
         fix = {
-            # patched component-forwards (the engine's FixResult.fix_forwards) against one per
-            # component for a full sweep; "passes" counts the batched forward passes run
+            # like with like (FixResult): component forwards, batched passes, seconds
+            **cmp,
             "forwards": len(values),
-            "full_sweep_forwards": total,
             "passes": int(cost.get("forward", 0)),
-            "full_sweep_passes": len(labels.get("rows") or []),
+            "full_sweep_passes": cmp["full_sweep_batch_passes"],
             "backwards": int(cost.get("backward", 0)),
             "components": sorted(values, key=parse_component_key),
             "seconds": float(cost.get("seconds", 0.0)),
