@@ -146,7 +146,7 @@ export function renderHeatmap() {
   const xs = Array.from({ length: C }, (_, j) => j);
   const ys = Array.from({ length: R }, (_, i) => i);
   const lab = r.labels || {};
-  const metric = metricLabel(r.metric || st.data?.request?.metric);
+  const metric = r.metric_label || metricLabel(r.metric || st.data?.request?.metric);
 
   const hm = {
     type: "heatmap",

@@ -136,7 +136,8 @@ def test_ioi_verify_fix_share(page, new_context, server, shots, model_name):
         assert flagged_unverified(page) == []
         expect(fix).to_be_disabled()
         m = re.search(
-            r"with (\d+) component forwards?.*against (\d+) component forwards", summary.inner_text()
+            r"with (\d+) component forwards?.*against (\d+) component forwards",
+            summary.inner_text(),
         )
         assert m, summary.inner_text()
         assert int(m.group(2)) >= n_rows * n_cols > 0

@@ -76,6 +76,10 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     page.on("download", lambda d: downloads.append(d))
     page.goto(f"/a/{real_analysis}")
     wait_rendered(page)
+    # At the server's tau the page flags exactly what the server flagged (its flag_reasons).
+    _, data = server.api("GET", f"/api/analyses/{real_analysis}")
+    n_server = sum(map(sum, data["result"]["flags"]))
+    expect(page.locator("#heatmap")).to_have_attribute("data-flagged", str(n_server))
     aimed = [(2, 1), (3, 2), (0, 2)]
     # Where the cells are drawn before the first click: the user aims there.
     centres = [page.evaluate(f"window.__patchaudit.cellCenter({i}, {j})") for i, j in aimed]
@@ -250,6 +254,7 @@ def test_uninformative_screen_and_flag_rule(new_context, real_analysis):
     expect(body).to_contain_text("m(clean)")
     expect(body).to_contain_text("1.250")
     expect(body).to_contain_text("at τ = 0 a component can stay flagged")
+    expect(body.locator("li[data-code=atp_error]")).to_have_count(1)
     # The server's flag reasons in the hover.
     c = page.evaluate("window.__patchaudit.cellCenter(1, 2)")
     page.mouse.move(c["x"] + 1, c["y"])
@@ -272,7 +277,7 @@ def test_flag_reason_codes_in_the_table(new_context, real_analysis):
     wait_rendered(page)
     codes = page.locator("#top-table tbody td.flag-codes").all_inner_texts()
     assert codes, "no flagged row"
-    allowed = {"reliability", "sign", "cutoff", "unbounded"}
+    allowed = {"reliability", "sign", "cutoff", "unbounded", "atp_error"}
     for text in codes:
         assert set(text.split(", ")) <= allowed, text
     assert any("reliability" in t for t in codes)
