@@ -99,6 +99,8 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
 
     # No mode bar (nothing to hit by accident, nothing invisible in the tab order).
     assert page.locator("#heatmap .modebar-btn").count() == 0
+    expect(page.locator("#scatter")).to_have_attribute("data-points", "3")
+    assert page.locator(".modebar-btn").count() == 0  # the scatter's neither
     assert page.locator("#heatmap a, #heatmap button, #heatmap [tabindex]").count() == 0
     # A double click leaves the axes where they are (no zoom-out into grey bands).
     c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
