@@ -21,7 +21,12 @@ function rankings() {
   return [...METHOD_ORDER.filter((m) => scores[m]), ...Object.keys(scores).filter((m) => !METHOD_ORDER.includes(m))];
 }
 
-const done = () => Object.values(circuits).filter((c) => c && c.status === "done" && Array.isArray(c.sizes) && c.absolute !== false);
+const rank = (m) => (METHOD_ORDER.includes(m) ? METHOD_ORDER.indexOf(m) : METHOD_ORDER.length);
+/** The finished absolute-ranking curves, in the page's method order. */
+const done = () =>
+  Object.values(circuits)
+    .filter((c) => c && c.status === "done" && Array.isArray(c.sizes) && c.absolute !== false)
+    .sort((a, b) => rank(a.ranking) - rank(b.ranking));
 const total = () => {
   const [R, C] = shapeOf(st.result);
   return R * C;

@@ -47,7 +47,9 @@ def wait_rendered(page):
 
 
 def plot(page, div: str, expr: str):
-    return page.evaluate(f"(() => {{ const d = document.querySelector('#{div}'); return {expr}; }})()")
+    return page.evaluate(
+        f"(() => {{ const d = document.querySelector('#{div}'); return {expr}; }})()"
+    )
 
 
 def test_click_a_flagged_head_shows_its_detail_and_the_link_restores_it(
