@@ -148,17 +148,26 @@ function viewList(r) {
 function renderResult({ tauOnly = false } = {}) {
   const t0 = performance.now();
   const r = st.result;
-  st.flags = computeFlags(r, st.tau);
-  renderHeatmap();
-  renderExplain();
-  renderKeys();
-  renderControls();
-  renderTable();
+  const parts = {};
+  const timed = (name, fn) => {
+    const t = performance.now();
+    fn();
+    parts[name] = Math.round(performance.now() - t);
+  };
+  timed("flags", () => (st.flags = computeFlags(r, st.tau)));
+  timed("heatmap", renderHeatmap);
+  timed("explain", () => {
+    renderExplain();
+    renderKeys();
+    renderControls();
+  });
+  timed("table", renderTable);
   if (!tauOnly) {
-    renderScatter(); // neither depends on tau
-    renderCost();
+    timed("scatter", renderScatter); // neither depends on tau
+    timed("cost", renderCost);
   }
   renderFix();
+  st.stats.parts = parts; // per-panel milliseconds of the last render
   st.stats.renders++;
   st.stats.lastRenderMs = performance.now() - t0;
   const hm = $("heatmap");

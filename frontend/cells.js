@@ -29,10 +29,10 @@ export function cellInfo(i, j) {
   };
 }
 
-/** The tokens at the positions of a resid map (labels.tokens / position_labels), else null. */
+/** The tokens at the positions of a resid map (labels.positions), else null. */
 export function positionTokens() {
   const lab = st.result.labels || {};
-  const toks = lab.tokens || lab.position_labels || st.result.position_labels || null;
+  const toks = lab.positions || lab.tokens || null;
   return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
 }
 

@@ -62,8 +62,9 @@ function renderFlagRule() {
       el("li", { text: `reliability < τ (now ${st.tau.toFixed(2)})`, "data-code": "reliability" }),
       el("li", { text: "AtP and the corrected estimate disagree in sign", "data-code": "sign" }),
       el("li", { text: `the interval |corrected| ± bound straddles the circuit cut-off${r.cutoff == null ? "" : ` (${fmt(r.cutoff)})`}: the estimate cannot say whether the component is in the circuit`, "data-code": "cutoff" }),
-      el("li", { text: "its error bound is unbounded (the correction is as large as the estimate)", "data-code": "unbounded" })),
-    el("p", { class: "muted" }, "The last three do not depend on τ: at τ = 0 a component can stay flagged for its sign or the cut-off."),
+      el("li", { text: "its error bound is unbounded (the correction is as large as the estimate)", "data-code": "unbounded" }),
+      el("li", { text: "the interval corrected ± bound, within what the metric can reach, admits an AtP error above 50%", "data-code": "atp_error" })),
+    el("p", { class: "muted" }, "Only the first depends on τ: at τ = 0 a component can stay flagged for any of the others."),
     dl,
   );
 }

@@ -46,15 +46,22 @@ function straddles(est, bound, cutoff) {
   return mag - bound < cutoff && mag + bound > cutoff;
 }
 
+const REASON_TEXT = {
+  sign: "AtP and corrected disagree in sign",
+  cutoff: "interval straddles the circuit cut-off",
+  unbounded: "unbounded error bound",
+  atp_error: "the interval admits an AtP error above 50%",
+};
+
 /**
- * Flags for threshold `tau`, from the numbers (METHODS.md):
- *   material and (reliability < tau, or sign(atp) != sign(corrected), or the interval
- *   corrected +- bound straddles the circuit cut-off).
- * The cut-off comes from result.cutoff when the service sends it. Without it, the straddle
- * term is read back from the server's own flags at the server's tau: a cell the server
- * flagged for neither of the first two reasons was flagged for the straddle.
- * Returns {flags: bool[][], reasons: string[][][] (sentences), codes: string[][][] (the
- * contract's reason codes: reliability, sign, cutoff, unbounded), count, material}.
+ * Flags for threshold `tau` (METHODS.md): material and (reliability < tau, or any reason that
+ * does not depend on tau). With the server's `flag_reasons` (codes per component: reliability,
+ * sign, cutoff, unbounded, atp_error) those tau-free reasons are the server's own, so the page
+ * agrees with the server at its tau and only re-applies reliability < tau. Without them they
+ * are recomputed from the numbers: a sign flip, or the interval corrected +- bound straddling
+ * the cut-off (result.cutoff; or read back from the server's flags at the server's tau).
+ * Returns {flags: bool[][], reasons: string[][][] (sentences), codes: string[][][], count,
+ * material}.
  */
 export function computeFlags(result, tau) {
   const [R, C] = shapeOf(result);
@@ -66,6 +73,7 @@ export function computeFlags(result, tau) {
   const bound = result.error_bound;
   const material = result.material;
   const serverFlags = result.flags;
+  const serverReasons = result.flag_reasons;
   const tau0 = num(result.tau);
   const cutoff = num(result.cutoff ?? result.circuit_cutoff);
   const flags = new Array(R);
@@ -81,40 +89,38 @@ export function computeFlags(result, tau) {
       const mat = material ? !!at(material, i, j) : corr != null;
       const why = [];
       const code = [];
+      const add = (c, text) => {
+        code.push(c);
+        why.push(text);
+      };
       if (mat) {
         nMaterial++;
         const r = num(at(rel, i, j));
         const a = num(at(atp, i, j));
         const c = num(at(corr, i, j));
-        if (r != null && r < tau) {
-          why.push(`reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
-          code.push("reliability");
-        }
-        if (a != null && c != null && Math.sign(a) !== Math.sign(c)) {
-          why.push("AtP and corrected disagree in sign");
-          code.push("sign");
-        }
-        if (c != null) {
-          const b = at(bound, i, j);
-          const e = b == null ? null : num(b);
-          let straddle;
-          if (cutoff != null) {
-            straddle = straddles(c, e, cutoff);
-          } else if (serverFlags) {
-            const sf = !!at(serverFlags, i, j);
-            const known =
-              (r != null && tau0 != null && r < tau0) ||
-              (a != null && Math.sign(a) !== Math.sign(c));
-            straddle = sf ? (known ? e == null : true) : false;
-          } else {
-            straddle = false;
-          }
-          if (straddle && e == null) {
-            why.push("unbounded error bound (straddles the circuit cut-off)");
-            code.push("unbounded");
-          } else if (straddle) {
-            why.push("interval straddles the circuit cut-off");
-            code.push("cutoff");
+        if (r != null && r < tau) add("reliability", `reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
+        const sr = serverReasons ? at(serverReasons, i, j) : null;
+        if (Array.isArray(sr)) {
+          for (const k of sr) if (k !== "reliability") add(k, REASON_TEXT[k] || k);
+        } else {
+          if (a != null && c != null && Math.sign(a) !== Math.sign(c)) add("sign", REASON_TEXT.sign);
+          if (c != null) {
+            const b = at(bound, i, j);
+            const e = b == null ? null : num(b);
+            let straddle;
+            if (cutoff != null) {
+              straddle = straddles(c, e, cutoff);
+            } else if (serverFlags) {
+              const sf = !!at(serverFlags, i, j);
+              const known =
+                (r != null && tau0 != null && r < tau0) ||
+                (a != null && Math.sign(a) !== Math.sign(c));
+              straddle = sf ? (known ? e == null : true) : false;
+            } else {
+              straddle = false;
+            }
+            if (straddle && e == null) add("unbounded", REASON_TEXT.unbounded);
+            else if (straddle) add("cutoff", REASON_TEXT.cutoff);
           }
         }
       }

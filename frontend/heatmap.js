@@ -56,11 +56,25 @@ export function divergingScale(z, delta = false) {
   let m = maxAbs(z);
   let shared = false;
   if (st.sharedScale && !delta) {
-    for (const v of effectViews()) m = Math.max(m, maxAbs(viewMatrix(R, C, v).z));
+    m = Math.max(m, sharedMax(R, C));
     shared = true;
   }
   m = m || 1;
   return { zmax: m, shared, clipped: countBeyond(z, m) };
+}
+
+let sharedMemo = { key: null, value: 0 };
+
+/** max |value| over every effect view; recomputed only when the result or verified values change. */
+function sharedMax(R, C) {
+  const key = st.result;
+  const nVer = Object.keys(st.result.verified || {}).length;
+  if (sharedMemo.key !== key || sharedMemo.nVer !== nVer) {
+    let m = 0;
+    for (const v of effectViews()) if (v !== "best") m = Math.max(m, maxAbs(viewMatrix(R, C, v).z));
+    sharedMemo = { key, nVer, value: m }; // "best" mixes the others: never larger than them
+  }
+  return sharedMemo.value;
 }
 
 function countBeyond(z, lim) {
@@ -132,7 +146,7 @@ export function renderHeatmap() {
   const xs = Array.from({ length: C }, (_, j) => j);
   const ys = Array.from({ length: R }, (_, i) => i);
   const lab = r.labels || {};
-  const metric = metricLabel(r.metric || st.data?.request?.metric);
+  const metric = r.metric_label || metricLabel(r.metric || st.data?.request?.metric);
 
   const hm = {
     type: "heatmap",

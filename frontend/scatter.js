@@ -51,6 +51,6 @@ export function renderScatter() {
     xaxis: { title: { text: "verified (activation patching)" }, range: [lo, hi], zeroline: true },
     yaxis: { title: { text: "estimate" }, range: [lo, hi], zeroline: true },
     legend: { orientation: "h", y: 1.08 },
-  }, { displaylogo: false, responsive: true });
+  }, { displaylogo: false, responsive: true, displayModeBar: false }); // no invisible buttons in the tab order
 }
 

@@ -170,8 +170,10 @@ def audit(
     b.key = base_key(model_name, tp, site, metric, direction)
 
     stopped: Cancelled | None = None
+    # cheapest first, ap last: a cancel keeps as much as possible
+    order = sorted(methods, key=lambda m: (m == "ap", m in ("ig", "mhvp"), m != "atp"))
     try:
-        for i, m in enumerate(methods, start=1):
+        for i, m in enumerate(order, start=1):
             state["i"] = i
             tracker.phase = m
             tracker.check()
@@ -253,7 +255,8 @@ def audit(
         assert est.q is not None
         q = est.q.detach().cpu()
         se = est.q_se.detach().cpu() if est.q_se is not None else None
-        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k)
+        feasible = R.feasible_range(metric, report.metric_base)
+        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k, feasible)
         report.reliability, report.error_bound = rel.score, rel.error_bound
         report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
         report.q, report.q_se, report.reliability_source = q, se, source

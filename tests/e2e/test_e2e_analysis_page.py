@@ -126,7 +126,8 @@ def test_large_map_is_fast_and_reflags(page, analysis_id):
 
     print(
         f"\n48x25: first render {first_render_ms:.0f} ms (page ready at {nav_ms:.0f} ms "
-        f"incl. loading plotly.js), tau change {tau_ms:.0f} ms"
+        f"incl. loading plotly.js), tau change {tau_ms:.0f} ms; last render by panel "
+        f"{page.evaluate('window.__patchaudit.parts')}"
     )
     assert first_render_ms < 1000
     assert tau_ms < 1000

@@ -130,12 +130,15 @@ def test_ioi_verify_fix_share(page, new_context, server, shots, model_name):
         fix.click()
         summary = page.locator("#fix-summary")
         expect(summary).to_be_visible(timeout=90_000)
-        expect(summary).to_contain_text("patched forward", timeout=90_000)
+        expect(summary).to_contain_text("component forward", timeout=90_000)
         expect(summary).to_contain_text("full activation-patching sweep")
         expect(page.locator("#heatmap")).to_have_attribute("data-pending", "0", timeout=90_000)
         assert flagged_unverified(page) == []
         expect(fix).to_be_disabled()
-        m = re.search(r"with (\d+) patched forwards?, against (\d+)", summary.inner_text())
+        m = re.search(
+            r"with (\d+) component forwards?.*against (\d+) component forwards",
+            summary.inner_text(),
+        )
         assert m, summary.inner_text()
         assert int(m.group(2)) >= n_rows * n_cols > 0
         assert 0 < int(m.group(1)) <= int(m.group(2))

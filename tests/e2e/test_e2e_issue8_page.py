@@ -15,6 +15,8 @@ import pytest
 from e2e_synthetic import synthetic_analysis
 from playwright.sync_api import expect
 
+from .conftest import start_server, stop_server
+
 pytestmark = pytest.mark.e2e
 
 VIEWPORT = {"width": 1280, "height": 800}
@@ -74,6 +76,10 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     page.on("download", lambda d: downloads.append(d))
     page.goto(f"/a/{real_analysis}")
     wait_rendered(page)
+    # At the server's tau the page flags exactly what the server flagged (its flag_reasons).
+    _, data = server.api("GET", f"/api/analyses/{real_analysis}")
+    n_server = sum(map(sum, data["result"]["flags"]))
+    expect(page.locator("#heatmap")).to_have_attribute("data-flagged", str(n_server))
     aimed = [(2, 1), (3, 2), (0, 2)]
     # Where the cells are drawn before the first click: the user aims there.
     centres = [page.evaluate(f"window.__patchaudit.cellCenter({i}, {j})") for i, j in aimed]
@@ -93,6 +99,8 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
 
     # No mode bar (nothing to hit by accident, nothing invisible in the tab order).
     assert page.locator("#heatmap .modebar-btn").count() == 0
+    expect(page.locator("#scatter")).to_have_attribute("data-points", "3")
+    assert page.locator(".modebar-btn").count() == 0  # the scatter's neither
     assert page.locator("#heatmap a, #heatmap button, #heatmap [tabindex]").count() == 0
     # A double click leaves the axes where they are (no zoom-out into grey bands).
     c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
@@ -248,6 +256,7 @@ def test_uninformative_screen_and_flag_rule(new_context, real_analysis):
     expect(body).to_contain_text("m(clean)")
     expect(body).to_contain_text("1.250")
     expect(body).to_contain_text("at τ = 0 a component can stay flagged")
+    expect(body.locator("li[data-code=atp_error]")).to_have_count(1)
     # The server's flag reasons in the hover.
     c = page.evaluate("window.__patchaudit.cellCenter(1, 2)")
     page.mouse.move(c["x"] + 1, c["y"])
@@ -270,7 +279,7 @@ def test_flag_reason_codes_in_the_table(new_context, real_analysis):
     wait_rendered(page)
     codes = page.locator("#top-table tbody td.flag-codes").all_inner_texts()
     assert codes, "no flagged row"
-    allowed = {"reliability", "sign", "cutoff", "unbounded"}
+    allowed = {"reliability", "sign", "cutoff", "unbounded", "atp_error"}
     for text in codes:
         assert set(text.split(", ")) <= allowed, text
     assert any("reliability" in t for t in codes)
@@ -489,38 +498,43 @@ def test_read_only_page_shows_one_banner(new_context, real_analysis):
 
 
 # ------------------------------------------------------------------ item 10
-def test_wrong_token_is_refused_once_clearly(new_context, real_analysis):
-    page = new_context(viewport=VIEWPORT).new_page()
-    data = synthetic_analysis(real_analysis, n_layers=3, n_heads=3)
-    serve_json(page, real_analysis, data)
-    good = "the-right-token-0123456789abcdef"
+TOKEN = "the-right-token-0123456789abcdef"
 
-    def whoami(route):
-        if route.request.headers.get("x-api-token") == good:
-            route.fulfill(
-                status=200,
-                content_type="application/json",
-                body=json.dumps({"auth_required": True, "token_ok": True}),
-            )
-        else:
-            msg = "The API token is wrong: check it with whoever runs this server."
-            route.fulfill(
-                status=401,
-                content_type="application/json",
-                body=json.dumps({"detail": msg, "message": msg}),
-            )
 
-    page.route(re.compile(r".*/api/whoami$"), whoami)
-    page.goto(f"/a/{real_analysis}")
-    wait_rendered(page)
-    page.click("#token-box summary")
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """A second real `patchaudit serve`, this one with an API token."""
+    srv, proc = start_server(tmp_path_factory.mktemp("serve-token"), token=TOKEN)
+    try:
+        yield srv
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.parametrize("where", ["form", "analysis"])
+def test_wrong_token_is_refused_once_clearly(new_context, token_server, model_name, where):
+    path = "/"
+    if where == "analysis":
+        status, body = token_server.api(
+            "POST",
+            "/api/analyses",
+            {"model": model_name, "task": "ioi", "n_pairs": 2, "methods": ["atp"]},
+        )
+        assert status == 202, body
+        path = f"/a/{body['id']}"
+    page = new_context(viewport=VIEWPORT, base_url=token_server.url).new_page()
+    page.goto(path)
+    expect(page.locator("#readonly-note")).to_be_visible()
+    expect(page.locator("#token-box")).to_have_attribute("open", "")  # opened for the user
     page.fill("#token-input", "not-the-token")
     page.press("#token-input", "Enter")
-    status = page.locator("#token-status")
-    expect(status).to_have_text("The API token is wrong: check it with whoever runs this server.")
+    status_line = page.locator("#token-status")
+    expect(status_line).to_contain_text("the API token is wrong")
+    assert status_line.inner_text().lower().count("wrong") == 1
     assert page.evaluate("localStorage.getItem('patchaudit.token')") is None
-    assert status.inner_text().lower().count("wrong") == 1
-    page.fill("#token-input", good)
+    expect(page.locator("#readonly-note")).to_be_visible()
+    page.fill("#token-input", TOKEN)
     page.press("#token-input", "Enter")
-    expect(status).to_have_text("Token accepted.")
-    assert page.evaluate("localStorage.getItem('patchaudit.token')") == good
+    expect(status_line).to_have_text("Token accepted.")
+    assert page.evaluate("localStorage.getItem('patchaudit.token')") == TOKEN
+    expect(page.locator("#readonly-note")).to_be_hidden()

@@ -37,8 +37,10 @@ def test_form_lists_models_and_tasks(page, server, shots):
     page.select_option("#task", "ioi")
 
     # Defaults and labelled controls.
-    assert page.locator("#hvp_probes").input_value() == "8"
-    assert page.locator("#ig_steps").input_value() == "16"
+    status, cfg = server.api("GET", "/api/config")
+    assert status == 200, cfg
+    assert page.locator("#hvp_probes").input_value() == str(cfg["defaults"]["hvp_probes"])
+    assert page.locator("#ig_steps").input_value() == str(cfg["defaults"]["ig_steps"])
     assert page.locator("input[name=methods][value=atp]").is_checked()
     assert page.locator("input[name=methods][value=hvp]").is_checked()
     for control in (
@@ -101,7 +103,16 @@ def test_custom_pairs_are_checked_before_submit(page, server, shots, model_name)
 
 
 def test_server_refusal_is_shown_as_a_message(page, server):
-    """A request the server refuses (422) shows its `detail`, never a traceback."""
+    """A request the server refuses (422) shows its `detail`, never a traceback. (The form
+    knows the server's limits from /api/config; a stale copy that allows more is how a
+    request the server refuses still gets sent.)"""
+
+    def stale_config(route):
+        cfg = route.fetch().json()
+        cfg["limits"]["max_pairs"] = 10**6
+        route.fulfill(json=cfg)
+
+    page.route(re.compile(r".*/api/config$"), stale_config)
     open_form(page)
     page.fill("#n_pairs", "100000")
     page.click("#submit")

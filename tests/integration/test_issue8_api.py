@@ -152,3 +152,58 @@ def test_result_carries_screen_reasons_threshold_and_cost_notes(stack: Stack) ->
     assert cost["base"]["cached"] is True and cost["atp"]["cached"] is True
     assert "activation cache" in cost["base"]["note"]
     assert cost["hvp"]["cached"] is False
+
+
+def test_cancel_keeps_completed_methods_and_rerun_starts_fresh(stack: Stack) -> None:
+    c = stack.client
+    body = token_request(stack.tiny, seed=21, methods=["atp", "hvp", "ap"])
+    aid = c.post("/api/analyses", json=body).json()["id"]
+
+    def in_ap() -> bool:
+        d = c.get(f"/api/analyses/{aid}").json()
+        assert d["status"] in ("queued", "running"), d["status"]
+        return d["progress"]["phase"] == "ap"
+
+    from .conftest import wait_for
+
+    wait_for(in_ap, 60, "the ap phase", interval=0.05)
+    assert c.post(f"/api/analyses/{aid}/cancel").status_code == 202
+    d = wait_status(c, aid, ("cancelled", "done"), 30)
+    assert d["status"] == "cancelled"
+    res = d["result"]
+    assert res is not None and res["partial"] is True
+    assert set(res["scores"]) == {"atp", "hvp"} and res["flags"] is not None
+    # verify / fix need a finished analysis
+    assert c.post(f"/api/analyses/{aid}/fix").status_code == 409
+    # re-run = POST the same request: a fresh job, not the cancelled one
+    again = c.post("/api/analyses", json=body).json()
+    assert again["id"] != aid and again["existing"] is False
+    d2 = wait_status(c, again["id"], ("done", "failed"), 90)
+    assert d2["status"] == "done" and set(d2["result"]["scores"]) == {"atp", "hvp", "ap"}
+    assert d2["result"]["partial"] is False
+
+
+def test_fix_reports_like_with_like(stack: Stack) -> None:
+    c = stack.client
+    body = token_request(stack.tiny, seed=5, tau=1.0)
+    aid = c.post("/api/analyses", json=body).json()["id"]
+    d = wait_status(c, aid, ("done", "failed"), 90)
+    assert d["status"] == "done"
+    r = c.post(f"/api/analyses/{aid}/fix")
+    assert r.status_code == 202, r.text
+    todo = r.json()["components"]
+    assert todo
+
+    from .conftest import wait_for
+
+    def fixed() -> dict | None:
+        fix = c.get(f"/api/analyses/{aid}").json()["result"]["fix"]
+        return fix if fix and fix["status"] == "done" else None
+
+    fix = wait_for(fixed, 60, "fix to finish", interval=0.1)
+    assert fix["fix_forwards"] == len(todo) and fix["full_sweep_forwards"] == 8
+    # one batched patched forward per layer touched (cached base) vs a sweep's per layer
+    assert fix["fix_batch_passes"] == len({k.split(".")[0] for k in todo})
+    assert fix["full_sweep_batch_passes"] == 2
+    assert fix["fix_seconds"] > 0 and fix["full_sweep_seconds"] > 0
+    assert fix["full_sweep_seconds_estimated"] is True  # ap did not run with the analysis

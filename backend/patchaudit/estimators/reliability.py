@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,8 @@ from torch import Tensor
 #: Why a component is flagged (``Reliability.reasons``), in this order:
 #: reliability: rho < tau; sign: sign(A1) != sign(A2); cutoff: A2 +- e straddles the circuit
 #: cut-off; unbounded: the error bound is infinite or missing; atp_error: the interval
-#: A2 +- e admits an AtP error above ``ATP_ERROR_LIMIT`` (50%) of the true effect.
+#: A2 +- e, clipped to the metric's feasible range, admits an AtP error above
+#: ``ATP_ERROR_LIMIT`` (50%) of the true effect, or lies outside that range.
 REASONS = ("reliability", "sign", "cutoff", "unbounded", "atp_error")
 ATP_ERROR_LIMIT = 0.5
 MATERIAL_SHARE = 0.01
@@ -93,14 +95,51 @@ def circuit_cutoff(a2: Tensor, k: int | None = None) -> float:
     return float((v[k - 1] + v[k]) / 2)
 
 
+def feasible_range(metric: str, m_base: float) -> tuple[float, float]:
+    """Where the true effect Delta = m(patched) - m(base) can lie, from the metric's own range:
+    prob_diff in [-1, 1], logprob <= 0, kl >= 0; logit_diff is unbounded."""
+    inf = float("inf")
+    if metric == "prob_diff":
+        return (-1.0 - m_base, 1.0 - m_base)
+    if metric == "logprob":
+        return (-inf, -m_base)
+    if metric == "kl":
+        return (-m_base, inf)
+    return (-inf, inf)
+
+
+def worst_atp_error(
+    a1: Tensor, a2: Tensor, e: Tensor, feasible: tuple[float, float] = (-math.inf, math.inf)
+) -> Tensor:
+    """The largest relative AtP error |A1 - x| / |x| over the true values x the screen allows:
+    the interval A2 +- e clipped to the metric's feasible range. inf when that set holds 0 or
+    is empty (the interval lies outside what the metric can reach)."""
+    lo = torch.clamp(a2 - e, min=feasible[0])
+    hi = torch.clamp(a2 + e, max=feasible[1])
+
+    def rel(x: Tensor) -> Tensor:
+        return (a1 - x).abs() / x.abs()
+
+    worst = torch.maximum(rel(lo), rel(hi))
+    inside_zero = (lo <= 0) & (hi >= 0)
+    empty = ~(lo <= hi)
+    return torch.where(inside_zero | empty, torch.full_like(worst, math.inf), worst)
+
+
 def flag_reasons(
-    a1: Tensor, a2: Tensor, rho: Tensor, e: Tensor, is_material: Tensor, tau: float, cutoff: float
+    a1: Tensor,
+    a2: Tensor,
+    rho: Tensor,
+    e: Tensor,
+    is_material: Tensor,
+    tau: float,
+    cutoff: float,
+    feasible: tuple[float, float] = (-math.inf, math.inf),
 ) -> dict[str, Tensor]:
     """Each reason's mask, already restricted to material components (REASONS)."""
     mag = a2.abs()
     unbounded = ~torch.isfinite(e)
-    # the largest AtP error the interval A2 +- e allows: |A1 - x| / |x| over x in it
-    worst = ((a1 - a2).abs() + e) / torch.clamp(mag - e, min=0.0)
+    worst = worst_atp_error(a1, a2, e, feasible)
     return {
         "reliability": is_material & (rho < tau),
         "sign": is_material & (torch.sign(a1) != torch.sign(a2)),
@@ -134,6 +173,7 @@ def assess(
     q_se: Tensor | None = None,
     bound_scale: float = 1.0,
     circuit_k: int | None = None,
+    feasible: tuple[float, float] = (-math.inf, math.inf),
 ) -> Reliability:
     a2 = a1 + q / 2
     r = ratio(a1, q)
@@ -141,7 +181,7 @@ def assess(
     e = error_bound(q, r, q_se, bound_scale)
     mat = material(a1, a2, total_effect, e=e)
     cut = circuit_cutoff(a2, circuit_k)
-    why = flag_reasons(a1, a2, rho, e, mat, tau, cut)
+    why = flag_reasons(a1, a2, rho, e, mat, tau, cut, feasible)
     return Reliability(
         r,
         rho,
