@@ -13,9 +13,12 @@ import { showMessage, showNotice } from "./notices.js";
 import { cancel, renderProgress, rerun, statusMessage } from "./progress.js";
 import { renderRequest } from "./request.js";
 import { renderScatter } from "./scatter.js";
-import { ACTIVE, $, METHOD_ORDER, errorText, on, parseUrl, pendKey, pendingKeys, st, syncUrl, update } from "./state.js";
+import { ACTIVE, $, METHOD_ORDER, emit, errorText, on, parseUrl, pendKey, pendingKeys, st, syncUrl, update } from "./state.js";
 import { renderTable } from "./table.js";
 import { fixAll, renderControls } from "./verify.js";
+import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
+import "./circuit.js"; // the circuit panel (issue 12): follows st.k
+import { initCompareBox, remember } from "./history.js";
 
 // A small read-only handle for tests and the browser console.
 window.__patchaudit = Object.assign(st.stats, {
@@ -63,6 +66,7 @@ async function poll() {
   const changed = sig !== st.dataSig || !st.data;
   st.dataSig = sig;
   st.data = data;
+  remember(data); // "My analyses" (history.js)
   if (changed) render();
   const waiting = ACTIVE.has(data.status) || serverPending.size > 0 || st.localPending.size > 0;
   if (waiting) pollSoon(ACTIVE.has(data.status) && !data.result ? 700 : 500);
@@ -173,6 +177,7 @@ function renderResult({ tauOnly = false } = {}) {
   hm.dataset.verified = String(Object.keys(r.verified || {}).length);
   hm.dataset.pending = String(pendingKeys().size);
   hm.dataset.renders = String(st.stats.renders);
+  emit("rendered"); // panels that follow the map (component.js, circuit.js)
 }
 
 // ---------------------------------------------------------------- wiring
@@ -240,6 +245,7 @@ function init() {
     showMessage("The plotting library did not load (/static/plotly.min.js). The numbers are in the CSV export.");
   }
   initToken();
+  initCompareBox();
   poll();
 }
 

@@ -5,7 +5,7 @@ import { hoverText, positionTokens } from "./cells.js";
 import { correctedMethod, fmt, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
 import { keyboardCell } from "./keys.js";
 import { metricLabel } from "./meaning.js";
-import { $, pendingKeys, st } from "./state.js";
+import { $, pendingKeys, st, update } from "./state.js";
 import { verify } from "./verify.js";
 
 const GREY = "#c9cdd4";
@@ -233,6 +233,13 @@ export function renderHeatmap() {
     showlegend: false,
     name: "pending",
   });
+  // The circuit panel's top-k members (circuit.js sets st.circuitCells and restyles this trace).
+  const circ = outlinePath(st.circuitCells || [], 0.32);
+  traces.push({ type: "scatter", mode: "lines", ...circ, line: { color: "#00a651", width: 2.5 }, hoverinfo: "skip", showlegend: false, name: "circuit" });
+  // The selected component (st.c, shown in the component panel).
+  const selm = /^(\d+)\.(\d+)$/.exec(st.c || "");
+  const sel = outlinePath(selm && Number(selm[1]) < R && Number(selm[2]) < C ? [[Number(selm[1]), Number(selm[2])]] : [], 0.5);
+  traces.push({ type: "scatter", mode: "lines", ...sel, line: { color: "#f0a500", width: 2.5 }, hoverinfo: "skip", showlegend: false, name: "selected" });
   // The keyboard cursor (keys.js): a dashed box on the selected cell while the grid has focus.
   const cur = keyboardCell();
   const cursor = outlinePath(cur ? [cur] : [], 0.5);
@@ -304,7 +311,10 @@ function onCellClick(e) {
   const box = gd.getBoundingClientRect();
   const j = Math.round(fl.xaxis.p2l(e.clientX - box.left - fl.xaxis._offset));
   const i = Math.round(fl.yaxis.p2l(e.clientY - box.top - fl.yaxis._offset));
-  if (i >= 0 && i < R && j >= 0 && j < C) verify([[i, j]]);
+  if (i >= 0 && i < R && j >= 0 && j < C) {
+    update({ c: `${i}.${j}` }); // select it: the component panel (component.js) shows it
+    verify([[i, j]]);
+  }
 }
 
 /** PNG/SVG of the map as drawn: its title names model, task, site, view and tau, its colour

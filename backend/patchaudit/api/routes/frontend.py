@@ -1,4 +1,4 @@
-"""The front end: GET / (new analysis), GET /a/{id} (a shared result), /static/*.
+"""The front end: GET / (new analysis), GET /a/{id} (a shared result), GET /compare, /static/*.
 
 Plotly.js is served from the installed ``plotly`` Python package, never from a CDN."""
 
@@ -57,6 +57,12 @@ def analysis_page(analysis_id: str, settings: SettingsDep, store: StoreDep) -> R
     if not _ID.match(analysis_id) or not store.exists(analysis_id):
         return _page("Analysis not found", "No analysis has this link: check it.", 404)
     return _file(settings, "analysis.html")
+
+
+@router.get("/compare")
+def compare_page(settings: SettingsDep) -> Response:
+    """Two analyses side by side (``?a=ID&b=ID``): the page reads both through the API."""
+    return _file(settings, "compare.html")
 
 
 @router.get("/static/plotly.min.js")
