@@ -304,6 +304,19 @@ def test_one_job_over_the_cost_cap_is_refused(stack: Stack) -> None:
     c.close()
 
 
+def test_verify_goes_through_the_same_admission_path(stack: Stack) -> None:
+    from .conftest import wait_status
+
+    r = stack.client.post("/api/analyses", json=token_request(stack.tiny, seed=4242))
+    aid = r.json()["id"]
+    assert wait_status(stack.client, aid, ("done", "failed"))["status"] == "done"
+    c = stack.make_client(max_job_cost=1)
+    r = c.post(f"/api/analyses/{aid}/verify", json={"components": [[0, 0]]})
+    assert r.status_code == 422 and "PATCHAUDIT_MAX_JOB_COST" in r.json()["message"], r.text
+    assert c.get(f"/api/analyses/{aid}").json()["pending"] == []  # nothing was queued
+    c.close()
+
+
 def test_fair_queue_order_is_by_client_share(stack: Stack) -> None:
     """Unit-sized check of the placement script on the real Redis: A queues 4 jobs, then B
     one; B's goes right after A's first (not behind all four)."""
