@@ -291,7 +291,7 @@ def circuits_md(circ: dict) -> str:
         f"`{circ.get('direction')}`. Each estimator's map ranks the heads (by |score|); the "
         "top k of the ranking is a circuit and its faithfulness f is measured by patching every "
         "other head with its corrupted activation (MIB's node-level convention). CPR = area "
-        "under f over the fraction kept (higher is better; ap's ranking is the ceiling), CMD = "
+        "under f over the fraction kept (higher is better; ap's ranking is the reference: f can overshoot 1, so a CPR above ap's is not a better circuit), CMD = "
         "area of |1 - f| (lower is better), k90 = the smallest circuit with f >= 0.9. AUC: "
         "ROC AUC of |score| against the planted circuit (planted model only). Cost: the "
         "ranking's estimator from the tokens (base pass included), forward + backward passes "

@@ -13,7 +13,7 @@ import torch
 
 from .audit import _get_base, _problem
 from .estimators import circuits as K
-from .estimators.core import BaseCache, ProgressFn, StopFn, Tracker
+from .estimators.core import BaseCache, Cost, ProgressFn, StopFn, Tracker
 from .tasks.pairs import PromptPairs, TokenPairs
 
 
@@ -145,11 +145,7 @@ def faithfulness(
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
-    cost = {
-        "forward": tracker.forward,
-        "backward": tracker.backward,
-        "seconds": time.perf_counter() - t0,
-    }
+    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
     m, f = r.m.tolist(), r.f.tolist()
     return Faithfulness(
         m[0] if single else m,
@@ -205,11 +201,7 @@ def circuit_curve(
     f = r.f.tolist()
     cpr, cmd = K.curve_areas(fr, f)
     nc = p.site.n_comp
-    cost = {
-        "forward": tracker.forward,
-        "backward": tracker.backward,
-        "seconds": time.perf_counter() - t0,
-    }
+    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
     return CircuitCurve(
         sizes=ks,
         fractions=fr,

@@ -89,7 +89,7 @@ def cmd_audit(argv: list[str]) -> int:
         prog="patchaudit audit", description="Audit attribution patching on one task."
     )
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--task", default="ioi", help="ioi or induction")
+    ap.add_argument("--task", default="ioi", help="ioi, induction or planted")
     ap.add_argument("--corruption", default=None, help="ioi: abc (default) or swap")
     ap.add_argument(
         "--pairs",

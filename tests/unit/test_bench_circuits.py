@@ -21,7 +21,7 @@ def test_circuit_bench_paths_and_report():
     assert ap["sizes"] == list(range(13)) and ap["faithfulness"][0] == 0.0
     assert ap["cpr"] >= atp["cpr"] - 1e-9  # ap's ranking is the ceiling here
     assert atp["ranking_cost"]["backward"] == 1 and ap["curve_cost"]["backward"] == 0
-    cv = B.curve_vs_ap_sweep(C.random_gpt2("micro"), repeats=1)
+    cv = B.curve_vs_ap_sweep(C.random_gpt2("micro"), repeats=1, warmup=0)
     assert cv["curve"]["n_sizes"] >= 2 and cv["ap_sweep"]["cost"]["forward"] >= 2
     assert isinstance(cv["holds"], bool) and cv["ratio"] > 0
     spec = importlib.util.spec_from_file_location("make_report", ROOT / "bench" / "make_report.py")
