@@ -215,8 +215,9 @@ class Settings(BaseSettings):
 
     @cached_property
     def named_models(self) -> tuple[str, ...]:
-        """The models the operator named: bundled, the allowlist, the served/preloaded ones."""
-        names = ["bundled", *(self.model_allowlist or []), self.default_model, *self.preload_models]
+        """The models the operator named: the two shipped with the package (bundled, planted:
+        no download), the allowlist, the served/preloaded ones."""
+        names = ["bundled", "planted", *(self.model_allowlist or []), self.default_model, *self.preload_models]
         return tuple(dict.fromkeys(n for n in names if n))
 
     @cached_property

@@ -175,6 +175,7 @@ def test_hub_model_refused_and_listed_as_disabled(served: Served) -> None:
         assert "PATCHAUDIT_MODEL_ALLOWLIST" in r.json()["message"]
         models = {m["name"]: m for m in c.get("/api/models").json()}
     assert models["bundled"]["enabled"] is True
+    assert models["planted"]["enabled"] is True  # shipped with the package: no download
     assert models[str(tiny_model_dir())]["enabled"] is True
     assert models["gpt2"]["enabled"] is False
     assert "PATCHAUDIT_MODEL_ALLOWLIST=gpt2" in models["gpt2"]["enable_with"]
