@@ -538,3 +538,122 @@ def test_wrong_token_is_refused_once_clearly(new_context, token_server, model_na
     expect(status_line).to_have_text("Token accepted.")
     assert page.evaluate("localStorage.getItem('patchaudit.token')") == TOKEN
     expect(page.locator("#readonly-note")).to_be_hidden()
+
+
+# ------------------------------------------------------------------ real results: items 1, 4
+def run_real(server, request: dict) -> dict:
+    status, body = server.api("POST", "/api/analyses", request)
+    assert status == 202, body
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        _, data = server.api("GET", f"/api/analyses/{body['id']}")
+        if data["status"] == "done":
+            return data
+        assert data["status"] not in ("failed", "cancelled"), data
+        time.sleep(0.5)
+    pytest.fail("the analysis did not finish in 150 s")
+
+
+def test_real_kl_noising_says_the_screen_cannot_rank(new_context, server, model_name):
+    data = run_real(
+        server,
+        {
+            "model": model_name,
+            "task": "ioi",
+            "n_pairs": 2,
+            "seed": 3,
+            "metric": "kl",
+            "direction": "noising",
+            "methods": ["atp", "hvp"],
+        },
+    )
+    assert data["result"]["screen"]["informative"] is False
+    page = new_context(viewport=VIEWPORT).new_page()
+    page.goto(f"/a/{data['id']}")
+    wait_rendered(page)
+    warn = page.locator("#screen-warning")
+    expect(warn).to_be_visible()
+    expect(warn).to_contain_text(data["result"]["screen"]["message"][:40])
+    assert "KL" in trace0(page, "colorbar.title.text")
+
+
+def test_real_resid_map_has_token_labels(new_context, server, model_name):
+    data = run_real(
+        server,
+        {
+            "model": model_name,
+            "task": "ioi",
+            "n_pairs": 2,
+            "seed": 4,
+            "site": "resid",
+            "methods": ["atp"],
+        },
+    )
+    toks = data["result"]["labels"]["positions"]
+    page = new_context(viewport={"width": 800, "height": 800}).new_page()
+    page.goto(f"/a/{data['id']}")
+    wait_rendered(page)
+    ticks = page.evaluate("document.querySelector('#heatmap').layout.xaxis.ticktext")
+    assert len(ticks) == len(toks)
+    assert ticks[1] == f"1 {toks[1].strip()}"
+    cell_w = page.evaluate(
+        "(() => { const a = document.querySelector('#heatmap')._fullLayout.xaxis;"
+        " return a.l2p(1) - a.l2p(0); })()"
+    )
+    assert cell_w >= 30, cell_w
+    c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
+    page.mouse.move(c["x"] + 1, c["y"])
+    page.mouse.move(c["x"], c["y"])
+    expect(page.locator("#heatmap .hoverlayer .hovertext")).to_contain_text(
+        f"L1 @1 '{toks[1].strip()}'"
+    )
+
+
+# ------------------------------------------------------------------ item 12, real cancel
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A real `patchaudit serve` whose jobs pause 3 s at each new phase (the service's test
+    hook), so that Cancel lands between methods."""
+    srv, proc = start_server(
+        tmp_path_factory.mktemp("serve-slow"), extra_env={"PATCHAUDIT_TEST_JOB_DELAY_S": "3"}
+    )
+    try:
+        yield srv
+    finally:
+        stop_server(proc)
+
+
+def test_real_cancel_keeps_finished_methods_and_reruns(new_context, slow_server, model_name):
+    req = {
+        "model": model_name,
+        "task": "ioi",
+        "n_pairs": 2,
+        "seed": 5,
+        "methods": ["atp", "hvp", "ap"],
+    }
+    status, body = slow_server.api("POST", "/api/analyses", req)
+    assert status == 202, body
+    page = new_context(viewport=VIEWPORT, base_url=slow_server.url).new_page()
+    page.goto(f"/a/{body['id']}")
+    # ap runs last; cancel while it waits to start
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"^ap "), timeout=90_000)
+    page.click("#cancel")
+    expect(page.locator("#status")).to_have_text("cancelled", timeout=60_000)
+    msg = page.locator("#message")
+    expect(msg).to_contain_text("methods that finished")
+    expect(msg).to_contain_text("atp")
+    expect(msg).to_contain_text("hvp")
+    wait_rendered(page)
+    expect(page.locator("#notice")).not_to_contain_text("Cancelling")
+    views = page.locator("#view option").evaluate_all("o => o.map(e => e.value)")
+    assert "atp" in views and "hvp" in views and "ap" not in views
+    _, data = slow_server.api("GET", f"/api/analyses/{body['id']}")
+    assert data["result"]["partial"] is True
+    # Re-run starts a fresh analysis (not the cancelled one again).
+    page.click("#rerun")
+    page.wait_for_url(re.compile(r"/a/[0-9a-f]{32}"))
+    page.wait_for_function(f"!location.pathname.includes('{body['id']}')")
+    new_id = re.search(r"/a/([0-9a-f]{32})", page.url).group(1)
+    assert new_id != body["id"]
+    _, again = slow_server.api("GET", f"/api/analyses/{new_id}")
+    assert again["status"] in ("queued", "running", "started", "done"), again["status"]
