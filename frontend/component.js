@@ -9,6 +9,7 @@
 /* global Plotly */
 import { api, el } from "./api.js";
 import { METHOD_LABELS, fmt } from "./flags.js";
+import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
@@ -19,10 +20,6 @@ let side = "clean"; // the attention pattern shown
 let drawnTau = null;
 
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
-const DIVERGING = [
-  [0, "#053061"], [0.1, "#2166ac"], [0.2, "#4393c3"], [0.3, "#92c5de"], [0.4, "#d1e5f0"],
-  [0.5, "#f7f7f7"], [0.6, "#fddbc7"], [0.7, "#f4a582"], [0.8, "#d6604d"], [0.9, "#b2182b"], [1, "#67001f"],
-];
 const CONFIG = { displaylogo: false, displayModeBar: false, responsive: false, scrollZoom: false, doubleClick: false };
 
 const tokLabel = (t) => {
