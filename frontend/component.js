@@ -103,7 +103,9 @@ function pairIndex(d) {
 
 function pairText(d, p) {
   const toks = d.tokens?.clean?.[p] || [];
-  const text = toks.join("").replace(/\s+/g, " ").trim();
+  // byte-level BPE tokens carry their own leading space; word-level ones do not
+  const spaced = toks.some((t) => /^\s/.test(String(t)));
+  const text = toks.join(spaced ? "" : " ").replace(/\s+/g, " ").trim();
   return text.length > 70 ? `…${text.slice(-70)}` : text;
 }
 

@@ -91,7 +91,21 @@ def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     assert outlined(page) == [list(c) for c in circuits["atp"]["order"]][:k2]
     page.select_option("#circuit-ranking", "hvp")
     if os.environ.get("PATCHAUDIT_SCREENSHOTS"):
-        card.screenshot(path=str(shots / "circuit-panel.png"))
+        # the map with its outlined circuit and the panel below it
+        page.set_viewport_size({"width": 1280, "height": 1400})
+        page.evaluate("document.querySelector('#heatmap-wrap').scrollIntoView({block: 'start'})")
+        top = page.locator("#heatmap-wrap").bounding_box()
+        bottom = card.bounding_box()
+        page.screenshot(
+            path=str(shots / "circuit-panel.png"),
+            clip={
+                "x": bottom["x"],
+                "y": top["y"],
+                "width": bottom["width"],
+                "height": bottom["y"] + bottom["height"] - top["y"],
+            },
+        )
+        page.set_viewport_size(VIEWPORT)
 
     page.click("#copy-link")
     link = page.input_value("#share-link")

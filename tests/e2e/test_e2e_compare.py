@@ -6,6 +6,7 @@ one scale and their difference; the analyses list shows both."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -35,7 +36,7 @@ def max_abs(m) -> float:
     return max(abs(v) for row in m for v in row if v is not None)
 
 
-def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyses, server):
+def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyses, server, shots):
     a, b = pair_of_analyses
     page = new_context(viewport=VIEWPORT).new_page()
     # from the analysis page: "Compare with…" -> paste B's link -> the compare page
@@ -72,6 +73,8 @@ def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyse
     disagree = sum(v in (2, 3) for row in flags for v in row)
     expect(card).to_have_attribute("data-disagree", str(disagree))
     expect(page.locator("#cmp-flags")).to_contain_text("Flagged in A only")
+    if os.environ.get("PATCHAUDIT_SCREENSHOTS"):
+        card.screenshot(path=str(shots / "compare.png"))
 
     # another view, another tau: kept in the link
     page.select_option("#cmp-view", "atp")
@@ -94,6 +97,10 @@ def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyse
 def test_compare_names_a_missing_analysis_in_one_line(new_context, pair_of_analyses):
     a, _ = pair_of_analyses
     page = new_context(viewport=VIEWPORT).new_page()
-    page.goto(f"/compare?a={a}&b={'0' * 32}")
+    resp = page.goto(f"/compare?a={a}&b={'0' * 32}")
+    assert resp is not None and resp.status == 200
+    # the hardening middleware's headers apply to this page as to every other
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    assert resp.headers["x-content-type-options"] == "nosniff"
     expect(page.locator("#message")).to_contain_text("Not found")
     expect(page.locator("#compare-card")).to_be_hidden()
