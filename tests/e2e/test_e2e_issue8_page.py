@@ -538,3 +538,72 @@ def test_wrong_token_is_refused_once_clearly(new_context, token_server, model_na
     expect(status_line).to_have_text("Token accepted.")
     assert page.evaluate("localStorage.getItem('patchaudit.token')") == TOKEN
     expect(page.locator("#readonly-note")).to_be_hidden()
+
+
+# ------------------------------------------------------------------ real results: items 1, 4
+def run_real(server, request: dict) -> dict:
+    status, body = server.api("POST", "/api/analyses", request)
+    assert status == 202, body
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        _, data = server.api("GET", f"/api/analyses/{body['id']}")
+        if data["status"] == "done":
+            return data
+        assert data["status"] not in ("failed", "cancelled"), data
+        time.sleep(0.5)
+    pytest.fail("the analysis did not finish in 150 s")
+
+
+def test_real_kl_noising_says_the_screen_cannot_rank(new_context, server, model_name):
+    data = run_real(
+        server,
+        {
+            "model": model_name,
+            "task": "ioi",
+            "n_pairs": 2,
+            "seed": 3,
+            "metric": "kl",
+            "direction": "noising",
+            "methods": ["atp", "hvp"],
+        },
+    )
+    assert data["result"]["screen"]["informative"] is False
+    page = new_context(viewport=VIEWPORT).new_page()
+    page.goto(f"/a/{data['id']}")
+    wait_rendered(page)
+    warn = page.locator("#screen-warning")
+    expect(warn).to_be_visible()
+    expect(warn).to_contain_text(data["result"]["screen"]["message"][:40])
+    assert "KL" in trace0(page, "colorbar.title.text")
+
+
+def test_real_resid_map_has_token_labels(new_context, server, model_name):
+    data = run_real(
+        server,
+        {
+            "model": model_name,
+            "task": "ioi",
+            "n_pairs": 2,
+            "seed": 4,
+            "site": "resid",
+            "methods": ["atp"],
+        },
+    )
+    toks = data["result"]["labels"]["positions"]
+    page = new_context(viewport={"width": 800, "height": 800}).new_page()
+    page.goto(f"/a/{data['id']}")
+    wait_rendered(page)
+    ticks = page.evaluate("document.querySelector('#heatmap').layout.xaxis.ticktext")
+    assert len(ticks) == len(toks)
+    assert ticks[1] == f"1 {toks[1].strip()}"
+    cell_w = page.evaluate(
+        "(() => { const a = document.querySelector('#heatmap')._fullLayout.xaxis;"
+        " return a.l2p(1) - a.l2p(0); })()"
+    )
+    assert cell_w >= 30, cell_w
+    c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
+    page.mouse.move(c["x"] + 1, c["y"])
+    page.mouse.move(c["x"], c["y"])
+    expect(page.locator("#heatmap .hoverlayer .hovertext")).to_contain_text(
+        f"L1 @1 '{toks[1].strip()}'"
+    )
