@@ -18,6 +18,7 @@ let retry = null;
 let debounce = null;
 let side = "clean"; // the attention pattern shown
 let drawnTau = null;
+let tauTimer = null;
 
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
 const CONFIG = { displaylogo: false, displayModeBar: false, responsive: false, scrollZoom: false, doubleClick: false };
@@ -291,7 +292,15 @@ function init() {
     if (d.verified == null && st.result?.verified?.[key] != null) {
       cache.delete(key);
       load();
-    } else if (drawnTau !== st.tau) drawPairs(d, pairIndex(d)), (drawnTau = st.tau);
+    } else if (drawnTau !== st.tau) {
+      // a tau drag redraws the page many times a second: re-mark the pairs once it rests
+      clearTimeout(tauTimer);
+      tauTimer = setTimeout(() => {
+        drawnTau = st.tau;
+        const cur = cache.get(String(st.c));
+        if (cur) drawPairs(cur, pairIndex(cur));
+      }, 120);
+    }
   });
 }
 

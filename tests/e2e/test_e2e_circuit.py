@@ -44,6 +44,8 @@ def slide_to(page, fraction: float) -> None:
 
 def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     page = new_context(viewport=VIEWPORT).new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(f"/a/{analysis}")
     expect(page.locator("#heatmap")).to_have_attribute("data-renders", re.compile(r"^[1-9]"))
     card = page.locator("#circuit-card")
@@ -119,3 +121,4 @@ def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     assert circuit_trace_cells(fresh) == k2
     # nothing was computed again: the curves are stored with the analysis
     expect(fresh.locator("#circuit-hvp")).to_be_disabled()
+    assert console_errors == [], console_errors  # the browser console stays clean

@@ -40,6 +40,8 @@ def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyse
     a, b = pair_of_analyses
     page = new_context(viewport=VIEWPORT).new_page()
     # from the analysis page: "Compare with…" -> paste B's link -> the compare page
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(f"/a/{a}")
     expect(page.locator("#heatmap")).to_have_attribute("data-renders", re.compile(r"^[1-9]"))
     page.locator("#compare-box summary").click()
@@ -92,6 +94,7 @@ def test_compare_noising_and_denoising_on_one_scale(new_context, pair_of_analyse
         expect(server_list.locator(f'tr[data-id="{analysis_id}"]')).to_have_count(1)
     expect(local.locator(f'tr[data-id="{b}"]')).to_contain_text("denoising")
     expect(page.locator("#history-page")).to_contain_text("page 1 of")
+    assert console_errors == [], console_errors  # the browser console stays clean
 
 
 def test_compare_names_a_missing_analysis_in_one_line(new_context, pair_of_analyses):
