@@ -607,3 +607,53 @@ def test_real_resid_map_has_token_labels(new_context, server, model_name):
     expect(page.locator("#heatmap .hoverlayer .hovertext")).to_contain_text(
         f"L1 @1 '{toks[1].strip()}'"
     )
+
+
+# ------------------------------------------------------------------ item 12, real cancel
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A real `patchaudit serve` whose jobs pause 3 s at each new phase (the service's test
+    hook), so that Cancel lands between methods."""
+    srv, proc = start_server(
+        tmp_path_factory.mktemp("serve-slow"), extra_env={"PATCHAUDIT_TEST_JOB_DELAY_S": "3"}
+    )
+    try:
+        yield srv
+    finally:
+        stop_server(proc)
+
+
+def test_real_cancel_keeps_finished_methods_and_reruns(new_context, slow_server, model_name):
+    req = {
+        "model": model_name,
+        "task": "ioi",
+        "n_pairs": 2,
+        "seed": 5,
+        "methods": ["atp", "hvp", "ap"],
+    }
+    status, body = slow_server.api("POST", "/api/analyses", req)
+    assert status == 202, body
+    page = new_context(viewport=VIEWPORT, base_url=slow_server.url).new_page()
+    page.goto(f"/a/{body['id']}")
+    # ap runs last; cancel while it waits to start
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"^ap "), timeout=90_000)
+    page.click("#cancel")
+    expect(page.locator("#status")).to_have_text("cancelled", timeout=60_000)
+    msg = page.locator("#message")
+    expect(msg).to_contain_text("methods that finished")
+    expect(msg).to_contain_text("atp")
+    expect(msg).to_contain_text("hvp")
+    wait_rendered(page)
+    expect(page.locator("#notice")).not_to_contain_text("Cancelling")
+    views = page.locator("#view option").evaluate_all("o => o.map(e => e.value)")
+    assert "atp" in views and "hvp" in views and "ap" not in views
+    _, data = slow_server.api("GET", f"/api/analyses/{body['id']}")
+    assert data["result"]["partial"] is True
+    # Re-run starts a fresh analysis (not the cancelled one again).
+    page.click("#rerun")
+    page.wait_for_url(re.compile(r"/a/[0-9a-f]{32}"))
+    page.wait_for_function(f"!location.pathname.includes('{body['id']}')")
+    new_id = re.search(r"/a/([0-9a-f]{32})", page.url).group(1)
+    assert new_id != body["id"]
+    _, again = slow_server.api("GET", f"/api/analyses/{new_id}")
+    assert again["status"] in ("queued", "running", "started", "done"), again["status"]

@@ -207,3 +207,29 @@ def test_fix_reports_like_with_like(stack: Stack) -> None:
     assert fix["full_sweep_batch_passes"] == 2
     assert fix["fix_seconds"] > 0 and fix["full_sweep_seconds"] > 0
     assert fix["full_sweep_seconds_estimated"] is True  # ap did not run with the analysis
+
+
+def test_hub_tokenizer_check_fails_fast_offline(stack: Stack, monkeypatch) -> None:
+    import time
+
+    name = "patchaudit-test/not-cached-anywhere"
+    client = stack.make_client(model_allowlist=["bundled", stack.tiny, name])
+    pair = {"clean": "a b", "corrupted": "c d", "answer": " e", "wrong": " f"}
+    try:
+        # warm up (imports the tokenizer classes) with the bundled model: only the hub wait counts
+        warm = client.post("/api/tokenize", json={"model": "bundled", "pairs": [pair]})
+        assert warm.status_code == 200
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        t0 = time.monotonic()
+        r = client.post("/api/tokenize", json={"model": name, "pairs": [pair]})
+        assert time.monotonic() - t0 < 5
+        assert r.status_code == 422 and "HF_HUB_OFFLINE" in r.json()["message"]
+        # no flag, no network (this machine reaches no hub): a short probe, then a clear 422
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+        t0 = time.monotonic()
+        r = client.post("/api/tokenize", json={"model": name, "pairs": [pair]})
+        assert time.monotonic() - t0 < 10
+        assert r.status_code == 422 and "could not be reached" in r.json()["message"]
+    finally:
+        client.close()

@@ -42,10 +42,48 @@ def check_model(name: str, settings: Settings) -> str:
 
 
 @lru_cache(maxsize=8)
-def _tokenizer(source: str) -> Any:
+def _tokenizer(source: str, local_only: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(
+        source, trust_remote_code=False, local_files_only=local_only
+    )
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+_hub_seen: dict[str, tuple[float, bool]] = {}
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used now (HF_HUB_OFFLINE set, or no connection within
+    a few seconds), else None. A failed probe is remembered for a minute."""
+    import os
+    import socket
+    import threading
+    import time
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    now = time.monotonic()
+    seen = _hub_seen.get(host)
+    if seen is not None and now - seen[0] < 60:
+        return None if seen[1] else f"{host} could not be reached"
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo itself has no timeout
+    t.start()
+    t.join(HUB_PROBE_TIMEOUT_S)
+    _hub_seen[host] = (now, bool(ok))
+    return None if ok else f"{host} could not be reached within {HUB_PROBE_TIMEOUT_S:g} s"
 
 
 def tokenizer_for(model: str) -> Any:
@@ -64,6 +102,19 @@ def tokenizer_for(model: str) -> Any:
             raise unprocessable(
                 "model", f"{model} has no tokenizer: send token ids in 'tokens' instead of text"
             )
+    hub = model != "bundled" and not Path(model).is_dir()
+    if hub:  # the local Hugging Face cache first: no network, no wait
+        try:
+            return _tokenizer(source, local_only=True)
+        except Exception:
+            reason = hub_offline_reason()
+            if reason is not None:
+                raise unprocessable(
+                    "model",
+                    f"the tokenizer of {model!r} is not on this machine and the Hugging Face hub "
+                    f"is unavailable ({reason}): download the model once with network access "
+                    "(it is cached), or use the bundled model",
+                ) from None
     try:
         return _tokenizer(source)
     except Exception as e:

@@ -252,6 +252,18 @@ def _save_base(rt: Runtime, key: str, base: Any) -> None:
         log.warning("could not write cache entry %s", key, exc_info=True)
 
 
+def _result_of(
+    rt: Runtime, report: Any, base: Any, key: str, model: Any, req: dict, tp: Any
+) -> dict:
+    """The stored result of a report (its base pass cached when it was computed here)."""
+    if base is None:
+        _save_base(rt, key, report.base)
+    result = report.to_dict()
+    result["cache_hit"] = base is not None
+    result["pairs"] = _pair_texts(model, req, tp)
+    return result
+
+
 def _finish_job(rt: Runtime, analysis_id: str, job_id: str | None) -> None:
     if job_id:
         rt.store.remove_job(analysis_id, job_id)
@@ -312,23 +324,14 @@ def run_analysis(analysis_id: str) -> dict[str, Any]:
             should_stop=progress.should_stop,
             base=base,
         )
-        if base is None:
-            _save_base(rt, key, report.base)
-        result = report.to_dict()
-        result["cache_hit"] = base is not None
-        result["pairs"] = _pair_texts(model, req, tp)
+        result = _result_of(rt, report, base, key, model, req, tp)
         store.set_result(analysis_id, result, key)
         log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
         return {"status": "done"}
     except (pa.Cancelled, JobCancelled) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep the methods that completed
-            if base is None:
-                _save_base(rt, key, partial.base)
-            result = partial.to_dict()
-            result["cache_hit"] = base is not None
-            result["pairs"] = _pair_texts(model, req, tp)
-            store.set_partial(analysis_id, result, key)
+            store.set_partial(analysis_id, _result_of(rt, partial, base, key, model, req, tp), key)
         else:
             store.set_status(analysis_id, JobStatus.CANCELLED)
         log.info("analysis %s cancelled%s", analysis_id, " (partial result)" if partial else "")
