@@ -228,10 +228,17 @@ function init() {
       drawOutline();
     }
   });
+  // After each redraw of the page: redraw the panel only when a curve or the write access
+  // changed (a tau drag redraws the page many times a second; the map keeps the outline).
+  let drawn = null;
   on("rendered", () => {
-    merge(st.result?.circuits);
-    render();
-    poll();
+    const changed = merge(st.result?.circuits);
+    const sig = JSON.stringify([st.readOnly, Object.entries(circuits).map(([k, c]) => [k, c?.status])]);
+    if (changed || sig !== drawn) {
+      drawn = sig;
+      render();
+      poll();
+    }
   });
   on("readonly", () => st.result && render());
 }

@@ -9,6 +9,7 @@
 /* global Plotly */
 import { api, el } from "./api.js";
 import { METHOD_LABELS, fmt } from "./flags.js";
+import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
@@ -17,12 +18,9 @@ let retry = null;
 let debounce = null;
 let side = "clean"; // the attention pattern shown
 let drawnTau = null;
+let tauTimer = null;
 
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
-const DIVERGING = [
-  [0, "#053061"], [0.1, "#2166ac"], [0.2, "#4393c3"], [0.3, "#92c5de"], [0.4, "#d1e5f0"],
-  [0.5, "#f7f7f7"], [0.6, "#fddbc7"], [0.7, "#f4a582"], [0.8, "#d6604d"], [0.9, "#b2182b"], [1, "#67001f"],
-];
 const CONFIG = { displaylogo: false, displayModeBar: false, responsive: false, scrollZoom: false, doubleClick: false };
 
 const tokLabel = (t) => {
@@ -106,7 +104,9 @@ function pairIndex(d) {
 
 function pairText(d, p) {
   const toks = d.tokens?.clean?.[p] || [];
-  const text = toks.join("").replace(/\s+/g, " ").trim();
+  // byte-level BPE tokens carry their own leading space; word-level ones do not
+  const spaced = toks.some((t) => /^\s/.test(String(t)));
+  const text = toks.join(spaced ? "" : " ").replace(/\s+/g, " ").trim();
   return text.length > 70 ? `…${text.slice(-70)}` : text;
 }
 
@@ -292,7 +292,15 @@ function init() {
     if (d.verified == null && st.result?.verified?.[key] != null) {
       cache.delete(key);
       load();
-    } else if (drawnTau !== st.tau) drawPairs(d, pairIndex(d)), (drawnTau = st.tau);
+    } else if (drawnTau !== st.tau) {
+      // a tau drag redraws the page many times a second: re-mark the pairs once it rests
+      clearTimeout(tauTimer);
+      tauTimer = setTimeout(() => {
+        drawnTau = st.tau;
+        const cur = cache.get(String(st.c));
+        if (cur) drawPairs(cur, pairIndex(cur));
+      }, 120);
+    }
   });
 }
 

@@ -10,7 +10,7 @@ import { verify } from "./verify.js";
 
 const GREY = "#c9cdd4";
 // ColorBrewer RdBu: negative blue, zero white, positive red (used with zmid = 0).
-const DIVERGING = [
+export const DIVERGING = [
   [0, "#053061"], [0.1, "#2166ac"], [0.2, "#4393c3"], [0.3, "#92c5de"], [0.4, "#d1e5f0"],
   [0.5, "#f7f7f7"], [0.6, "#fddbc7"], [0.7, "#f4a582"], [0.8, "#d6604d"], [0.9, "#b2182b"], [1, "#67001f"],
 ];

@@ -4,7 +4,8 @@
     .venv/bin/python tests/e2e/make_screenshots.py OUT_DIR
 
 The screenshots are taken by the tests themselves (test_e2e_new_analysis.py: the form, and
-test_e2e_flow.py: a finished IOI analysis with flagged and verified cells) when
+test_e2e_flow.py: a finished IOI analysis with flagged and verified cells; test_e2e_component.py,
+test_e2e_circuit.py, test_e2e_compare.py: the component, circuit and compare panels) when
 PATCHAUDIT_SCREENSHOTS names a directory; this script sets it and runs those tests.
 """
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             "no:cacheprovider",
             str(HERE / "test_e2e_new_analysis.py"),
             str(HERE / "test_e2e_flow.py"),
+            str(HERE / "test_e2e_component.py"),  # component-panel.png (issue 11)
+            str(HERE / "test_e2e_circuit.py"),  # circuit-panel.png (issue 12)
+            str(HERE / "test_e2e_compare.py"),  # compare.png (issue 11)
         ]
     )
     for png in sorted(out.glob("*.png")):

@@ -44,6 +44,8 @@ def slide_to(page, fraction: float) -> None:
 
 def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     page = new_context(viewport=VIEWPORT).new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(f"/a/{analysis}")
     expect(page.locator("#heatmap")).to_have_attribute("data-renders", re.compile(r"^[1-9]"))
     card = page.locator("#circuit-card")
@@ -91,7 +93,21 @@ def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     assert outlined(page) == [list(c) for c in circuits["atp"]["order"]][:k2]
     page.select_option("#circuit-ranking", "hvp")
     if os.environ.get("PATCHAUDIT_SCREENSHOTS"):
-        card.screenshot(path=str(shots / "circuit-panel.png"))
+        # the map with its outlined circuit and the panel below it
+        page.set_viewport_size({"width": 1280, "height": 1400})
+        page.evaluate("document.querySelector('#heatmap-wrap').scrollIntoView({block: 'start'})")
+        top = page.locator("#heatmap-wrap").bounding_box()
+        bottom = card.bounding_box()
+        page.screenshot(
+            path=str(shots / "circuit-panel.png"),
+            clip={
+                "x": bottom["x"],
+                "y": top["y"],
+                "width": bottom["width"],
+                "height": bottom["y"] + bottom["height"] - top["y"],
+            },
+        )
+        page.set_viewport_size(VIEWPORT)
 
     page.click("#copy-link")
     link = page.input_value("#share-link")
@@ -105,3 +121,4 @@ def test_curves_slider_outline_and_link(new_context, analysis, server, shots):
     assert circuit_trace_cells(fresh) == k2
     # nothing was computed again: the curves are stored with the analysis
     expect(fresh.locator("#circuit-hvp")).to_be_disabled()
+    assert console_errors == [], console_errors  # the browser console stays clean

@@ -56,6 +56,8 @@ def test_click_a_flagged_head_shows_its_detail_and_the_link_restores_it(
     new_context, analysis, server, shots
 ):
     page = new_context(viewport=VIEWPORT).new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto(f"/a/{analysis}?view=hvp&tau=0.99")
     wait_rendered(page)
     flagged = page.evaluate("window.__patchaudit.flagged()")
@@ -151,6 +153,7 @@ def test_click_a_flagged_head_shows_its_detail_and_the_link_restores_it(
     assert computed == [200]  # stored with the analysis: no second computation
     z3 = fresh.evaluate("document.querySelector('#comp-pos').data[0].z")
     assert flat(z3) == pytest.approx(flat(z2))
+    assert console_errors == [], console_errors  # the browser console stays clean
 
 
 def test_arrow_keys_on_the_map_select_another_component(new_context, analysis):

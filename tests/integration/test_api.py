@@ -379,7 +379,12 @@ def test_frontend_routes(stack: Stack, done: dict) -> None:
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert len(js.content) > 1_000_000
     front = stack.client.app.state.settings.frontend_path
-    for path, name in (("/", "index.html"), (f"/a/{done['id']}", "analysis.html")):
+    pages = (
+        ("/", "index.html"),
+        (f"/a/{done['id']}", "analysis.html"),
+        (f"/compare?a={done['id']}&b={done['id']}", "compare.html"),
+    )
+    for path, name in pages:
         r = c.get(path)
         assert "text/html" in r.headers["content-type"]
         if (front / name).exists():
