@@ -99,7 +99,7 @@ def test_vocab_of_the_bundled_model_and_refusal_for_subword(stack: Stack) -> Non
     assert v["model"] == "bundled" and v["size"] == len(v["words"]) > 50
     assert "Mary" in v["words"] and "store" in v["words"] and "<unk>" not in v["words"]
     r = stack.client.get("/api/models/nosuchmodel/vocab")
-    assert r.status_code == 422 and "unknown model" in r.json()["message"]
+    assert r.status_code == 422 and "not enabled on this server" in r.json()["message"]
 
 
 def test_tokenize_names_unknown_words_and_hints_punctuation(stack: Stack) -> None:
