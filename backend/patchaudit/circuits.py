@@ -149,6 +149,7 @@ def faithfulness(
         "forward": tracker.forward,
         "backward": tracker.backward,
         "seconds": time.perf_counter() - t0,
+        "prefix_forward": tracker.prefix,  # the shared prefix alone (not in "forward")
     }
     m, f = r.m.tolist(), r.f.tolist()
     return Faithfulness(
@@ -209,6 +210,7 @@ def circuit_curve(
         "forward": tracker.forward,
         "backward": tracker.backward,
         "seconds": time.perf_counter() - t0,
+        "prefix_forward": tracker.prefix,  # the shared prefix alone (not in "forward")
     }
     return CircuitCurve(
         sizes=ks,
