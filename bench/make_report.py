@@ -265,6 +265,7 @@ def cost_md(cost: dict, title: str) -> str:
         *mem_rows,
         "",
     ]
+    out += patching_md(cost.get("patching")) + precision_md(cost.get("precision"))
     ab = cost.get("audit_bundled")
     if ab and "median_s" in ab:
         out += [
@@ -274,6 +275,59 @@ def cost_md(cost: dict, title: str) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def patching_md(pt: dict | None) -> list[str]:
+    """Issue 13: batched head patching with the exact shortcuts, without them, and
+    TransformerLens's loop, measured side by side in one run (denoising, base pass included)."""
+    if not pt:
+        return []
+    out = [
+        "Activation patching of every head, side by side in one run (seconds, median; denoising;"
+        " base pass included): the batched sweep with the exact shortcuts (shared prefix run"
+        " once as a key/value cache, zero-delta components skipped, layer resume, one-position"
+        " unembedding), the same sweep without the first two, and TransformerLens's loop.",
+        "",
+        "| case | pairs x tokens | shared prefix | ap (shortcuts) | ap (plain) |"
+        " TL loop | TL / ap | TL / ap plain | max rel. diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in pt.values():
+        if "ap" not in case:
+            continue
+        tl = case.get("tl_ap_loop", {}).get("median_s")
+        out.append(
+            f"| {case.get('model', '')} | {case['n_pairs']} x {case['n_pos']} |"
+            f" {case['ap'].get('shared_prefix', '')} | {case['ap']['median_s']:.3f} |"
+            f" {case['ap_plain']['median_s']:.3f} | {_f(tl)} | {_f(case.get('tl_over_ap'), 2)}x |"
+            f" {_f(case.get('tl_over_ap_plain'), 2)}x | {case['max_rel_diff']:.1e} |"
+        )
+    return [*out, ""]
+
+
+def precision_md(pr: dict | None) -> list[str]:
+    """bf16 (or fp16) against fp32 on the same random configs."""
+    if not pr or not pr.get("archs"):
+        return []
+    dt = pr.get("dtype", "bfloat16")
+    out = [
+        f"{dt} against float32 on the same random configs (4 layers x 8 heads x 128 wide,"
+        f" {pr['n_pairs']} pairs x {pr['n_pos']} tokens, P = {pr['hvp_probes']}):"
+        " relative error ||x_half - x_fp32|| / ||x_fp32|| of each map, and flag agreement on"
+        " the components material in float32.",
+        "",
+        "| architecture | atp | hvp | ap | flags agree (material) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = {"gpt2": "GPT-2", "neox": "GPT-NeoX (Pythia)", "llama": "Llama"}
+    for arch, e in pr["archs"].items():
+        agree = e.get("flag_agreement_material")
+        agree_s = "n/a" if agree is None else f"{100 * agree:.0f} % of {e['n_material']}"
+        out.append(
+            f"| {names.get(arch, arch)} | {e['rel_err_atp']:.2e} | {e['rel_err_hvp']:.2e} |"
+            f" {e['rel_err_ap']:.2e} | {agree_s} |"
+        )
+    return [*out, ""]
 
 
 # ----------------------------------------------------------------------------- targets

@@ -23,6 +23,7 @@ from .estimators.core import (
     attach_base,
     compute_base_fused,
     make_problem,
+    memory_plan,
     model_device,
     patch_components,
 )
@@ -58,7 +59,7 @@ def _problem(
         site,
         metric,
         direction,
-        memory_budget_mb,
+        None if memory_budget_mb is None else float(memory_budget_mb),  # 512 is a budget too
         hvp_mode,
     )
     return p, tp
@@ -240,6 +241,7 @@ def audit(
                 fused=m == fused,
             ),
         }
+    report.cost["plan"] = memory_plan(p)  # the chunking chosen up front
     if "ap" in ests:
         v = ests["ap"].values
         report.verified = {
@@ -459,6 +461,8 @@ def verify(
         "seconds": now - t0,
         "patch_passes": tracker.forward - f0,  # batched patched forwards (no base pass)
         "patch_seconds": now - t1,
+        # forwards of the shared prefix alone (the exact shortcut; not in "forward")
+        "prefix_forward": tracker.prefix,
         # what a full sweep runs: each layer's components in chunks of max_copies
         "full_sweep_batch_passes": p.site.n_layers * -(-p.site.n_comp // max(1, p.max_copies)),
     }

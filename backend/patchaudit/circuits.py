@@ -146,6 +146,7 @@ def faithfulness(
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
     cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
+    cost["prefix_forward"] = tracker.prefix  # the shared prefix alone (not in "forward")
     m, f = r.m.tolist(), r.f.tolist()
     return Faithfulness(
         m[0] if single else m,
@@ -202,6 +203,7 @@ def circuit_curve(
     cpr, cmd = K.curve_areas(fr, f)
     nc = p.site.n_comp
     cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
+    cost["prefix_forward"] = tracker.prefix  # the shared prefix alone (not in "forward")
     return CircuitCurve(
         sizes=ks,
         fractions=fr,

@@ -188,7 +188,7 @@ def cmd_audit(argv: list[str]) -> int:
         _write(f"warning: {report.screen['message']}")
     print_table(report, a.top)
     costs = ", ".join(
-        f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m != "base"
+        f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m not in ("base", "plan")
     )
     _write(f"cost: {costs}")
     if fix is not None:

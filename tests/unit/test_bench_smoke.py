@@ -166,3 +166,38 @@ def test_cost_paths_and_report(acc, tmp_path):
     assert "batched ap >= 3x faster" in t and "costs <= 3x atp" in t
     assert (tmp_path / "plots" / "roc.png").exists()
     assert (res / "README_tables.md").exists()
+
+
+def test_patching_case_compares_shortcuts_plain_and_tl():
+    """Issue 13's side-by-side case on a micro model: the shortcut sweep shares the prefix,
+    gives the plain sweep's numbers, and the report renders its table."""
+    model = A.get_model("micro", 64)
+    tp = K.middle_corruption_pairs(2, 8, 64, seed=0).tokenize(model)
+    case = K.patching_case(model, tp, repeats=1, with_tl=True, memory=False)
+    assert case["ap"]["shared_prefix"] == 4 and case["ap_plain"]["shared_prefix"] == 0
+    assert case["max_rel_diff"] < 1e-5
+    assert case["tl_over_ap"] > 0 and case["speedup_vs_plain"] > 0
+    spec = importlib.util.spec_from_file_location("make_report", ROOT / "bench" / "make_report.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    case["model"] = "micro"
+    md = "\n".join(mr.patching_md({"micro": case}))
+    assert "| micro | 2 x 8 | 4 |" in md
+    pr = {
+        "dtype": "bfloat16",
+        "n_pairs": 2,
+        "n_pos": 8,
+        "hvp_probes": 2,
+        "archs": {
+            "llama": {
+                "rel_err_atp": 0.01,
+                "rel_err_hvp": 0.02,
+                "rel_err_ap": 0.03,
+                "n_material": 4,
+                "flag_agreement_material": 1.0,
+            }
+        },
+    }
+    assert "| Llama | 1.00e-02 | 2.00e-02 | 3.00e-02 | 100 % of 4 |" in "\n".join(
+        mr.precision_md(pr)
+    )

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,71 @@ def random_gpt2(size: str, device="cpu", dtype=torch.float32, seed: int = 0, voc
         hf = tr.GPT2LMHeadModel(cfg)  # type: ignore[call-arg]
     hf = hf.to(dtype=dtype)  # type: ignore[call-arg]
     return pa.load_model(hf, device=dev, dtype=dtype)
+
+
+def random_arch(
+    arch: str,
+    dtype=torch.float32,
+    layers: int = 4,
+    heads: int = 8,
+    width: int = 128,
+    vocab: int = 512,
+    seed: int = 0,
+):
+    """A randomly initialised GPT-2, GPT-NeoX (Pythia) or Llama model from a transformers
+    config (weights scaled x3 so the network is visibly non-linear), as a TransformerBridge
+    in ``dtype``: the same weights for every dtype (drawn in fp32, then cast)."""
+    import transformers as tr
+
+    import patchaudit as pa
+
+    torch.manual_seed(seed)
+    common: dict[str, Any] = {"vocab_size": vocab, "max_position_embeddings": 128}
+    hf: Any
+    if arch == "gpt2":
+        hf = tr.GPT2LMHeadModel(
+            tr.GPT2Config(
+                n_layer=layers,
+                n_head=heads,
+                n_embd=width,
+                vocab_size=vocab,
+                n_positions=128,
+                attn_pdrop=0,
+                resid_pdrop=0,
+                embd_pdrop=0,
+            )
+        )
+    elif arch == "neox":
+        hf = tr.GPTNeoXForCausalLM(
+            tr.GPTNeoXConfig(  # type: ignore[call-arg]
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                hidden_size=width,
+                intermediate_size=4 * width,
+                rotary_pct=0.25,
+                attention_dropout=0.0,
+                hidden_dropout=0.0,
+                **common,
+            )
+        )
+    elif arch == "llama":
+        hf = tr.LlamaForCausalLM(
+            tr.LlamaConfig(
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=max(1, heads // 2),
+                hidden_size=width,
+                intermediate_size=4 * width,
+                **common,
+            )
+        )
+    else:
+        raise ValueError(f"unknown architecture {arch!r}: choose gpt2, neox or llama")
+    with torch.no_grad():
+        for prm in hf.parameters():
+            if prm.dim() == 2:
+                prm.mul_(3.0)
+    return pa.load_model(hf.to(dtype), device="cpu", dtype=dtype)
 
 
 def random_token_pairs(n: int, pos: int, vocab: int, seed: int):

@@ -318,6 +318,10 @@ def run(out: str, quick: bool = False, gpu: bool = False, sizes: list[str] | Non
         res["seconds"] = time.perf_counter() - t_start
         C.write_json(out, res)
     if not gpu:
+        res["patching"] = bench_patching(quick, with_tl=with_tl)
+        C.write_json(out, res)
+        res["precision"] = bench_precision(quick)
+        C.write_json(out, res)
         res["audit_bundled"] = audit_bundled(quick)
     res["seconds"] = time.perf_counter() - t_start
     C.write_json(out, res)
@@ -344,3 +348,134 @@ def audit_bundled(quick: bool) -> dict:
     m["load_seconds"] = load_s
     m["call"] = "pa.audit(model, PromptPairs.from_task('ioi', n=16), methods=('atp','hvp','ap'))"
     return m
+
+
+def middle_corruption_pairs(n: int, pos: int, vocab: int, seed: int):
+    """Random clean prompts; the corrupted prompt redraws one token, in the middle."""
+    import patchaudit as pa
+
+    g = torch.Generator().manual_seed(int(seed))
+    clean = torch.randint(0, vocab, (n, pos), generator=g)
+    corr = clean.clone()
+    mid = pos // 2
+    corr[:, mid] = (clean[:, mid] + 1 + torch.randint(0, vocab - 1, (n,), generator=g)) % vocab
+    ans = torch.randint(0, vocab, (n,), generator=g)
+    wrong = (ans + 1 + torch.randint(0, vocab - 1, (n,), generator=g)) % vocab
+    return pa.PromptPairs.from_tokens(clean, corr, ans, wrong)
+
+
+def patching_case(model, tp, repeats: int, with_tl: bool, memory: bool) -> dict:
+    """Batched head patching with the exact shortcuts against the same sweep without them
+    and against TransformerLens's loop, side by side on the same tokens (base pass included,
+    denoising like TL's ``get_act_patch_attn_head_out_all_pos``); their numbers compared."""
+    from ..estimators.core import shared_prefix_len
+
+    cpu = torch.device("cpu")
+    maps: dict[str, torch.Tensor] = {}
+    info: dict = {}
+
+    def ours(shortcuts: bool):
+        def go():
+            p = make_problem(model, tp, "heads", "logit_diff", "denoising", shortcuts=shortcuts)
+            tr = Tracker()
+            b = compute_base(p, tr)
+            maps[str(shortcuts)] = M.ap(p, b, tracker=tr).values.detach().double().cpu()
+            info[str(shortcuts)] = {
+                "forward": tr.forward,
+                "prefix_forward": tr.prefix,
+                "shared_prefix": shared_prefix_len(p),
+                "max_copies": p.max_copies,
+            }
+
+        return go
+
+    out: dict = {"n_pairs": len(tp), "n_pos": int(tp.clean.shape[1])}
+    jobs = [("ap_plain", ours(False)), ("ap", ours(True))]
+    if with_tl:
+        jobs.append(("tl_ap_loop", lambda: maps.__setitem__("tl", tl_ap_loop(model, tp))))
+    for name, fn in jobs:
+        out[name] = C.measure(fn, cpu, repeats=repeats, warmup=1, memory=memory)
+    out["ap"].update(info["True"])
+    out["ap_plain"].update(info["False"])
+    a, b = maps["True"], maps["False"]
+    scale = float(b.abs().max())
+    out["max_abs_diff"] = float((a - b).abs().max())
+    out["max_rel_diff"] = out["max_abs_diff"] / scale if scale > 0 else 0.0
+    out["speedup_vs_plain"] = out["ap_plain"]["median_s"] / out["ap"]["median_s"]
+    if with_tl:
+        out["tl_over_ap"] = out["tl_ap_loop"]["median_s"] / out["ap"]["median_s"]
+        out["tl_over_ap_plain"] = out["tl_ap_loop"]["median_s"] / out["ap_plain"]["median_s"]
+    log.info(
+        "patching %s x %s: ap %.3fs, plain %.3fs, TL %s; rel diff %.2e",
+        out["n_pairs"],
+        out["n_pos"],
+        out["ap"]["median_s"],
+        out["ap_plain"]["median_s"],
+        out.get("tl_ap_loop", {}).get("median_s"),
+        out["max_rel_diff"],
+    )
+    return out
+
+
+def bench_patching(quick: bool, with_tl: bool) -> dict:
+    """Issue 13's acceptance cases: GPT-2 small (random weights, 4 pairs x 16 tokens, one
+    middle position corrupted) and IOI prompts on the bundled model."""
+    import patchaudit as pa
+
+    from .accuracy import bundled_available
+
+    _silence_tqdm()
+    repeats = 3 if quick else 5
+    res: dict = {}
+    model = C.random_gpt2("small")
+    tp = middle_corruption_pairs(4, 16, int(model.cfg.d_vocab), seed=0).tokenize(model)
+    res["gpt2_small_middle"] = patching_case(model, tp, repeats, with_tl, memory=not quick)
+    res["gpt2_small_middle"]["model"] = "GPT-2 small (random weights)"
+    del model
+    if bundled_available():
+        model = pa.load_model("bundled", device="cpu")
+        tp = pa.PromptPairs.from_task("ioi", n=16, seed=0).tokenize(model)
+        res["bundled_ioi"] = patching_case(model, tp, repeats, with_tl, memory=not quick)
+        res["bundled_ioi"]["model"] = "bundled (IOI prompts)"
+    else:
+        res["bundled_ioi"] = {"skipped": "bundled model missing"}
+    return res
+
+
+PRECISION_ARCHS = ("gpt2", "neox", "llama")
+
+
+def bench_precision(quick: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Half precision against fp32 on the same random GPT-2, NeoX and Llama configs (4 layers
+    x 8 heads x 128 wide; the same weights cast): the relative error ||x_half - x_fp32|| /
+    ||x_fp32|| of the atp, hvp and ap maps and how often the flags agree on the components
+    that are material in fp32."""
+    import patchaudit as pa
+
+    out: dict = {"dtype": str(dtype).replace("torch.", ""), "archs": {}}
+    n_pairs, n_pos, probes = (4, 12, 8) if quick else (8, 16, 16)
+    out.update({"n_pairs": n_pairs, "n_pos": n_pos, "hvp_probes": probes})
+    pairs = C.random_token_pairs(n_pairs, n_pos, 512, seed=0)
+    for arch in PRECISION_ARCHS:
+        reps = {}
+        secs = {}
+        for dt in (torch.float32, dtype):
+            model = C.random_arch(arch, dtype=dt)
+            t0 = time.perf_counter()
+            reps[dt] = pa.audit(model, pairs, methods=("atp", "hvp", "ap"), hvp_probes=probes)
+            secs[str(dt).replace("torch.", "")] = time.perf_counter() - t0
+            del model
+        a, b = reps[torch.float32], reps[dtype]
+        e: dict = {"seconds": secs}
+        for k in ("atp", "hvp", "ap"):
+            x, y = a.scores[k].double(), b.scores[k].double()
+            e[f"rel_err_{k}"] = float((y - x).norm() / x.norm()) if x.norm() > 0 else 0.0
+        assert a.material is not None and a.flags is not None and b.flags is not None
+        mat = a.material
+        e["n_material"] = int(mat.sum())
+        e["flag_agreement_material"] = (
+            float((a.flags[mat] == b.flags[mat]).double().mean()) if bool(mat.any()) else None
+        )
+        out["archs"][arch] = e
+        log.info("precision %s: %s", arch, e)
+    return out

@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..tasks.metrics import per_copy
-from .core import BaseCache, Problem, Tracker, chunks, run, tile
+from .core import BaseCache, Problem, Tracker, chunks, prefix_cache, run, suffix_patch, tile
 
 #: MIB's circuit sizes for large maps, in percent of the components
 MIB_PERCENTS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -44,6 +44,9 @@ def circuit_metrics(
     keep = keep.to(dev, torch.bool)
     out = torch.zeros(k_all, device=dev, dtype=torch.float64)
     parts = chunks(k_all, p.max_copies)
+    # the shared prefix runs once: every patched forward computes only the later positions
+    pre = prefix_cache(p, base, tracker) if p.shortcuts else None
+    n0 = pre.length if pre is not None else 0
     for j, (lo, hi) in enumerate(parts):
         tracker.check()
         kk = keep[lo:hi]  # [k, n_layers, n_comp]
@@ -56,18 +59,24 @@ def circuit_metrics(
             a_src = base.a_src[layer]
             rows = drop.to(a_src.dtype).repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
             mask = p.site.expand(rows) > 0  # broadcastable to [k*batch, pos, ...]
-            patch[layer] = (mask, tile(a_src, k))
+            patch[layer] = suffix_patch(mask, tile(a_src, k), n0)
         targets, last = p.targets, None
         if p.can_cut:  # the metric reads one position per row: unembed only that one
-            last = p.targets.last_pos.repeat(k)
+            last = p.targets.last_pos.repeat(k) - n0
             targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
+        elif n0:
+            targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
         start = min(patch) if patch else p.site.n_layers - 1
+        past = pre.copies(torch.arange(p.batch, device=dev).repeat(k)) if pre else None
         with torch.no_grad():
             if p.can_resume and base.resid is not None and start > 0:
-                resid = tile(base.resid[start], k)  # [k*batch, pos, d_model]
-                logits = run(p, resid, replace=patch, start_at_layer=start, last_only=last)
+                resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]
+                logits = run(
+                    p, resid, replace=patch, start_at_layer=start, last_only=last, past=past
+                )
             else:
-                logits = run(p, tile(p.base_tokens, k), replace=patch, last_only=last)
+                tokens = tile(p.base_tokens[:, n0:], k)
+                logits = run(p, tokens, replace=patch, last_only=last, past=past)
             out[lo:hi] = per_copy(p.metric, logits, targets).to(out.dtype)
         tracker.forward += 1
         tracker.report((j + 1) / len(parts))

@@ -9,9 +9,11 @@ Copies of the batch ride on the batch axis (copy-major: row ``k * batch + b``).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,6 +60,9 @@ class Tracker:
     forward: int = 0
     backward: int = 0
     phase: str = ""
+    # forwards of the shared prefix alone (batch rows, the positions before the first that
+    # differs): the exact shortcut's one-off cost, not counted in ``passes``
+    prefix: int = 0
 
     @property
     def passes(self) -> int:
@@ -90,6 +95,8 @@ class BaseCache:
     resid: list[Tensor] | None = None
     key: str = ""
     cost: Cost = field(default_factory=Cost)
+    # the base run's key/value cache over the shared prefix (built on first use, never saved)
+    prefix: Prefix | None = field(default=None, repr=False, compare=False)
 
     @property
     def delta(self) -> list[Tensor]:
@@ -140,6 +147,21 @@ class BaseCache:
 
 
 @dataclass
+class Prefix:
+    """The base run's key/value cache (a Hugging Face cache) over the first ``length``
+    positions, which the clean and the corrupted prompts of every pair share."""
+
+    length: int
+    cache: Any
+
+    def copies(self, rows: Tensor) -> Any:
+        """A fresh cache whose batch rows are ``rows`` of this one (a forward extends it)."""
+        c = copy.deepcopy(self.cache)
+        c.batch_select_indices(rows)
+        return c
+
+
+@dataclass
 class Problem:
     """Everything an estimator needs: model, the two token batches, site, metric, direction."""
 
@@ -161,6 +183,10 @@ class Problem:
     can_resume: bool = False
     # ... and cut the final residual to the metric's position before the unembedding
     can_cut: bool = False
+    # exact shortcuts of patched forwards: the shared prefix runs once (a key/value cache) and
+    # components whose delta is zero at every position are skipped (their ap is 0)
+    shortcuts: bool = True
+    memory_budget_mb: float = 4096.0  # what max_copies was planned for
 
     @property
     def batch(self) -> int:
@@ -182,6 +208,7 @@ def make_problem(
     direction: str,
     memory_budget_mb: float | None = None,
     hvp_mode: str | None = None,
+    shortcuts: bool = True,
 ) -> Problem:
     """The problem of token pairs ``tp`` (a TokenPairs: clean, corrupted [batch, pos];
     answer_ids, wrong_ids, last_pos [batch]) on ``model``."""
@@ -194,10 +221,12 @@ def make_problem(
     targets = MetricTargets(answer_ids.to(dev), wrong_ids.to(dev), last_pos.to(dev))
     s = make_site(model, site, int(clean.shape[1]))
     p = Problem(model, base.to(dev), src.to(dev), targets, s, metric, direction)
-    p.max_copies = copies_for_budget(model, p, memory_budget_mb)
+    p.memory_budget_mb = memory_budget_or_free(model, memory_budget_mb)
+    p.max_copies = copies_for_budget(model, p, p.memory_budget_mb)
     p.hvp_mode = hvp_mode or ("tile" if dev.type == "cuda" else "loop")
     p.can_resume = type(model).__name__ == "TransformerBridge"
     p.can_cut = p.can_resume and "unembed.hook_in" in getattr(model, "hook_dict", {})
+    p.shortcuts = bool(shortcuts)
     if p.hvp_mode not in ("tile", "loop"):
         raise ValueError(f"unknown hvp_mode {hvp_mode!r}: choose tile or loop")
     return p
@@ -207,23 +236,56 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def copies_for_budget(model, p: Problem, memory_budget_mb: float | None) -> int:
-    """How many copies of the batch one forward+double-backward may carry.
+def memory_budget_or_free(model, memory_budget_mb: float | None) -> float:
+    """The budget in MiB: the caller's, else 60 % of the free device memory (CUDA: free
+    memory; CPU: MemAvailable, at most 4096 MiB on a machine shared with others)."""
+    if memory_budget_mb is not None:
+        return float(memory_budget_mb)
+    dev = model_device(model)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return 0.6 * free / 2**20
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(x.split()[1]) for x in f if x.startswith("MemAvailable:"))
+        return min(4096.0, 0.6 * avail / 1024)
+    except (OSError, StopIteration, ValueError):
+        return 4096.0
 
-    A rough upper estimate of the activations a double backward keeps per copy:
-    ~48 tensors of [batch, pos, d_model] per layer plus 4 of [batch, pos, d_vocab].
-    """
+
+def bytes_per_copy(model, p: Problem) -> int:
+    """A rough upper estimate of the activations a double backward keeps per copy of the
+    batch: ~48 tensors of [batch, pos, d_model] per layer plus 4 of [batch, pos, d_vocab],
+    in fp32 (half-precision models keep about half)."""
     cfg = model.cfg
     b, pos = p.base_tokens.shape
-    per_copy_bytes = 4 * b * pos * (48 * cfg.n_layers * cfg.d_model + 4 * cfg.d_vocab)
-    if memory_budget_mb is None:
-        dev = model_device(model)
-        if dev.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(dev)
-            memory_budget_mb = 0.6 * free / 2**20
-        else:
-            memory_budget_mb = 4096.0
-    return int(max(1, min(1024, memory_budget_mb * 2**20 // per_copy_bytes)))
+    return 4 * b * pos * (48 * cfg.n_layers * cfg.d_model + 4 * cfg.d_vocab)
+
+
+def copies_for_budget(model, p: Problem, memory_budget_mb: float | None) -> int:
+    """How many copies of the batch one forward+double-backward may carry."""
+    budget = memory_budget_or_free(model, memory_budget_mb)
+    return int(max(1, min(1024, budget * 2**20 // bytes_per_copy(model, p))))
+
+
+def memory_plan(p: Problem) -> dict:
+    """The chunking chosen up front for this problem (``report.cost["plan"]``)."""
+    per_copy = bytes_per_copy(p.model, p) / 2**20
+    return {
+        "forward": 0,
+        "backward": 0,
+        "seconds": 0.0,
+        "memory_budget_mb": round(p.memory_budget_mb, 1),
+        "per_copy_mb": round(per_copy, 2),
+        "max_copies": p.max_copies,
+        "hvp_mode": p.hvp_mode,
+        "note": (
+            f"planned for a {p.memory_budget_mb:.0f} MiB budget: up to {p.max_copies} copies"
+            f" of the batch per pass (~{per_copy:.1f} MiB each) for probes, IG/MHVP points"
+            f" and patched copies; HVP tangents "
+            + ("on the batch axis" if p.hvp_mode == "tile" else "one double backward each")
+        ),
+    }
 
 
 def run(
@@ -235,6 +297,7 @@ def run(
     resid_capture: list[Tensor | None] | None = None,
     start_at_layer: int | None = None,
     last_only: Tensor | None = None,
+    past: Any = None,
 ) -> Tensor:
     """One forward of ``tokens`` ([copies*batch, pos]; with ``start_at_layer`` = L, the
     residual stream entering block L, [copies*batch, pos, d_model]).
@@ -243,7 +306,8 @@ def run(
     act = where(mask, value, act); capture[l] receives layer l's activation and
     resid_capture[l] the residual stream entering block l. With ``last_only`` (one position
     per row) the unembedding input is cut to that position, so the
-    unembedding runs on one position per row: logits [rows, 1, d_vocab].
+    unembedding runs on one position per row: logits [rows, 1, d_vocab]. With ``past`` (a
+    Hugging Face cache of the positions before ``tokens``) only those later positions run.
     """
     hooks = []
     if last_only is not None:
@@ -278,9 +342,90 @@ def run(
             return act
 
         hooks.append((name, hook))
+    kw: dict[str, Any] = {}
     if start_at_layer is not None:
-        return p.model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer)
-    return p.model.run_with_hooks(tokens, fwd_hooks=hooks)
+        kw["start_at_layer"] = start_at_layer
+    if past is None:
+        return p.model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
+    with cache_kwarg(p.model):
+        return p.model.run_with_hooks(tokens, fwd_hooks=hooks, past_key_values=past, **kw)
+
+
+def _cache_to_past(module, args, kwargs):
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def cache_kwarg(model) -> Iterator[None]:
+    """transformers >= 5.2x hands GPT-2's attention its key/value cache as ``cache=``, which
+    the bridge's attention (reading ``past_key_values`` / ``layer_past``) misses: the cached
+    positions would be silently dropped. Hand it over under the name the bridge reads."""
+    handles = [
+        b.attn.register_forward_pre_hook(_cache_to_past, with_kwargs=True)
+        for b in getattr(model, "blocks", [])
+        if hasattr(b, "attn")
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def shared_prefix_len(p: Problem) -> int:
+    """How many leading positions every pair's two prompts share (and every metric position
+    follows): no patch changes any activation there in a causal model. 0 without shortcuts,
+    where the model cannot take a key/value cache (not a TransformerBridge), or where the
+    prefix is too short to be worth one (under 2 positions or 1/8 of the prompt)."""
+    if not p.shortcuts or not p.can_resume:
+        return 0
+    diff = p.base_tokens != p.src_tokens
+    n_pos = int(diff.shape[1])
+    first = torch.where(diff.any(1), diff.int().argmax(1), n_pos)
+    n = min(int(first.min()), int(p.targets.last_pos.min()), n_pos - 1)
+    # a prefix of one or two tokens (a shared BOS) saves less than the cache costs
+    return n if n >= max(2, n_pos // 8) else 0
+
+
+def prefix_cache(p: Problem, base: BaseCache, tracker: Tracker) -> Prefix | None:
+    """The base run's key/value cache over the shared prefix (one forward of the prefix
+    alone, once per base), or None when there is no prefix to share."""
+    n = shared_prefix_len(p)
+    if n == 0:
+        return None
+    if base.prefix is not None and base.prefix.length == n:
+        return base.prefix
+    with torch.no_grad(), cache_kwarg(p.model):
+        _, cache = p.model.run_with_hooks(
+            p.base_tokens[:, :n],
+            fwd_hooks=[("unembed.hook_in", lambda act, hook: act[:, -1:])] if p.can_cut else [],
+            return_type="logits_and_cache",
+        )
+    tracker.prefix += 1
+    base.prefix = Prefix(n, cache)
+    return base.prefix
+
+
+def zero_delta(p: Problem, base: BaseCache, n_prefix: int = 0) -> Tensor:
+    """[n_layers, n_comp] bool: components whose delta is zero at every position of every
+    pair (their patch changes nothing: ap = 0 exactly). Resid positions inside the shared
+    prefix count as zero (the two runs agree there)."""
+    out = []
+    for d in base.delta:
+        nz = p.site.reduce((d != 0).to(d.dtype)).sum(0)  # [n_comp]
+        if p.site.name == "resid" and n_prefix:
+            nz[:n_prefix] = 0
+        out.append(nz == 0)
+    return torch.stack(out)
+
+
+def suffix_patch(mask: Tensor, value: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
+    """A (mask, value) patch of [rows, pos, ...] cut to the positions after the prefix."""
+    if not n_prefix:
+        return mask, value
+    return (mask[:, n_prefix:] if mask.shape[1] > 1 else mask), value[:, n_prefix:].contiguous()
 
 
 def tile(x: Tensor, copies: int) -> Tensor:
@@ -373,11 +518,13 @@ def hvp_from_graph(
     for j, rows in enumerate(groups):
         tracker.check()
         s = signs[rows].to(dev, dt)  # [r, n_layers, n_comp]
-        inner = torch.zeros((), device=dev, dtype=dt)
+        acc = torch.promote_types(dt, torch.float32)  # <g, v> accumulated in fp32 at least
+        inner = torch.zeros((), device=dev, dtype=acc)
         for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
             # [r*batch, n_comp] on the batch axis, or [1, n_comp] broadcast over the batch
             sl = s[:, layer].repeat_interleave(p.batch, 0) if tiled else s[:, layer]
-            inner = inner + (gl * tile(d, copies) * p.site.expand(sl)).sum()  # <g, v>
+            v = (tile(d, copies) * p.site.expand(sl)).to(acc)
+            inner = inner + (gl.to(acc) * v).sum()  # <g, v>
         hv: Sequence[Tensor | None]
         if inner.requires_grad:
             last = j == len(groups) - 1
@@ -388,7 +535,7 @@ def hvp_from_graph(
         for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
             if h is None:  # the metric does not depend on this layer twice
                 continue
-            prod = p.site.reduce(h * tile(d, copies)).view(copies, p.batch, nc).sum(1)
+            prod = p.site.dot(h, tile(d, copies)).view(copies, p.batch, nc).sum(1)
             y[rows, layer] = s[:, layer] * (prod if tiled else prod.sum(0, keepdim=True))
     return y
 
@@ -456,7 +603,7 @@ def grad_hvp(
             g = torch.autograd.grad(f, eps, create_graph=signs is not None)
             tracker.backward += 1
             for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
-                prod = p.site.reduce(gl.detach() * tile(d, copies))  # [copies*batch, n_comp]
+                prod = p.site.dot(gl.detach(), tile(d, copies))  # [copies*batch, n_comp]
                 phi[rows, layer] = prod.view(copies, p.batch, nc).sum(1)  # broadcasts in loop mode
             if signs is not None:
                 assert y is not None
@@ -478,37 +625,56 @@ def patch_components(
     ([batch] on the CPU; their mean is the returned value), which the same forward computes.
     Components of one layer share a forward (copies on the batch axis, chunked); where the
     model can resume mid-network, that forward starts at the layer from the cached residual
-    stream (the blocks before it are untouched by the patch)."""
+    stream (the blocks before it are untouched by the patch).
+
+    Exact shortcuts (``p.shortcuts``): the positions every pair shares run once (a key/value
+    cache, ``prefix_cache``) and each patched forward computes only the later ones; a
+    component whose delta is zero everywhere gets ap = 0 without a forward."""
     from .sites import component_mask
 
     f0 = base.f_base.mean()
+    out: dict[tuple[int, int], float] = {}
+    pre = prefix_cache(p, base, tracker) if p.shortcuts else None
+    n0 = pre.length if pre is not None else 0
+    skip = zero_delta(p, base, n0).tolist() if p.shortcuts else None
     by_layer: dict[int, list[int]] = {}
     for layer, comp in components:
-        by_layer.setdefault(int(layer), []).append(int(comp))
+        layer, comp = int(layer), int(comp)
+        if skip is not None and skip[layer][comp]:  # nothing to patch: ap = 0, no forward
+            out[(layer, comp)] = 0.0
+            if per_pair is not None:
+                per_pair[(layer, comp)] = torch.zeros(p.batch, dtype=base.f_base.dtype)
+            continue
+        by_layer.setdefault(layer, []).append(comp)
     work = [
         (layer, comps[lo:hi])
         for layer, comps in sorted(by_layer.items())
         for lo, hi in chunks(len(comps), p.max_copies)
     ]
-    out: dict[tuple[int, int], float] = {}
     for j, (layer, comps) in enumerate(work):
         tracker.check()
         k = len(comps)
         a_src = base.a_src[layer]
         idx = torch.tensor(comps, device=a_src.device).repeat_interleave(p.batch)  # [k*batch]
         mask = component_mask(p.site, idx, a_src) > 0  # broadcastable bool
-        patch = {layer: (mask, tile(a_src, k))}
+        patch = {layer: suffix_patch(mask, tile(a_src, k), n0)}
         targets = p.targets
         last = None
         if p.can_cut:  # the metric reads one position per row: unembed only that one
-            last = p.targets.last_pos.repeat(k)
+            last = p.targets.last_pos.repeat(k) - n0
             targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
+        elif n0:
+            targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
+        past = pre.copies(torch.arange(p.batch, device=a_src.device).repeat(k)) if pre else None
         with torch.no_grad():
             if p.can_resume and base.resid is not None:
-                resid = tile(base.resid[layer], k)  # [k*batch, pos, d_model]
-                logits = run(p, resid, replace=patch, start_at_layer=layer, last_only=last)
+                resid = tile(base.resid[layer][:, n0:], k)  # [k*batch, pos - n0, d_model]
+                logits = run(
+                    p, resid, replace=patch, start_at_layer=layer, last_only=last, past=past
+                )
             else:
-                logits = run(p, tile(p.base_tokens, k), replace=patch, last_only=last)
+                tokens = tile(p.base_tokens[:, n0:], k)
+                logits = run(p, tokens, replace=patch, last_only=last, past=past)
             rows = per_example(p.metric, logits, targets).view(k, p.batch)  # [copies, batch]
             vals = rows.mean(1)  # per_copy
             if per_pair is not None:
@@ -518,7 +684,7 @@ def patch_components(
         for c, v in zip(comps, (vals - f0).tolist(), strict=True):
             out[(layer, c)] = float(v)
         tracker.report((j + 1) / len(work))
-    return out
+    return {key: out[key] for key in sorted(out)}
 
 
 def rademacher(k: int, shape: tuple[int, int], seed: int) -> Tensor:

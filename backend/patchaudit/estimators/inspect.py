@@ -60,7 +60,7 @@ def first_order_pairs(p: Problem, base: BaseCache) -> Float[Tensor, "batch n_lay
     """Every component's first-order estimate on every pair alone (B <g_b, delta_b>)."""
     return (
         torch.stack(
-            [p.site.reduce(g * d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1
+            [p.site.dot(g, d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1
         )
         * p.batch
     )  # [batch, n_layers, n_comp]

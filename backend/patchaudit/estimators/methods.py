@@ -49,7 +49,7 @@ def atp(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate
     """A1_c = <g_c, delta_c>: read off the base pass, no extra pass."""
     vals = torch.stack(
         [
-            p.site.reduce(g * d).sum(0)  # [n_comp]
+            p.site.dot(g, d).sum(0)  # [n_comp]
             for g, d in zip(base.grad, base.delta, strict=True)
         ]
     )

@@ -31,6 +31,12 @@ class Site:
     row_name: str
     col_name: str
 
+    def dot(self, a: Tensor, b: Tensor) -> Tensor:
+        """``reduce(a * b)`` accumulated in float32 at least (bf16/fp16 activations and
+        gradients are upcast first; float64 stays float64): [copies, n_comp]."""
+        acc = torch.promote_types(a.dtype, torch.float32)
+        return self.reduce(a.to(acc) * b.to(acc))
+
     @property
     def n_layers(self) -> int:
         return len(self.hook_names)

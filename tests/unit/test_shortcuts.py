@@ -1,0 +1,122 @@
+"""Exact shortcuts of patched forwards (issue 13): the shared prefix runs once (a key/value
+cache) and zero-delta components are skipped; the numbers equal plain forwards' (fp32, 1e-5
+relative) on random GPT-2, GPT-NeoX and Llama models, every site, both directions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import patchaudit as pa
+from patchaudit.estimators import circuits as CI
+from patchaudit.estimators import core
+
+
+def prefix_pairs(n: int = 3, pos: int = 10, vocab: int = 64, first: int = 5, seed: int = 0):
+    """Corrupted prompts that differ from the clean ones from position ``first`` on (pair 0
+    at ``first`` only, the others at ``first`` + 1 and later too)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, vocab, (n, pos), generator=g)
+    corr = clean.clone()
+    corr[0, first] = (clean[0, first] + 1) % vocab
+    corr[1:, first + 1 : -1] = torch.randint(0, vocab, (n - 1, pos - first - 2), generator=g)
+    corr[1:, first + 1] = (clean[1:, first + 1] + 1) % vocab
+    ans = torch.randint(0, vocab, (n,), generator=g)
+    wrong = (ans + 1 + torch.randint(0, vocab - 1, (n,), generator=g)) % vocab
+    return pa.PromptPairs.from_tokens(clean, corr, ans, wrong)
+
+
+def _problem(model, site, direction, shortcuts):
+    tp = prefix_pairs().tokenize(model)
+    p = core.make_problem(model, tp, site, "logit_diff", direction, shortcuts=shortcuts)
+    return p, core.compute_base(p)
+
+
+def _close(a: float, b: float, scale: float) -> bool:
+    """1e-5 relative, to the larger of the value and the metric's own scale."""
+    return abs(a - b) <= 1e-5 * max(abs(b), scale)
+
+
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+def test_shortcut_ap_equals_plain_forwards(arch_model, site, direction):
+    arch, model = arch_model
+    p, base = _problem(model, site, direction, True)
+    assert core.shared_prefix_len(p) == 5
+    comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
+    tr = core.Tracker()
+    pp_fast: dict = {}
+    fast = core.patch_components(p, base, comps, tr, per_pair=pp_fast)
+    assert tr.prefix == 1 and base.prefix is not None and base.prefix.length == 5
+    q, qb = _problem(model, site, direction, False)
+    assert core.shared_prefix_len(q) == 0
+    tq = core.Tracker()
+    pp_slow: dict = {}
+    slow = core.patch_components(q, qb, comps, tq, per_pair=pp_slow)
+    assert max(abs(v) for v in slow.values()) > 1e-3  # the patches move the metric
+    # ap = m(patched) - m(base): its float32 rounding is relative to the metric's size
+    scale = max(max(abs(v) for v in slow.values()), float(qb.f_base.abs().max()))
+    for c in comps:
+        assert _close(fast[c], slow[c], scale), (arch, site, direction, c, fast[c], slow[c])
+        assert torch.allclose(pp_fast[c], pp_slow[c], rtol=1e-5, atol=1e-5 * scale)
+    assert list(fast) == list(slow)
+    assert tr.forward <= tq.forward
+    if site == "resid":  # positions inside the shared prefix: zero delta, no forward, ap 0
+        assert all(fast[(i, c)] == 0.0 for i in range(p.site.n_layers) for c in range(5))
+        assert tr.forward == p.site.n_layers  # one batched forward per layer still
+
+
+def test_zero_delta_components_are_skipped(arch_model):
+    """Patching one layer's heads where a pair's prompts are identical everywhere: the delta of
+    every component is zero, so ap is 0 with no patched forward."""
+    arch, model = arch_model
+    clean = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
+    same = pa.PromptPairs.from_tokens(clean, clean.clone(), [1, 2, 3], [4, 5, 6])
+    tp = same.tokenize(model)
+    p = core.make_problem(model, tp, "heads", "logit_diff", "noising")
+    base = core.compute_base(p)
+    assert bool(core.zero_delta(p, base).all())
+    tr = core.Tracker()
+    out = core.patch_components(p, base, [(0, 0), (1, 3)], tr)
+    assert out == {(0, 0): 0.0, (1, 3): 0.0} and tr.forward == 0
+
+
+@pytest.mark.parametrize("direction", ["noising", "denoising"])
+def test_shortcut_faithfulness_equals_plain_forwards(arch_model, direction):
+    arch, model = arch_model
+    p, base = _problem(model, "heads", direction, True)
+    q, qb = _problem(model, "heads", direction, False)
+    g = torch.Generator().manual_seed(1)
+    keep = torch.rand(6, *p.site.shape, generator=g) > 0.5
+    keep[0, 0] = True  # a circuit keeping all of layer 0: resumes at layer 1
+    fast = CI.circuit_metrics(p, base, keep, core.Tracker())
+    slow = CI.circuit_metrics(q, qb, keep, core.Tracker())
+    assert base.prefix is not None and qb.prefix is None
+    scale = max(float(slow.abs().max()), float(qb.f_base.abs().max()))
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5 * scale), (arch, fast, slow)
+
+
+def test_audit_verify_uses_the_prefix(arch_model):
+    """The public path (audit with ap) gives the same map with and without a shared prefix
+    computed once: compare against a problem whose prefix is switched off."""
+    arch, model = arch_model
+    pairs = prefix_pairs()
+    r = pa.audit(model, pairs, methods=["ap"])
+    p, base = _problem(model, "heads", "noising", False)
+    from patchaudit.estimators.methods import ap
+
+    plain = ap(p, base).values
+    scale = max(float(plain.abs().max()), float(base.f_base.abs().max()))
+    assert torch.allclose(r.scores["ap"], plain.float(), rtol=1e-5, atol=1e-5 * scale), arch
+
+
+def test_report_cost_states_the_memory_plan(arch_model):
+    arch, model = arch_model
+    pairs = prefix_pairs()
+    small = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=1e-3)
+    big = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=512)
+    ps, pb = small.cost["plan"], big.cost["plan"]
+    assert ps["max_copies"] == 1 and ps["memory_budget_mb"] == 0.0
+    assert pb["max_copies"] > 1 and pb["memory_budget_mb"] == 512
+    assert pb["max_copies"] * pb["per_copy_mb"] <= 512
+    assert ps["forward"] == ps["backward"] == 0 and "budget" in pb["note"]
