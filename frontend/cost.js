@@ -80,6 +80,12 @@ export function renderCost() {
   for (const m of names) {
     const c = cost[m] || {};
     const label = el("td", { text: METHOD_LABELS[m] || m });
+    if (m === "plan") {
+      // The memory plan chosen up front: no passes of its own.
+      const what = c.max_copies != null ? `up to ${plural(c.max_copies, "copy").replace(/copys$/, "copies")} of the batch per pass, ${c.memory_budget_mb} MiB budget` : "";
+      tb.append(el("tr", { "data-method": m, class: "cached" }, el("td", { text: "memory plan" }), el("td", { colspan: 3, class: "cost-note", text: what }), el("td", { class: "cost-note", text: c.note || "" })));
+      continue;
+    }
     if (c.cached) {
       // Served from the activation cache: no pass ran, so no "0 0 0.000" row.
       tb.append(el("tr", { "data-method": m, class: "cached" }, label, el("td", { colspan: 3, class: "cost-note", text: "cached (served from the activation cache, no pass ran)" }), el("td", { class: "cost-note", text: c.note || "" })));

@@ -119,4 +119,4 @@ def test_report_cost_states_the_memory_plan(arch_model):
     assert ps["max_copies"] == 1 and ps["memory_budget_mb"] == 0.0
     assert pb["max_copies"] > 1 and pb["memory_budget_mb"] == 512
     assert pb["max_copies"] * pb["per_copy_mb"] <= 512
-    assert ps["forward"] == ps["backward"] == 0 and "budget" in pb["note"]
+    assert "forward" not in ps and "budget" in pb["note"]  # a plan, not a pass

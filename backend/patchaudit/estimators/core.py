@@ -271,10 +271,7 @@ def copies_for_budget(model, p: Problem, memory_budget_mb: float | None) -> int:
 def memory_plan(p: Problem) -> dict:
     """The chunking chosen up front for this problem (``report.cost["plan"]``)."""
     per_copy = bytes_per_copy(p.model, p) / 2**20
-    return {
-        "forward": 0,
-        "backward": 0,
-        "seconds": 0.0,
+    return {  # no pass counts: a plan, not a pass ("0 0 0.000" would read as a free method)
         "memory_budget_mb": round(p.memory_budget_mb, 1),
         "per_copy_mb": round(per_copy, 2),
         "max_copies": p.max_copies,
