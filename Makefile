@@ -52,6 +52,7 @@ bench: install
 	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
 	$(PY) bench/bench_verify_latency.py
 	$(PY) bench/bench_inspect_latency.py
+	$(VENV)/bin/patchaudit bench circuits --out bench/results/circuits.json
 	$(PY) bench/make_report.py
 	$(MAKE) docs
 

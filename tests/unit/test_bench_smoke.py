@@ -160,12 +160,17 @@ def test_cost_paths_and_report(acc, tmp_path):
             str(tmp_path / "plots"),
             "--readme",
             str(tmp_path / "README.md"),
+            "--docs",
+            str(tmp_path / "BENCHMARKS.md"),
         ]
     )
     t = (res / "targets.md").read_text()
     assert "batched ap >= 3x faster" in t and "costs <= 3x atp" in t
     assert (tmp_path / "plots" / "roc.png").exists()
-    assert (res / "README_tables.md").exists()
+    short = (res / "README_tables.md").read_text()
+    full = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "docs/BENCHMARKS.md" in short and "Cost on the CPU" not in short  # long tables: docs
+    assert "Cost on the CPU" in full and "batched ap >= 3x faster" in full
 
 
 def test_patching_case_compares_shortcuts_plain_and_tl():
