@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_verify_latency import summary  # noqa: E402
+from bench_verify_latency import machine_info, summary  # noqa: E402
 
 HEAD = (2, 1)
 
@@ -154,23 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "inspect_latency.json"))
     args = p.parse_args(argv)
 
-    import torch
 
     with tempfile.TemporaryDirectory(prefix="pa-bench-") as d:
         tmp = Path(d)
         out: dict = {
             "benchmark": "inspect latency, one head of the bundled model (IOI)",
             "target_s": 1.0,
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-                "device": "cpu",
-                # a shared machine: the 1-minute load average before and after the run
-                "load_avg_1m": [os.getloadavg()[0]],
-            },
+            # a shared machine: the 1-minute load average before and after the run
+            "machine": {**machine_info(), "load_avg_1m": [os.getloadavg()[0]]},
             "engine": bench_engine(args.n_pairs, args.repeats, tmp),
         }
         if not args.no_service:

@@ -30,6 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
 
+def machine_info() -> dict:
+    """The CPU machine a latency benchmark ran on (the latency benches share it)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
 def summary(xs: list[float]) -> dict:
     s = sorted(xs)
     return {
@@ -183,21 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "verify_latency.json"))
     args = p.parse_args(argv)
 
-    import torch
 
     with tempfile.TemporaryDirectory(prefix="pa-bench-") as d:
         tmp = Path(d)
         out = {
             "benchmark": "verify latency, one head, cached activations",
             "target_s": 1.0,
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-                "device": "cpu",
-            },
+            "machine": machine_info(),
             "engine": bench_engine(args.model, args.n_pairs, args.repeats, tmp),
         }
         if not args.no_service:
