@@ -118,6 +118,14 @@ def _keep_masks(keep: Any, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
     return masks, single
 
 
+def _cost(tracker: Tracker, t0: float) -> dict:
+    """Passes and seconds since ``t0``; ``prefix_forward`` counts forwards of the shared
+    prefix alone (not in ``forward``)."""
+    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
+    cost["prefix_forward"] = tracker.prefix
+    return cost
+
+
 def _members(mask: torch.Tensor) -> list[tuple[int, int]]:
     return [(int(i), int(j)) for i, j in mask.nonzero().tolist()]
 
@@ -145,8 +153,7 @@ def faithfulness(
     b, _, _ = _get_base(p, base, tracker)
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
-    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
-    cost["prefix_forward"] = tracker.prefix  # the shared prefix alone (not in "forward")
+    cost = _cost(tracker, t0)
     m, f = r.m.tolist(), r.f.tolist()
     return Faithfulness(
         m[0] if single else m,
@@ -202,8 +209,7 @@ def circuit_curve(
     f = r.f.tolist()
     cpr, cmd = K.curve_areas(fr, f)
     nc = p.site.n_comp
-    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
-    cost["prefix_forward"] = tracker.prefix  # the shared prefix alone (not in "forward")
+    cost = _cost(tracker, t0)
     return CircuitCurve(
         sizes=ks,
         fractions=fr,
