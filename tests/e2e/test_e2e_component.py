@@ -18,19 +18,20 @@ pytestmark = pytest.mark.e2e
 VIEWPORT = {"width": 1280, "height": 800}
 
 
-def finished_analysis(server, model_name, **req) -> str:
+def finished_analysis(server, model_name, timeout_s: float = 180, **req) -> str:
+    """A finished atp+hvp IOI analysis (4 pairs) on the real server; ``req`` overrides."""
     body = {"model": model_name, "task": "ioi", "n_pairs": 4, "seed": 11, "methods": ["atp", "hvp"]}
     body.update(req)
     status, acc = server.api("POST", "/api/analyses", body)
     assert status == 202, acc
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _, data = server.api("GET", f"/api/analyses/{acc['id']}")
         if data["status"] == "done":
             return acc["id"]
         assert data["status"] not in ("failed", "cancelled"), data
         time.sleep(0.5)
-    pytest.fail("the analysis did not finish in 180 s")
+    pytest.fail(f"the analysis did not finish in {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 import pytest
 from e2e_synthetic import synthetic_analysis
 from playwright.sync_api import expect
+from test_e2e_component import finished_analysis
 
 from .conftest import start_server, stop_server
 
@@ -25,20 +26,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 @pytest.fixture(scope="module")
 def real_analysis(server, model_name) -> str:
     """A finished atp+hvp analysis of the bundled model (4 layers x 4 heads)."""
-    status, body = server.api(
-        "POST",
-        "/api/analyses",
-        {"model": model_name, "task": "ioi", "n_pairs": 4, "seed": 8, "methods": ["atp", "hvp"]},
-    )
-    assert status == 202, body
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        status, data = server.api("GET", f"/api/analyses/{body['id']}")
-        if data["status"] == "done":
-            return body["id"]
-        assert data["status"] not in ("failed", "cancelled"), data
-        time.sleep(0.5)
-    pytest.fail("the analysis did not finish in 150 s")
+    return finished_analysis(server, model_name, timeout_s=150, seed=8)
 
 
 def serve_json(page, analysis_id: str, payload):
