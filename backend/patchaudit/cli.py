@@ -74,8 +74,10 @@ def cmd_audit(argv: list[str]) -> int:
         prog="patchaudit audit", description="Audit attribution patching on one task."
     )
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--task", default="ioi", help="ioi or induction")
-    ap.add_argument("--corruption", default=None, help="ioi: abc (default) or swap")
+    ap.add_argument("--task", default="ioi", help="ioi, induction or greater_than")
+    ap.add_argument(
+        "--corruption", default=None, help="ioi: abc (default) or swap; greater_than: 01"
+    )
     ap.add_argument("--n", type=int, default=16, help="number of prompt pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--site", default="heads")

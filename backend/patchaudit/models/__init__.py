@@ -135,6 +135,21 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
     return model
 
 
+def word_vocab(model_or_tokenizer) -> list[str] | None:
+    """The words a word-level model knows (the bundled one's vocabulary, special tokens left
+    out, in vocabulary order), or None for a subword tokenizer (GPT-2's BPE reads any text) and
+    for the placeholder tokenizer of models that ship none."""
+    tok = getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
+    if tok is None or getattr(tok, "patchaudit_placeholder", False):
+        return None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordLevel":
+        return None
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    vocab = tok.get_vocab()
+    return [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w not in special]
+
+
 FEATURED = (
     ("gpt2", "GPT-2 small, 124M, 12 layers x 12 heads"),
     ("gpt2-medium", "GPT-2 medium, 355M, 24 x 16"),
@@ -164,8 +179,8 @@ def list_models() -> list[dict]:
     out = [
         {
             "name": "bundled",
-            "description": "patchaudit's own small GPT-2-style model, trained on IOI and "
-            "induction (offline, CPU-friendly)",
+            "description": "patchaudit's own small GPT-2-style model (6 layers x 8 heads), "
+            "trained on IOI, induction and greater-than (offline, CPU-friendly)",
             "bundled": True,
         }
     ]

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-TASKS = ("ioi", "induction")
+TASKS = ("ioi", "induction", "greater_than")
 
 
 @dataclass
@@ -228,6 +228,18 @@ class PromptPairs:
                 [r["wrong"] for r in rows],
             )
             p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "abc"}
+            return p
+        if name == "greater_than":
+            from .greater_than import make_greater_than
+
+            rows = make_greater_than(n, seed=seed, corruption=corruption or "01", **kw)
+            p = cls.from_text(
+                [r["clean"] for r in rows],
+                [r["corrupted"] for r in rows],
+                [r["answer"] for r in rows],
+                [r["wrong"] for r in rows],
+            )
+            p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "01"}
             return p
         if name == "induction":
             if corruption not in (None, "random"):
