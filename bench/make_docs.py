@@ -110,8 +110,32 @@ def bundled_section() -> str:
         sys.path.insert(0, str(ROOT / "bench"))
         from model_roles import markdown
 
-        roles = "\n**Circuit roles.** " + markdown(json.loads(roles_p.read_text())).strip()
+        roles = (
+            "\n**Circuit roles** (what they mean and their limits: docs/BUNDLED_MODEL.md). "
+            + markdown(json.loads(roles_p.read_text())).strip()
+        )
     n_names = d["n_names"]
+    load = ""
+    lp = ROOT / "bench/results/load_bundled.json"
+    if lp.exists():
+        lb = json.loads(lp.read_text())
+        load = (
+            f"; `bench/bench_load_bundled.py`: load {lb['load_s_median']:.1f} s median (target"
+            f" < 2 s) measured at a load average of {lb['load_average']:.0f} on {lb['cpu_count']}"
+            f" cores, so not a clean measurement; package {lb['package_bytes'] / 2**20:.1f} MB"
+            " (target < 30 MB)"
+        )
+    miss = ""
+    if ic["acc_min_position"] < 0.95:
+        miss = f"""
+**Not met: induction.** The issue asks for >= 95% at every position of the repeat; this
+checkpoint (step {d["steps"]} of a {st["max_steps"]}-step schedule, stopped for time on the shared
+CPU) has no previous-token head yet (docs/BUNDLED_MODEL.md) and predicts late positions of the
+repeat by a "seen once, not yet repeated" heuristic. `metrics.json` holds the command that reproduces it
+(`{d.get("reproduce", "")}`); running the schedule to the end (`--set stop_at=null`, about 25
+minutes on an idle core, early-stopping at the targets) is the next step, and the script's
+`weight_prev_probe` option (a previous-token read-out during training) is there to speed it up.
+"""
     return f"""
 A GPT-2-architecture model the project trains itself (`python -m patchaudit.models.train_bundled`,
 deterministic, seeded; {d["steps"]} steps, {d["train_seconds"] / 60:.0f} minutes on the shared
@@ -124,7 +148,7 @@ four-digit year into two tokens ("1732" -> "17" "32"); any other word reads as `
 named in the error. `backend/patchaudit/models/bundled/` holds `model.safetensors`
 ({d["model_safetensors_bytes"] / 1e6:.1f} MB), `tokenizer.json`, `config.json` and
 `metrics.json`; it loads offline with `TransformerBridge.boot_transformers(dir)`
-(`pa.load_model("bundled")`; timing in `bench/results/load_bundled.json`).
+(`pa.load_model("bundled")`){load}.
 
 Trained on three tasks, each with a circuit known from the literature: IOI ("When Mary and John
 went to the store, John gave a drink to" -> " Mary"), induction (a random filler sequence
@@ -147,6 +171,7 @@ hash of its text, is never trained on; {h["ioi_clean"]["n"]} prompts each, `metr
 Induction per position of the repeat (r[1] .. r[7]): {per_pos}. Greater-than: probability on
 later minus earlier years {gc["mean_prob_diff"]:+.2f} clean, {gx["mean_prob_diff"]:+.2f} with the
 start year 01.
+{miss}
 {roles}
 """
 

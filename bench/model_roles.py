@@ -199,7 +199,7 @@ def greater_than(model, hf, tok, n: int, seed: int) -> dict:
     tp = pairs.tokenize(model)
     att = _attn(hf, tp.clean)
     end = tp.clean.shape[1] - 1
-    yy_pos = 7  # <bos> The noun lasted from the year C YY ...
+    yy_pos = 8  # <bos> The noun lasted from the year C YY ...
     end_yy = att[:, :, :, end, yy_pos].mean(1)  # [L, H]
     eff = torch.tensor(heads)
     # the paper's metric under MLP patching: p(later) - p(earlier), clean vs each MLP patched
