@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "verify_latency.json"))
     args = p.parse_args(argv)
 
-
     with tempfile.TemporaryDirectory(prefix="pa-bench-") as d:
         tmp = Path(d)
         out = {

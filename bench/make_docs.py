@@ -100,29 +100,80 @@ backwards ride on the AtP pass); ap {cost["ap"]["forward"]} forwards
 def bundled_section() -> str:
     d = json.loads((ROOT / "backend/patchaudit/models/bundled/metrics.json").read_text())
     h, st = d["held_out"], d["settings"]
+    ic, gc, gx = h["induction_clean"], h["greater_than_clean"], h["greater_than_corrupted"]
+    per_pos = " / ".join(f"{a:.0%}" for a in ic["acc_per_position"])
+    roles_p = ROOT / "docs/bundled/roles.json"
+    roles = ""
+    if roles_p.exists():
+        import sys
+
+        sys.path.insert(0, str(ROOT / "bench"))
+        from model_roles import markdown
+
+        roles = (
+            "\n**Circuit roles** (what they mean and their limits: docs/BUNDLED_MODEL.md). "
+            + markdown(json.loads(roles_p.read_text())).strip()
+        )
+    n_names = d["n_names"]
+    load = ""
+    lp = ROOT / "bench/results/load_bundled.json"
+    if lp.exists():
+        lb = json.loads(lp.read_text())
+        load = (
+            f"; `bench/bench_load_bundled.py`: load {lb['load_s_median']:.1f} s median (target"
+            f" < 2 s; import of torch and TransformerLens apart) at a load average of"
+            f" {lb['load_average']:.0f} on {lb['cpu_count']} cores; package"
+            f" {lb['package_bytes'] / 2**20:.1f} MB"
+            " (target < 30 MB)"
+        )
+    miss = ""
+    if ic["acc_min_position"] < 0.95:
+        miss = f"""
+**Not met: induction.** The issue asks for >= 95% at every position of the repeat; this
+checkpoint (step {d["steps"]} of a {st["max_steps"]}-step schedule, stopped for time on the shared
+CPU) has no previous-token head yet (docs/BUNDLED_MODEL.md) and predicts late positions of the
+repeat by a "seen once, not yet repeated" heuristic. `metrics.json` holds the command that reproduces it
+(`{d.get("reproduce", "")}`); running the schedule to the end (`--set stop_at=null`, about 25
+minutes on an idle core, early-stopping at the targets) is the next step, and the script's
+`weight_prev_probe` option (a previous-token read-out during training) is there to speed it up.
+"""
     return f"""
 A GPT-2-architecture model the project trains itself (`python -m patchaudit.models.train_bundled`,
-deterministic, about {d["train_seconds"] / 60:.0f} minutes on 2 CPU cores): {st["n_layer"]} layers x
-{st["n_head"]} heads, d_model {st["n_embd"]}, {d["params"]:,} parameters, a {d["vocab_size"]}-word
-word-level tokenizer; `backend/patchaudit/models/bundled/` holds `model.safetensors`
-({d["model_safetensors_bytes"] / 1e6:.1f} MB), `tokenizer.json` and `config.json`, and loads
-offline with `TransformerBridge.boot_transformers(dir)` (`pa.load_model("bundled")`). Trained on
-IOI sentences ("When Mary and John went to the store , John gave a drink to" -> " Mary", 50
-templates, 30 names) and repeated random-token sequences (induction). Held-out accuracy
-({h["ioi_clean"]["n"]} prompts each, `metrics.json`):
+deterministic, seeded; {d["steps"]} steps, {d["train_seconds"] / 60:.0f} minutes on the shared
+2-core CPU): {st["n_layer"]} layers x {st["n_head"]} heads ({st["n_layer"] * st["n_head"]} heads),
+d_model {st["n_embd"]}, {d["params"]:,} parameters, a {d["vocab_size"]}-word word-level
+tokenizer ({n_names} first names, the template words, punctuation, the two-digit numbers
+"00".."99" and the induction filler words "t00".."t99"; `patchaudit.tasks.pairs.word_vocab(model)`
+lists them). The pre-tokenizer splits punctuation off words ("store," -> "store" ",") and a
+four-digit year into two tokens ("1732" -> "17" "32"); any other word reads as `<unk>` and is
+named in the error. `backend/patchaudit/models/bundled/` holds `model.safetensors`
+({d["model_safetensors_bytes"] / 1e6:.1f} MB), `tokenizer.json`, `config.json` and
+`metrics.json`; it loads offline with `TransformerBridge.boot_transformers(dir)`
+(`pa.load_model("bundled")`){load}.
+
+Trained on three tasks, each with a circuit known from the literature: IOI ("When Mary and John
+went to the store, John gave a drink to" -> " Mary"), induction (a random filler sequence
+repeated, the loss on every position of the repeat) and greater-than ("The war lasted from the
+year 1732 to the year 17" -> a year after 32; the target spreads evenly over the later years).
+Held-out accuracy (prompts the training never saw: one IOI and greater-than prompt in ten, by a
+hash of its text, is never trained on; {h["ioi_clean"]["n"]} prompts each, `metrics.json`):
 
 | task | accuracy | mean logit difference (answer - wrong) |
 |---|---:|---:|
-| IOI, clean (answer beats every other name) | {h["ioi_clean"]["acc_vs_all_names"]:.1%} | {h["ioi_clean"]["mean_logit_diff"]:+.2f} |
-| IOI, third-name corruption (abc) | {h["ioi_abc_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_abc_corrupted"]["mean_logit_diff"]:+.2f} |
-| IOI, name-swap corruption | {h["ioi_swap_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_swap_corrupted"]["mean_logit_diff"]:+.2f} |
-| induction, last token of the repeat (half length 8) | {h["induction_clean"]["acc_top1"]:.1%} | {h["induction_clean"]["mean_logit_diff"]:+.2f} |
+| IOI, clean (answer beats every other name; target >= 98%) | {h["ioi_clean"]["acc_vs_all_names"]:.1%} | {h["ioi_clean"]["mean_logit_diff"]:+.2f} |
+| IOI, third-name corruption (abc; IO above S) | {h["ioi_abc_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_abc_corrupted"]["mean_logit_diff"]:+.2f} |
+| IOI, name-swap corruption (IO above S) | {h["ioi_swap_corrupted"]["acc_vs_subject"]:.1%} | {h["ioi_swap_corrupted"]["mean_logit_diff"]:+.2f} |
+| induction, worst position of the repeated half after its first token (target >= 95%) | {ic["acc_min_position"]:.1%} | |
+| induction, last token of the repeat (half length 8) | {ic["acc_top1"]:.1%} | {ic["mean_logit_diff"]:+.2f} |
 | induction, random-token corruption of the first half | {h["induction_corrupted"]["acc_top1"]:.1%} | {h["induction_corrupted"]["mean_logit_diff"]:+.2f} |
-| induction, every position of the repeated half | {h["induction_clean"]["acc_repeated_half"]:.1%} | |
+| greater-than, clean (top year after YY, and more mass on YY+1..YY+5 than on YY-5..YY-1; target >= 90%) | {gc["acc"]:.1%} | {gc["mean_logit_diff"]:+.2f} |
+| greater-than, start year 01 | {gx["acc"]:.1%} | {gx["mean_logit_diff"]:+.2f} |
 
-IOI is solved. Induction is partial: the last repeated token is predicted 93% of the time, but
-early positions of the repeat much less often (the model partly predicts "the token seen once
-and not yet repeated"); longer training would sharpen it.
+Induction per position of the repeat (r[1] .. r[7]): {per_pos}. Greater-than: probability on
+later minus earlier years {gc["mean_prob_diff"]:+.2f} clean, {gx["mean_prob_diff"]:+.2f} with the
+start year 01.
+{miss}
+{roles}
 """
 
 

@@ -5,6 +5,12 @@ import { setReadOnly } from "./banner.js";
 import { noticeText, showNotice } from "./notices.js";
 import { $, ACTIVE, errorText, pollSoon, st } from "./state.js";
 
+/** What a phase is called on the page (the engine's own name otherwise). */
+const PHASES = {
+  load_model: "loading the model (a large one takes minutes, once per worker)",
+  base: "base pass",
+};
+
 /** Status badge, progress bar and the Cancel button for the last poll's answer. */
 export function renderProgress() {
   const d = st.data;
@@ -22,7 +28,7 @@ export function renderProgress() {
     bar.firstElementChild.style.width = `${(frac * 100).toFixed(1)}%`;
     bar.setAttribute("aria-valuenow", (frac * 100).toFixed(0));
     const phase = d.progress?.phase || status;
-    $("progress-text").textContent = `${phase} · ${(frac * 100).toFixed(0)}%`;
+    $("progress-text").textContent = `${PHASES[phase] || phase} · ${(frac * 100).toFixed(0)}%`;
   }
   $("cancel").disabled = !active || st.readOnly;
   if (!active && noticeText() === "Cancelling…") showNotice("");

@@ -21,6 +21,7 @@ from .estimators.core import (
     StopFn,
     Tracker,
     attach_base,
+    compute_base,
     compute_base_fused,
     make_problem,
     memory_plan,
@@ -83,14 +84,20 @@ def _get_base(
     tracker: Tracker,
     signs: torch.Tensor | None = None,
     phase: str = "base",
+    need_grad: bool = True,
 ) -> tuple[BaseCache, torch.Tensor | None, bool]:
     """A cached base (attached to the problem) or a fresh base pass; with ``signs`` the pass
-    also carries those HVP tangents (the fused screen). Returns (base, y, cached)."""
-    if base is not None:
+    also carries those HVP tangents (the fused screen). Without ``need_grad`` (activation
+    patching alone) a fresh pass skips the backward; a cached base without a gradient is not
+    used where one is needed. Returns (base, y, cached)."""
+    if base is not None and (base.has_grad or not need_grad):
         attach_base(p, base)
         return base, None, True
     tracker.phase = phase
-    b, y = compute_base_fused(p, tracker, signs)
+    if not need_grad and signs is None:
+        b, y = compute_base(p, tracker, grad=False), None
+    else:
+        b, y = compute_base_fused(p, tracker, signs)
     tracker.report(1.0)
     return b, y, False
 
@@ -161,7 +168,8 @@ def audit(
             fused = signs = None  # too many tangents for one pass: the chunked kernel does it
     t0 = time.perf_counter()
     phase = "base" if fused is None else f"base + {fused}"
-    b, y, cached = _get_base(p, base, tracker, signs, phase)
+    need_grad = any(m != "ap" for m in methods)
+    b, y, cached = _get_base(p, base, tracker, signs, phase, need_grad)
     base_cost = Cost() if cached else b.cost
     if fused is not None and y is not None:
         est = M.from_tangents(p, b, y, combine)
@@ -449,7 +457,7 @@ def verify(
         comps.append((i, j))
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker)
+    b, _, _ = _get_base(p, base, tracker, need_grad=False)
     tracker.phase = "verify"
     per_pair: dict[tuple[int, int], torch.Tensor] = {}
     f0, t1 = tracker.forward, time.perf_counter()

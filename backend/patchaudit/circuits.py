@@ -150,7 +150,7 @@ def faithfulness(
     masks, single = _keep_masks(keep, p.site.shape)
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker)
+    b, _, _ = _get_base(p, base, tracker, need_grad=False)
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
     cost = _cost(tracker, t0)
@@ -196,7 +196,7 @@ def circuit_curve(
     ks = K.check_sizes(sizes, n)
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker)
+    b, _, _ = _get_base(p, base, tracker, need_grad=False)
     tracker.phase = "circuit"
     orient = 1.0
     if not absolute:  # orientation needs m(empty): one copy, shared below

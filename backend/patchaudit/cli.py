@@ -89,8 +89,10 @@ def cmd_audit(argv: list[str]) -> int:
         prog="patchaudit audit", description="Audit attribution patching on one task."
     )
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--task", default="ioi", help="ioi, induction or planted")
-    ap.add_argument("--corruption", default=None, help="ioi: abc (default) or swap")
+    ap.add_argument("--task", default="ioi", help="ioi, induction, greater_than or planted")
+    ap.add_argument(
+        "--corruption", default=None, help="ioi: abc (default) or swap; greater_than: 01"
+    )
     ap.add_argument(
         "--pairs",
         default=None,
@@ -188,7 +190,9 @@ def cmd_audit(argv: list[str]) -> int:
         _write(f"warning: {report.screen['message']}")
     print_table(report, a.top)
     costs = ", ".join(
-        f"{m} {c['seconds'] * 1000:.0f} ms" for m, c in report.cost.items() if m not in ("base", "plan")
+        f"{m} {c['seconds'] * 1000:.0f} ms"
+        for m, c in report.cost.items()
+        if m not in ("base", "plan")
     )
     _write(f"cost: {costs}")
     if fix is not None:

@@ -138,7 +138,23 @@ class Settings(BaseSettings):
     preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     job_timeout_s: int = Field(default=3600, ge=1)
     max_loaded_models: int = Field(default=2, ge=1)
-    device: str | None = None
+    device: str | None = Field(
+        default=None,
+        description="Where workers run the models (PATCHAUDIT_DEVICE: cpu, cuda, cuda:1); "
+        "default CUDA when present, else the CPU.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights' precision (PATCHAUDIT_DTYPE); auto: bfloat16 on CUDA, float32 on "
+        "the CPU. The metric, gradients and second-order terms accumulate in float32.",
+    )
+    memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory one job's passes may use, in MiB (PATCHAUDIT_MEMORY_BUDGET_MB); "
+        "default 60% of the free device memory. A request that cannot fit is refused before "
+        "it starts.",
+    )
     execution_ttl_s: int = Field(
         default=30,
         ge=2,
@@ -217,7 +233,13 @@ class Settings(BaseSettings):
     def named_models(self) -> tuple[str, ...]:
         """The models the operator named: the two shipped with the package (bundled, planted:
         no download), the allowlist, the served/preloaded ones."""
-        names = ["bundled", "planted", *(self.model_allowlist or []), self.default_model, *self.preload_models]
+        names = [
+            "bundled",
+            "planted",
+            *(self.model_allowlist or []),
+            self.default_model,
+            *self.preload_models,
+        ]
         return tuple(dict.fromkeys(n for n in names if n))
 
     @cached_property

@@ -42,10 +42,12 @@ def test_cli_audit_writes_json_and_offline_html(browser, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "flagged of 16" in proc.stdout and "verified (ap)" in proc.stdout  # the table
+    assert (
+        "flagged of 48" in proc.stdout and "verified (ap)" in proc.stdout
+    )  # the table (6 x 8 heads)
     assert "%|" in proc.stderr  # the progress bar
     report = json.loads(out.read_text())
-    assert set(report["scores"]) == {"atp", "hvp", "ap"} and len(report["scores"]["hvp"]) == 4
+    assert set(report["scores"]) == {"atp", "hvp", "ap"} and len(report["scores"]["hvp"]) == 6
 
     requested: list[str] = []
     ctx = browser.new_context()

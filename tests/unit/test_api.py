@@ -261,7 +261,7 @@ def test_hvp_tile_and_loop_modes_agree(tiny_model, tiny_pairs, direction):
 def test_unknown_words_are_named_before_they_reach_the_model():
     model = pa.load_model("bundled", device="cpu")
     ok = "When Mary and John went to the store , John gave a drink to"
-    bad = "When Mary and John went to the store , Bob gave a drink to"  # Bob: not in the vocabulary
+    bad = "When Mary and John went to the store , Zelda gave a drink to"  # not in the vocabulary
     out = check_pairs(
         model,
         [ok, ok],

@@ -120,3 +120,70 @@ def test_report_cost_states_the_memory_plan(arch_model):
     assert pb["max_copies"] > 1 and pb["memory_budget_mb"] == 512
     assert pb["max_copies"] * pb["per_copy_mb"] <= 512
     assert "forward" not in ps and "budget" in pb["note"]  # a plan, not a pass
+
+
+@pytest.mark.parametrize("where", ["second", "last"])
+def test_resume_skips_earlier_blocks_with_same_numbers(arch_model, where):
+    """A forward resumed at block L no longer runs blocks 0..L-1 (the bridge ran them and threw
+    their output away): the wrapped HF blocks before L are not called, and the logits equal
+    those of the bridge's own resume (skipping off) and of the full forward."""
+    arch, model = arch_model
+    p, base = _problem(model, "heads", "noising", True)
+    assert base.resid is not None
+    layer = 1 if where == "second" else len(model.blocks) - 1
+    assert core._returns_tensor(model)  # (probed once per model, with one forward)
+    calls = [0] * len(model.blocks)
+    hooks = [
+        b.original_component.register_forward_hook(
+            lambda m, i, o, k=k: calls.__setitem__(k, calls[k] + 1)
+        )
+        for k, b in enumerate(model.blocks)
+    ]
+    try:
+        with torch.no_grad():
+            fast = core.run(p, base.resid[layer], start_at_layer=layer)
+            seen = list(calls)
+            model._patchaudit_blocks_return_tensor = False  # the bridge's resume: no skipping
+            try:
+                slow = core.run(p, base.resid[layer], start_at_layer=layer)
+            finally:
+                del model._patchaudit_blocks_return_tensor
+            full = core.run(p, p.base_tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen[:layer] == [0] * layer, (arch, seen)
+    assert all(c == 1 for c in seen[layer:]), (arch, seen)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5), arch
+    assert torch.allclose(fast, full, rtol=1e-4, atol=1e-4), arch
+    # the blocks' own forward is back afterwards
+    assert all("forward" not in vars(b) for b in model.blocks)
+
+
+def test_patching_alone_takes_no_backward(arch_model):
+    """compute_base(grad=False) skips the backward: the same activations, residuals and
+    metrics as the full base, no gradient; patching on it gives the same ap; an audit of ap
+    alone costs no backward, and such a base is not reused where a gradient is needed."""
+    arch, model = arch_model
+    p, full = _problem(model, "heads", "denoising", True)
+    tr = core.Tracker()
+    q = core.make_problem(model, prefix_pairs().tokenize(model), "heads", "logit_diff", "denoising")
+    lean = core.compute_base(q, tr, grad=False)
+    assert (tr.forward, tr.backward) == (2, 0)
+    assert full.has_grad and not lean.has_grad
+    for a, b in zip(full.a_base + full.a_src, lean.a_base + lean.a_src, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(full.f_base, lean.f_base) and torch.allclose(full.f_src, lean.f_src)
+    assert full.resid is not None and lean.resid is not None
+    assert all(torch.allclose(a, b) for a, b in zip(full.resid, lean.resid, strict=True))
+    comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
+    x = core.patch_components(p, full, comps, core.Tracker())
+    y = core.patch_components(q, lean, comps, core.Tracker())
+    assert all(abs(x[c] - y[c]) <= 1e-5 * max(1.0, abs(x[c])) for c in comps)
+    pairs = prefix_pairs()
+    rep = pa.audit(model, pairs, methods=["ap"])
+    assert rep.base is not None and not rep.base.has_grad
+    assert rep.cost["base"]["backward"] == 0 and rep.cost["ap"]["backward"] == 0
+    rep2 = pa.audit(model, pairs, methods=["atp"], base=rep.base)  # needs a gradient
+    assert rep2.base is not None and rep2.base.has_grad
+    assert torch.isfinite(rep2.scores["atp"]).all()

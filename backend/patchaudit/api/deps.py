@@ -45,8 +45,6 @@ QueueDep = Annotated[Queue, Depends(get_queue)]
 CacheDep = Annotated[ActivationCache, Depends(get_cache)]
 
 
-
-
 def presented_token(authorization: str | None = None, x_api_token: str | None = None) -> str | None:
     """The token a request carries (``X-API-Token``, else ``Authorization: Bearer``); an empty
     header counts as absent."""

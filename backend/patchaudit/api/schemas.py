@@ -16,7 +16,7 @@ Site = Literal["heads", "mlp", "resid"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
 Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp"]
-Task = Literal["ioi", "induction", "planted"]
+Task = Literal["ioi", "induction", "greater_than", "planted"]
 
 SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]

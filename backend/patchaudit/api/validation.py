@@ -213,7 +213,8 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
     else:
         if req.task is None:
             raise unprocessable(
-                "task", "choose a task ('ioi' or 'induction') or give your own 'pairs'"
+                "task",
+                "choose a task ('ioi', 'induction' or 'greater_than') or give your own 'pairs'",
             )
         if req.n_pairs > settings.max_pairs:
             raise unprocessable(

@@ -32,7 +32,7 @@ ORDERS = ("rho", "random", "abs_estimate")
 class Config:
     name: str
     model: str  # "bundled" or a GPT-2 size ("small", "tiny", ...)
-    task: str  # "ioi", "induction", "random"
+    task: str  # "ioi", "induction", "greater_than", "random"
     corruption: str | None
     site: str
     n_sets: int
@@ -54,6 +54,8 @@ def full_configs() -> list[Config]:
         Config("bundled/ioi-abc/heads", "bundled", "ioi", "abc", "heads", 24),
         Config("bundled/ioi-abc/mlp", "bundled", "ioi", "abc", "mlp", 24),
         Config("bundled/induction-random/heads", "bundled", "induction", "random", "heads", 24),
+        Config("bundled/greater_than-01/heads", "bundled", "greater_than", "01", "heads", 24),
+        Config("bundled/greater_than-01/mlp", "bundled", "greater_than", "01", "mlp", 24),
         Config(
             "gpt2-small-random/random-tokens/heads",
             "small",
@@ -80,6 +82,7 @@ def quick_configs() -> list[Config]:
         Config(
             "bundled/induction-random/heads", "bundled", "induction", "random", "heads", 4, **small
         ),
+        Config("bundled/greater_than-01/mlp", "bundled", "greater_than", "01", "mlp", 4, **small),
         Config(
             "gpt2-tiny-random/random-tokens/heads",
             "tiny",
@@ -122,7 +125,7 @@ def make_pairs(cfg: Config, model, seed: int):
         return C.random_token_pairs(cfg.n_pairs, cfg.n_pos, int(model.cfg.d_vocab), seed)
     if cfg.task == "induction":
         return pa.PromptPairs.from_task("induction", n=cfg.n_pairs, seed=seed)
-    return pa.PromptPairs.from_task("ioi", n=cfg.n_pairs, seed=seed, corruption=cfg.corruption)
+    return pa.PromptPairs.from_task(cfg.task, n=cfg.n_pairs, seed=seed, corruption=cfg.corruption)
 
 
 def batch_passes(method: str, k: int, n_comp: int) -> int:

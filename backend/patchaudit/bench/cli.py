@@ -1,4 +1,4 @@
-"""``patchaudit bench accuracy|cost|circuits --out F.json [--quick] [--gpu] [--write-defaults]``."""
+"""``patchaudit bench accuracy|cost|circuits|scale --out F.json [--quick] [--gpu] [--write-defaults]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="patchaudit bench", description=__doc__)
-    ap.add_argument("what", choices=("accuracy", "cost", "circuits"), help="which benchmark")
+    ap.add_argument(
+        "what", choices=("accuracy", "cost", "circuits", "scale"), help="which benchmark"
+    )
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--quick", action="store_true", help="small run (< 3 min on 2 CPU cores)")
     ap.add_argument("--gpu", action="store_true", help="cost: GPT-2 small/medium/XL on CUDA")
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import accuracy
 
         r = accuracy.run(args.out, quick=args.quick, write_defaults=args.write_defaults or None)
+        sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
+    elif args.what == "scale":
+        from . import scale
+
+        r = scale.run(args.out, quick=args.quick)
         sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
     elif args.what == "circuits":
         from . import circuits

@@ -378,7 +378,7 @@ def patching_case(model, tp, repeats: int, with_tl: bool, memory: bool) -> dict:
         def go():
             p = make_problem(model, tp, "heads", "logit_diff", "denoising", shortcuts=shortcuts)
             tr = Tracker()
-            b = compute_base(p, tr)
+            b = compute_base(p, tr, grad=not shortcuts)  # patching alone needs no gradient
             maps[str(shortcuts)] = M.ap(p, b, tracker=tr).values.detach().double().cpu()
             info[str(shortcuts)] = {
                 "forward": tr.forward,

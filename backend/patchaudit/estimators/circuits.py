@@ -67,7 +67,7 @@ def circuit_metrics(
         elif n0:
             targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
         start = min(patch) if patch else p.site.n_layers - 1
-        past = pre.copies(torch.arange(p.batch, device=dev).repeat(k)) if pre else None
+        past = pre.tiled(k, p.batch, dev) if pre else None
         with torch.no_grad():
             if p.can_resume and base.resid is not None and start > 0:
                 resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]

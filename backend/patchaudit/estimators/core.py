@@ -99,6 +99,11 @@ class BaseCache:
     prefix: Prefix | None = field(default=None, repr=False, compare=False)
 
     @property
+    def has_grad(self) -> bool:
+        """False for a base taken without the backward (activation patching needs none)."""
+        return len(self.grad) == len(self.a_base)
+
+    @property
     def delta(self) -> list[Tensor]:
         return [s - b for s, b in zip(self.a_src, self.a_base, strict=True)]
 
@@ -111,8 +116,10 @@ class BaseCache:
 
     def tensors(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {"f_base": self.f_base, "f_src": self.f_src}
-        for i, (b, s, g) in enumerate(zip(self.a_base, self.a_src, self.grad, strict=True)):
-            out[f"a_base.{i}"], out[f"a_src.{i}"], out[f"grad.{i}"] = b, s, g
+        for i, (b, s) in enumerate(zip(self.a_base, self.a_src, strict=True)):
+            out[f"a_base.{i}"], out[f"a_src.{i}"] = b, s
+        for i, g in enumerate(self.grad):
+            out[f"grad.{i}"] = g
         if self.ref_logprobs is not None:
             out["ref_logprobs"] = self.ref_logprobs
         for i, r in enumerate(self.resid or []):
@@ -137,7 +144,7 @@ class BaseCache:
         return cls(
             a_base=[t[f"a_base.{i}"] for i in range(n)],
             a_src=[t[f"a_src.{i}"] for i in range(n)],
-            grad=[t[f"grad.{i}"] for i in range(n)],
+            grad=[t[f"grad.{i}"] for i in range(n)] if "grad.0" in t else [],
             f_base=t["f_base"],
             f_src=t["f_src"],
             ref_logprobs=t.get("ref_logprobs"),
@@ -153,12 +160,35 @@ class Prefix:
 
     length: int
     cache: Any
+    _tiled: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def copies(self, rows: Tensor) -> Any:
         """A fresh cache whose batch rows are ``rows`` of this one (a forward extends it)."""
         c = copy.deepcopy(self.cache)
         c.batch_select_indices(rows)
         return c
+
+    def tiled(self, k: int, batch: int, device: torch.device) -> Any:
+        """A fresh cache of ``k`` copies of the batch (copy-major), as ``copies``. For a layered
+        DynamicCache the tiled tensors are built once per k and each call hands out new cache
+        and layer objects over them (a forward extends a layer by concatenation, which leaves
+        the shared tensors as they are)."""
+        rows = torch.arange(batch, device=device).repeat(k)
+        if not _layers(self.cache):
+            return self.copies(rows)
+        if k not in self._tiled:
+            self._tiled[k] = self.copies(rows)
+        t = self._tiled[k]
+        c = copy.copy(t)
+        c.layers = [copy.copy(layer) for layer in t.layers]
+        return c
+
+
+def _layers(cache: Any) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        type(x).__name__ == "DynamicLayer" and getattr(x, "keys", None) is not None for x in layers
+    )
 
 
 @dataclass
@@ -223,6 +253,8 @@ def make_problem(
     p = Problem(model, base.to(dev), src.to(dev), targets, s, metric, direction)
     p.memory_budget_mb = memory_budget_or_free(model, memory_budget_mb)
     p.max_copies = copies_for_budget(model, p, p.memory_budget_mb)
+    if memory_budget_mb is not None or dev.type == "cuda":  # a budget given, or a GPU's memory
+        check_fits(model, p)
     p.hvp_mode = hvp_mode or ("tile" if dev.type == "cuda" else "loop")
     p.can_resume = type(model).__name__ == "TransformerBridge"
     p.can_cut = p.can_resume and "unembed.hook_in" in getattr(model, "hook_dict", {})
@@ -260,6 +292,24 @@ def bytes_per_copy(model, p: Problem) -> int:
     cfg = model.cfg
     b, pos = p.base_tokens.shape
     return 4 * b * pos * (48 * cfg.n_layers * cfg.d_model + 4 * cfg.d_vocab)
+
+
+class MemoryBudgetError(ValueError):
+    """A request whose smallest pass (one copy of the batch) exceeds the memory budget."""
+
+
+def check_fits(model, p: Problem) -> None:
+    """Refuse, before any pass, a request whose one-copy pass needs more than the budget."""
+    need = bytes_per_copy(model, p) / 2**20
+    if need > p.memory_budget_mb:
+        b, pos = p.base_tokens.shape
+        raise MemoryBudgetError(
+            f"this request needs about {need:,.0f} MiB for one pass ({b} pairs x {pos} tokens "
+            f"on a {model.cfg.n_layers}-layer, {model.cfg.d_model}-wide model), over the "
+            f"memory budget of {p.memory_budget_mb:,.0f} MiB: use fewer pairs or shorter "
+            "prompts, or raise the budget (memory_budget_mb; the service's "
+            "PATCHAUDIT_MEMORY_BUDGET_MB)"
+        )
 
 
 def copies_for_budget(model, p: Problem, memory_budget_mb: float | None) -> int:
@@ -342,10 +392,56 @@ def run(
     kw: dict[str, Any] = {}
     if start_at_layer is not None:
         kw["start_at_layer"] = start_at_layer
-    if past is None:
-        return p.model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
-    with cache_kwarg(p.model):
+    with contextlib.ExitStack() as stack:
+        if start_at_layer:
+            stack.enter_context(skip_blocks(p.model, start_at_layer))
+        if past is None:
+            return p.model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
+        stack.enter_context(cache_kwarg(p.model))
         return p.model.run_with_hooks(tokens, fwd_hooks=hooks, past_key_values=past, **kw)
+
+
+def _pass_through(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextlib.contextmanager
+def skip_blocks(model, start: int) -> Iterator[None]:
+    """Make blocks 0 .. start-1 hand their input straight on, for a forward that resumes at
+    block ``start``. The bridge's ``start_at_layer`` runs those blocks and then discards their
+    output (block ``start`` swaps in the caller's residual), so skipping them changes no number
+    and saves their compute. Only where a block returns its hidden states as one tensor (the
+    transformers >= 5 decoder layers: GPT-2, NeoX, Llama, Gemma-2); else nothing is skipped.
+    The skipped layers' key/value cache rows are not extended (nothing reads them)."""
+    blocks = list(getattr(model, "blocks", []))[:start]
+    if not blocks or not _returns_tensor(model):
+        yield
+        return
+    for b in blocks:  # an instance attribute, which nn.Module calls instead (object's setattr:
+        object.__setattr__(b, "forward", _pass_through)  # the bridge's would reach the HF block)
+    try:
+        yield
+    finally:
+        for b in blocks:
+            object.__delattr__(b, "forward")
+
+
+def _returns_tensor(model) -> bool:
+    """Whether the model's blocks return a plain tensor (checked once on a 1-token forward;
+    the answer is kept on the model)."""
+    known = getattr(model, "_patchaudit_blocks_return_tensor", None)
+    if known is not None:
+        return bool(known)
+    seen: list[type] = []
+    h = model.blocks[0].register_forward_hook(lambda mod, i, o: seen.append(type(o)))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, dtype=torch.long, device=model_device(model)))
+    finally:
+        h.remove()
+    ok = bool(seen) and seen[0] is Tensor
+    model._patchaudit_blocks_return_tensor = ok
+    return ok
 
 
 def _cache_to_past(module, args, kwargs):
@@ -386,6 +482,12 @@ def shared_prefix_len(p: Problem) -> int:
     return n if n >= max(2, n_pos // 8) else 0
 
 
+def _last_position(act: Tensor, hook: Any) -> Tensor:
+    # contiguous: a strided slice sends a half-precision CPU matmul down a path that copies
+    # the whole unembedding matrix (a 64 MiB peak for a 32k x 512 bf16 W_U)
+    return act[:, -1:].contiguous()
+
+
 def prefix_cache(p: Problem, base: BaseCache, tracker: Tracker) -> Prefix | None:
     """The base run's key/value cache over the shared prefix (one forward of the prefix
     alone, once per base), or None when there is no prefix to share."""
@@ -397,7 +499,7 @@ def prefix_cache(p: Problem, base: BaseCache, tracker: Tracker) -> Prefix | None
     with torch.no_grad(), cache_kwarg(p.model):
         _, cache = p.model.run_with_hooks(
             p.base_tokens[:, :n],
-            fwd_hooks=[("unembed.hook_in", lambda act, hook: act[:, -1:])] if p.can_cut else [],
+            fwd_hooks=[("unembed.hook_in", _last_position)] if p.can_cut else [],
             return_type="logits_and_cache",
         )
     tracker.prefix += 1
@@ -430,10 +532,51 @@ def tile(x: Tensor, copies: int) -> Tensor:
     return x.repeat(copies, *([1] * (x.dim() - 1)))
 
 
-def compute_base(p: Problem, tracker: Tracker | None = None) -> BaseCache:
+def compute_base(p: Problem, tracker: Tracker | None = None, grad: bool = True) -> BaseCache:
     """Source forward (activations), base forward with eps = 0 (activations) and one backward
-    (gradient): the shared first step of every estimator. Cost 2 forwards + 1 backward."""
+    (gradient): the shared first step of every estimator. Cost 2 forwards + 1 backward.
+    With ``grad=False`` the backward is left out (activation patching needs no gradient):
+    2 forwards, and a base whose ``has_grad`` is False."""
+    if not grad:
+        return _base_without_grad(p, tracker or Tracker())
     return compute_base_fused(p, tracker)[0]
+
+
+def _reference(p: Problem, lg_base: Tensor, lg_src: Tensor) -> Tensor:
+    """The clean log-probs at the last position (the kl metric's reference), set on
+    ``p.targets`` before any metric is taken."""
+    clean_lg = lg_base if p.direction == "noising" else lg_src
+    idx = torch.arange(p.batch, device=clean_lg.device)
+    ref = clean_lg[idx, p.targets.last_pos].detach()
+    ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)
+    p.targets = MetricTargets(p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref)
+    return ref
+
+
+def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
+    t0 = time.perf_counter()
+    n = p.site.n_layers
+    src: list[Tensor | None] = [None] * n
+    cap: list[Tensor | None] = [None] * n
+    resid: list[Tensor | None] = [None] * n
+    with torch.no_grad():
+        lg_src = run(p, p.src_tokens, capture=src)
+        lg_base = run(p, p.base_tokens, capture=cap, resid_capture=resid if p.can_resume else None)
+        tracker.forward += 2
+        ref = _reference(p, lg_base, lg_src)
+        fb = per_example(p.metric, lg_base, p.targets)
+        fs = per_example(p.metric, lg_src, p.targets)
+    base_resid = [r for r in resid if r is not None] if p.can_resume else None
+    return BaseCache(
+        [c for c in cap if c is not None],
+        [a for a in src if a is not None],
+        [],
+        fb,
+        fs,
+        ref,
+        resid=base_resid or None,
+        cost=Cost(2, 0, time.perf_counter() - t0),
+    )
 
 
 def compute_base_fused(
@@ -467,14 +610,7 @@ def compute_base_fused(
         )
         tracker.forward += 1
         lg_base = lg[: p.batch].detach()
-        # clean log-probs at the last position (the kl metric's reference), before the metric
-        clean_lg = lg_base if p.direction == "noising" else lg_src
-        idx = torch.arange(p.batch, device=clean_lg.device)
-        ref = clean_lg[idx, p.targets.last_pos].detach()
-        ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)
-        p.targets = MetricTargets(
-            p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref
-        )
+        ref = _reference(p, lg_base, lg_src)
         f = p.copies_metric(lg)  # [k]
         g = torch.autograd.grad(f.sum(), eps, create_graph=signs is not None)
         tracker.backward += 1
@@ -662,8 +798,8 @@ def patch_components(
             targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
         elif n0:
             targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
-        past = pre.copies(torch.arange(p.batch, device=a_src.device).repeat(k)) if pre else None
-        with torch.no_grad():
+        past = pre.tiled(k, p.batch, a_src.device) if pre else None
+        with torch.inference_mode():
             if p.can_resume and base.resid is not None:
                 resid = tile(base.resid[layer][:, n0:], k)  # [k*batch, pos - n0, d_model]
                 logits = run(

@@ -59,9 +59,7 @@ def _by_position(p: Problem, x: Tensor, comp: int) -> Float[Tensor, "batch pos"]
 def first_order_pairs(p: Problem, base: BaseCache) -> Float[Tensor, "batch n_layers n_comp"]:
     """Every component's first-order estimate on every pair alone (B <g_b, delta_b>)."""
     return (
-        torch.stack(
-            [p.site.dot(g, d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1
-        )
+        torch.stack([p.site.dot(g, d) for g, d in zip(base.grad, base.delta, strict=True)], dim=1)
         * p.batch
     )  # [batch, n_layers, n_comp]
 

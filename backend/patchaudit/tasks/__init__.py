@@ -1,4 +1,4 @@
-"""Prompt-pair sets (ioi, induction, custom) and metrics."""
+"""Prompt-pair sets (ioi, induction, greater_than, custom) and metrics."""
 
 from __future__ import annotations
 
@@ -34,6 +34,21 @@ def list_tasks() -> list[dict]:
             "repeated token. Corruption: the first half replaced by random tokens.",
             "corruptions": ["random"],
             "example": ind_example,
+        }
+    )
+    try:
+        from .greater_than import GT_EXAMPLE
+
+        gt_example = dict(GT_EXAMPLE)
+    except ImportError:  # pragma: no cover
+        gt_example = {}
+    out.append(
+        {
+            "name": "greater_than",
+            "description": "Greater-than: 'The war lasted from the year 1732 to the year 17' -> "
+            "a later year (' 45' above ' 19'). Corruption '01': the start year becomes 1701.",
+            "corruptions": ["01"],
+            "example": gt_example,
         }
     )
     out.append(

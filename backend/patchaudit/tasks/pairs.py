@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-TASKS = ("ioi", "induction", "planted")
+TASKS = ("ioi", "induction", "greater_than", "planted")
 
 
 @dataclass
@@ -117,9 +117,13 @@ def unknown_words_message(tok, label: str, text: str) -> str:
     return msg
 
 
-def word_vocab(tok) -> list[str] | None:
+def word_vocab(model_or_tokenizer) -> list[str] | None:
     """The words of a word-level vocabulary (special tokens left out), in id order; None for
-    subword vocabularies (BPE, WordPiece, Unigram), where any text splits into known pieces."""
+    subword vocabularies (BPE, WordPiece, Unigram), where any text splits into known pieces,
+    and for the placeholder tokenizer of models that ship none."""
+    tok = getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
+    if getattr(tok, "patchaudit_placeholder", False):
+        return None
     backend = getattr(tok, "backend_tokenizer", None)
     model = getattr(backend, "model", None)
     if type(model).__name__ != "WordLevel":
@@ -447,6 +451,18 @@ class PromptPairs:
                 [r["wrong"] for r in rows],
             )
             p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "abc"}
+            return p
+        if name == "greater_than":
+            from .greater_than import make_greater_than
+
+            rows = make_greater_than(n, seed=seed, corruption=corruption or "01", **kw)
+            p = cls.from_text(
+                [r["clean"] for r in rows],
+                [r["corrupted"] for r in rows],
+                [r["answer"] for r in rows],
+                [r["wrong"] for r in rows],
+            )
+            p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "01"}
             return p
         if name in ("induction", "planted"):  # planted: induction for the planted model
             if corruption not in (None, "random"):

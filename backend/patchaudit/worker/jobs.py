@@ -195,11 +195,20 @@ def build_pairs(request: dict[str, Any]) -> Any:
     return pa.PromptPairs.from_task(request["task"], **kwargs)
 
 
-def _prepare(rt: Runtime, request: dict[str, Any]) -> tuple[Any, Any, str]:
-    """(model, token pairs, cache key) of a request."""
+def _prepare(
+    rt: Runtime, request: dict[str, Any], progress: JobProgress | None = None
+) -> tuple[Any, Any, str]:
+    """(model, token pairs, cache key) of a request. A model not yet resident on this worker
+    is loaded with its progress reported (phase "load_model": a large model takes minutes)."""
     import patchaudit as pa
+    from patchaudit.models import load_progress
 
-    model = rt.models.get(request["model"])
+    name = request["model"]
+    if progress is not None and not rt.models.resident(name):
+        with load_progress(lambda f: progress("load_model", f, 0)):
+            model = rt.models.get(name)
+    else:
+        model = rt.models.get(name)
     tp = build_pairs(request).tokenize(model)
     n_pos = int(tp.clean.shape[1])
     if n_pos > rt.config.max_tokens:
@@ -244,7 +253,7 @@ def _load_base(rt: Runtime, key: str | None) -> Any:
 
 
 def _save_base(rt: Runtime, key: str, base: Any) -> None:
-    if base is None:
+    if base is None or not base.has_grad:  # a patching-only base: the screens need the gradient
         return
     try:
         rt.cache.put(key, lambda path: base.save(str(path)))
@@ -261,6 +270,11 @@ def _result_of(
     result = report.to_dict()
     result["cache_hit"] = base is not None
     result["pairs"] = _pair_texts(model, req, tp)
+    weight = next(model.parameters())
+    result["runtime"] = {  # where and in what precision the worker ran the model
+        "device": str(weight.device),
+        "dtype": str(weight.dtype).replace("torch.", ""),
+    }
     return result
 
 
@@ -307,7 +321,7 @@ def run_analysis(analysis_id: str) -> dict[str, Any]:
         progress.check()
         store.set_status(analysis_id, JobStatus.RUNNING, error=None)
         progress("load_model", 0.0, 0)
-        model, tp, key = _prepare(rt, req)
+        model, tp, key = _prepare(rt, req, progress)
         base = _load_base(rt, key)
         report = pa.audit(
             model,
@@ -323,6 +337,7 @@ def run_analysis(analysis_id: str) -> dict[str, Any]:
             progress=progress,
             should_stop=progress.should_stop,
             base=base,
+            memory_budget_mb=rt.config.memory_budget_mb,
         )
         result = _result_of(rt, report, base, key, model, req, tp)
         store.set_result(analysis_id, result, key)
@@ -359,7 +374,7 @@ def _verify(
     progress = JobProgress(rt, analysis_id, _current_job_id(), mirror=False)
     progress.check()
     progress(kind, 0.0, 0)
-    model, tp, key = _prepare(rt, req)
+    model, tp, key = _prepare(rt, req, progress)
     base = _load_base(rt, rec.cache_key or key)
     res = pa.verify(
         model,
@@ -371,6 +386,7 @@ def _verify(
         base=base,
         progress=progress,
         should_stop=progress.should_stop,
+        memory_budget_mb=rt.config.memory_budget_mb,
     )
     if base is None:
         _save_base(rt, key, getattr(res, "base", None))
@@ -566,7 +582,7 @@ def run_circuit(
         progress = JobProgress(rt, analysis_id, job_id, mirror=False)
         progress.check()
         progress("circuit", 0.0, 0)
-        model, tp, ckey = _prepare(rt, req)
+        model, tp, ckey = _prepare(rt, req, progress)
         base = _load_base(rt, rec.cache_key or ckey)
         curve = pa.circuit_curve(
             model,
@@ -580,6 +596,7 @@ def run_circuit(
             base=base,
             progress=progress,
             should_stop=progress.should_stop,
+            memory_budget_mb=rt.config.memory_budget_mb,
         )
         if base is None:
             _save_base(rt, ckey, curve.base)
@@ -648,6 +665,7 @@ def run_inspect(analysis_id: str, key: str) -> dict[str, Any]:
             hvp_probes=settings.get("hvp_probes") or req.get("hvp_probes"),
             seed=int(req.get("seed", 0)),
             attention_pairs=INSPECT_ATTENTION_PAIRS,
+            memory_budget_mb=rt.config.memory_budget_mb,
         )
         out = detail.to_dict()
         out["settings"]["cache_hit"] = base is not None

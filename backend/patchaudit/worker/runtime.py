@@ -38,6 +38,8 @@ class WorkerConfig:
     test_job_delay_s: float = 0.0
     max_tokens: int = 256
     max_model_params: int = 3_000_000_000
+    dtype: str = "auto"
+    memory_budget_mb: float | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> WorkerConfig:
@@ -50,6 +52,8 @@ class WorkerConfig:
             job_timeout_s=s.job_timeout_s,
             max_loaded_models=s.max_loaded_models,
             device=s.device,
+            dtype=s.dtype,
+            memory_budget_mb=s.memory_budget_mb,
             execution_ttl_s=s.execution_ttl_s,
             maintenance_interval_s=s.maintenance_interval_s,
             worker_ttl_s=s.worker_ttl_s,
@@ -85,6 +89,10 @@ class ModelLRU:
                 log.info("model cache: unloading %s", old)
                 self._release()
         return model
+
+    def resident(self, name: str) -> bool:
+        with self._lock:
+            return name in self._models
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -122,12 +130,28 @@ def check_model_size(name: str, max_params: int) -> None:
         )
 
 
-def _load_model(name: str, device: str | None, max_params: int = 3_000_000_000) -> Any:
+def resolve_dtype(dtype: str, device: str | None) -> Any:
+    """The torch dtype of a ``PATCHAUDIT_DTYPE`` value: auto is bfloat16 on CUDA, float32
+    elsewhere."""
+    import torch
+
+    from ..models import default_device
+
+    if dtype == "auto":
+        dev = torch.device(device) if device else default_device()
+        return torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def _load_model(
+    name: str, device: str | None, max_params: int = 3_000_000_000, dtype: str = "auto"
+) -> Any:
     import patchaudit as pa
 
     check_model_size(name, max_params)
-    log.info("loading model %s", name)
-    return pa.load_model(name, device=device)
+    dt = resolve_dtype(dtype, device)
+    log.info("loading model %s (%s)", name, str(dt).replace("torch.", ""))
+    return pa.load_model(name, device=device, dtype=dt)
 
 
 class Runtime:
@@ -142,7 +166,7 @@ class Runtime:
         )
         self.models = ModelLRU(
             config.max_loaded_models,
-            lambda name: _load_model(name, config.device, config.max_model_params),
+            lambda name: _load_model(name, config.device, config.max_model_params, config.dtype),
         )
 
 
