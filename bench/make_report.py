@@ -330,6 +330,54 @@ def precision_md(pr: dict | None) -> list[str]:
     return [*out, ""]
 
 
+def scale_md(sc: dict | None) -> list[str]:
+    """Random Llama-architecture models in bf16 up to ~1B parameters, each method under a
+    memory budget (``patchaudit bench scale``)."""
+    if not sc or not sc.get("configs"):
+        return []
+    st = sc["settings"]
+    out = [
+        "## Large models in bf16 under a memory budget",
+        "",
+        f"Random {st['arch']} in {st['dtype']}, {st['n_pairs']} pairs x {st['n_pos']} tokens"
+        f" ({st['corruption']}), heads, on this CPU. Peak memory: {st['memory']}. The planner"
+        ' chose the copies per pass from the budget (`report.cost["plan"]`).',
+        "",
+        "| model | params | weights MiB | budget MiB | method | seconds | peak MiB | under budget |"
+        " copies per pass | passes (fwd/bwd) |",
+        "|---|---:|---:|---:|---|---:|---:|---|---:|---|",
+    ]
+    for name, c in sc["configs"].items():
+        for label, m in c["methods"].items():
+            fw = sum(int(v.get("forward") or 0) for v in m["passes"].values())
+            bw = sum(int(v.get("backward") or 0) for v in m["passes"].values())
+            what = {"screen": "screen (atp + hvp)", "ap": "ap (every head)"}.get(label, label)
+            out.append(
+                f"| {name} ({c['layers']} x {c['heads']}, d {c['width']}) | {c['params'] / 1e6:,.0f}M"
+                f" | {c['weights_mb']:,.0f} | {c['memory_budget_mb']:,.0f} | {what} |"
+                f" {m['seconds']:.1f} | {m['peak_mem_mb']:,.0f} | {'yes' if m['under_budget'] else '**no**'}"
+                f" | {m['max_copies']} | {fw}/{bw} |"
+            )
+    return [*out, ""]
+
+
+def largest_line(sc: dict | None) -> str:
+    """The README's sentence on the largest model measured."""
+    if not sc or not sc.get("largest"):
+        return ""
+    lg = sc["largest"]
+    c = sc["configs"][lg["name"]]
+    return (
+        f"Largest model measured (on this CPU): a random Llama-architecture model of"
+        f" {lg['params'] / 1e9:.2f}B parameters ({c['layers']} layers x {c['heads']} heads, d"
+        f" {c['width']}) in bf16: a screen (atp + hvp, {c['heads'] * c['layers']} heads) takes"
+        f" {lg['screen_seconds']:.0f} s with a peak of {lg['screen_peak_mem_mb']:,.0f} MiB over"
+        f" the weights, under its {lg['memory_budget_mb']:,.0f} MiB budget; activation patching"
+        f" of every head {lg['ap_seconds']:.0f} s. Every method stayed under the budget:"
+        f" {'yes' if lg['all_under_budget'] else 'NO'} (table in docs/BENCHMARKS.md).\n"
+    )
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -414,9 +462,25 @@ def _bundled_ioi(acc: dict) -> list[tuple[str, dict]]:
 
 
 def targets(
-    acc: dict | None, cpu: dict | None, gpus: list[dict]
+    acc: dict | None, cpu: dict | None, gpus: list[dict], scale: dict | None = None
 ) -> list[tuple[str, bool | None, str]]:
     rows: list[tuple[str, bool | None, str]] = []
+    if scale and scale.get("configs"):
+        name = scale["largest"]["name"]
+        c = scale["configs"][name]
+        worst = max(m["peak_mem_mb"] / c["memory_budget_mb"] for m in c["methods"].values())
+        rows.append(
+            (
+                f"peak memory under the {c['memory_budget_mb']:.0f} MiB budget for every method,"
+                f" {c['params'] / 1e9:.2f}B-parameter Llama config in bf16 (CPU)",
+                all(m["under_budget"] for m in c["methods"].values()),
+                ", ".join(
+                    f"{k} {m['peak_mem_mb']:.0f} MiB ({m['max_copies']} copies/pass)"
+                    for k, m in c["methods"].items()
+                )
+                + f"; at most {100 * worst:.0f}% of the budget",
+            )
+        )
     d = (acc or {}).get("defaults", {})
     p_cpu = d.get("hvp_probes", {}).get("cpu", 8)
     hkey = f"hvp_P{p_cpu}"
@@ -459,6 +523,34 @@ def targets(
                         f"{sp:.2f}x ({_ms(t['median_s'])} vs {_ms(a['median_s'])} ms)",
                     )
                 )
+    # issue 13: the batched sweep with the exact shortcuts against TL's loop, same numbers
+    goals = {"gpt2_small_middle": 3.0, "bundled_ioi": 5.0}
+    for case, c in ((cpu or {}).get("patching") or {}).items():
+        if "tl_over_ap" not in c:
+            continue
+        g = goals.get(case, 3.0)
+        rows.append(
+            (
+                f"TransformerLens's loop / our batched ap >= {g:.0f}x on the CPU, {c.get('model', case)},"
+                " same numbers to 1e-5 relative",
+                c["tl_over_ap"] >= g and c["max_rel_diff"] <= 1e-5,
+                f"{c['tl_over_ap']:.2f}x ({_ms(c['tl_ap_loop']['median_s'])} vs"
+                f" {_ms(c['ap']['median_s'])} ms), max rel. diff {c['max_rel_diff']:.1e}",
+            )
+        )
+    pr = (cpu or {}).get("precision") or {}
+    for arch, e in (pr.get("archs") or {}).items():
+        agree = e.get("flag_agreement_material")
+        rows.append(
+            (
+                f"{pr.get('dtype', 'bf16')} flags agree with float32 on >= 95% of material components ({arch})",
+                None if agree is None else agree >= 0.95,
+                "no material component"
+                if agree is None
+                else f"{100 * agree:.0f}% of {e['n_material']}; rel. error atp"
+                f" {e['rel_err_atp']:.1e}, hvp {e['rel_err_hvp']:.1e}, ap {e['rel_err_ap']:.1e}",
+            )
+        )
     for cost in gpus:
         for size, m in cost["models"].items():
             t, a = m["methods"].get("tl_ap_loop"), m["methods"].get("ap")
@@ -729,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
         (res / f"{path.stem}.md").write_text(
             cost_md(g, f"Cost on {g['environment'].get('gpu', 'GPU')}")
         )
-    rows = targets(acc, cpu, gpus)
+    scale = _load(res / "scale.json")
+    rows = targets(acc, cpu, gpus, scale)
     for v in vec:
         rows.append(
             (
@@ -753,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
     (res / "targets.md").write_text(t_md)
     made = plots(acc, plot_dir)
 
-    headline = [t_md, defaults_md(acc) if acc else ""]
+    prec = "\n".join(precision_md((cpu or {}).get("precision")))
+    headline = [t_md, largest_line(scale), prec, defaults_md(acc) if acc else ""]
     if cpu:
         sections.append(cost_md(cpu, "Cost on the CPU"))
     for g in gpus:
@@ -763,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(reliability_md(acc))
     if circ:
         sections.append(circuits_md(circ))
+    if scale:
+        sections.append("\n".join(scale_md(scale)))
     if made:
         sections.append("\n".join(f"![{p.stem}](../bench/plots/{p.name})" for p in made) + "\n")
     # the long tables go to docs/BENCHMARKS.md; the README keeps the targets and the defaults

@@ -115,6 +115,9 @@ DEFAULTS: dict = {
     # "seen once", so guessing one that has not repeated yet stops paying and only induction
     # (attend to the token after the earlier copy of this one) lowers the loss
     "induction_gap_len": (0, 0),
+    # loss weight of the first predictable token of the repeat (r[1], predicted at the second
+    # copy's r[0]): there only a one-token match finds the earlier copy
+    "weight_first_repeat": 1.0,
     # early stop: held-out (seed 777) accuracies with a margin over the issue's targets
     "target_ioi_acc": 0.995,
     "target_induction_min_pos_acc": 0.98,
@@ -248,6 +251,13 @@ def induction_batch(rng: random.Random, vocab: dict[str, int], b: int, cfg: dict
         ids[i, : len(s)] = torch.tensor(s)
         targets[i, : len(t)] = torch.tensor(t)
     return ids, targets  # [b, L], [b, L]
+
+
+def first_repeat_mask(targets: torch.Tensor) -> torch.Tensor:
+    """[b, L] bool: each row's first position with a target (the second copy's r[0])."""
+    valid = targets != -100
+    first = valid & (valid.int().cumsum(1) == 1)
+    return first
 
 
 def gt_batch(rng: random.Random, vocab: dict[str, int], b: int):
@@ -470,10 +480,15 @@ def train(out_dir: Path, cfg: dict) -> dict:
         ids, tgt = ioi_batch(rng, vocab, cfg["batch_ioi"])
         loss_ioi = F.cross_entropy(model(ids).logits[:, -1], tgt)
         ids, tgt = induction_batch(rng, vocab, cfg["batch_induction"], cfg)
+        first = first_repeat_mask(tgt)  # [b, L]: the first position with a target
         real = ids != vocab["<pad>"]
         out = model(ids, attention_mask=real.long(), output_hidden_states=True)
         logits = out.logits  # [b, L, vocab]
-        loss_ind = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        per_tok = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
+        ).view(tgt.shape)
+        w = (tgt != -100).float() * (1 + (cfg["weight_first_repeat"] - 1) * first.float())
+        loss_ind = (per_tok * w).sum() / w.sum()
         loss_prev = torch.zeros(())
         if cfg["weight_prev_probe"]:
             hid = out.hidden_states[cfg["prev_probe_layer"]][:, 1:]  # [b, L-1, d]

@@ -5,50 +5,36 @@ from __future__ import annotations
 
 def list_tasks() -> list[dict]:
     """Built-in tasks with an example pair each (for the UI and the API)."""
-    out = []
-    try:
-        from .ioi import IOI_EXAMPLE
+    from .greater_than import GT_EXAMPLE
+    from .induction import INDUCTION_EXAMPLE
+    from .ioi import IOI_EXAMPLE
 
-        ioi_example = dict(IOI_EXAMPLE)
-    except ImportError:  # pragma: no cover - generator not present
-        ioi_example = {}
+    out = []
     out.append(
         {
             "name": "ioi",
             "description": "Indirect object identification: 'When Mary and John went to the "
             "store , John gave a drink to' -> ' Mary'",
             "corruptions": ["abc", "swap"],
-            "example": ioi_example,
+            "example": dict(IOI_EXAMPLE),
         }
     )
-    try:
-        from .induction import INDUCTION_EXAMPLE
-
-        ind_example = dict(INDUCTION_EXAMPLE)
-    except ImportError:  # pragma: no cover
-        ind_example = {}
     out.append(
         {
             "name": "induction",
             "description": "Induction: a random token sequence repeated; predict the next "
             "repeated token. Corruption: the first half replaced by random tokens.",
             "corruptions": ["random"],
-            "example": ind_example,
+            "example": dict(INDUCTION_EXAMPLE),
         }
     )
-    try:
-        from .greater_than import GT_EXAMPLE
-
-        gt_example = dict(GT_EXAMPLE)
-    except ImportError:  # pragma: no cover
-        gt_example = {}
     out.append(
         {
             "name": "greater_than",
             "description": "Greater-than: 'The war lasted from the year 1732 to the year 17' -> "
             "a later year (' 45' above ' 19'). Corruption '01': the start year becomes 1701.",
             "corruptions": ["01"],
-            "example": gt_example,
+            "example": dict(GT_EXAMPLE),
         }
     )
     out.append(

@@ -440,29 +440,21 @@ class PromptPairs:
     ) -> PromptPairs:
         if n <= 0:
             raise ValueError(f"n must be a positive number of pairs, got {n}")
-        if name == "ioi":
-            from .ioi import make_ioi
-
-            rows = make_ioi(n, seed=seed, corruption=corruption or "abc", **kw)
+        text_tasks = {"ioi": "abc", "greater_than": "01"}  # task -> default corruption
+        if name in text_tasks:
+            if name == "ioi":
+                from .ioi import make_ioi as make
+            else:
+                from .greater_than import make_greater_than as make
+            corruption = corruption or text_tasks[name]
+            rows = make(n, seed=seed, corruption=corruption, **kw)
             p = cls.from_text(
                 [r["clean"] for r in rows],
                 [r["corrupted"] for r in rows],
                 [r["answer"] for r in rows],
                 [r["wrong"] for r in rows],
             )
-            p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "abc"}
-            return p
-        if name == "greater_than":
-            from .greater_than import make_greater_than
-
-            rows = make_greater_than(n, seed=seed, corruption=corruption or "01", **kw)
-            p = cls.from_text(
-                [r["clean"] for r in rows],
-                [r["corrupted"] for r in rows],
-                [r["answer"] for r in rows],
-                [r["wrong"] for r in rows],
-            )
-            p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption or "01"}
+            p.task = {"name": name, "n": n, "seed": seed, "corruption": corruption}
             return p
         if name in ("induction", "planted"):  # planted: induction for the planted model
             if corruption not in (None, "random"):
