@@ -349,8 +349,19 @@ def scale_md(sc: dict | None) -> list[str]:
     ]
     for name, c in sc["configs"].items():
         for label, m in c["methods"].items():
-            fw = sum(int(v.get("forward") or 0) for v in m["passes"].values())
-            bw = sum(int(v.get("backward") or 0) for v in m["passes"].values())
+            # each method's entry includes the base pass: count it once
+            ps = m["passes"]
+            b0 = ps.get("base", {})
+            fw = int(b0.get("forward") or 0) + sum(
+                int(v.get("forward") or 0) - int(b0.get("forward") or 0)
+                for k, v in ps.items()
+                if k != "base"
+            )
+            bw = int(b0.get("backward") or 0) + sum(
+                int(v.get("backward") or 0) - int(b0.get("backward") or 0)
+                for k, v in ps.items()
+                if k != "base"
+            )
             what = {"screen": "screen (atp + hvp)", "ap": "ap (every head)"}.get(label, label)
             out.append(
                 f"| {name} ({c['layers']} x {c['heads']}, d {c['width']}) | {c['params'] / 1e6:,.0f}M"

@@ -96,3 +96,13 @@ ARCHS = ("gpt2", "neox", "llama")
 @pytest.fixture(scope="session", params=ARCHS)
 def arch_model(request):
     return request.param, random_model(request.param)
+
+
+def one_copy_budget(model, pairs, site: str = "heads") -> float:
+    """A memory budget (MiB) that fits one copy of the batch per pass and not two: the
+    smallest budget a request is not refused at."""
+    from patchaudit.estimators import core
+
+    tp = pairs.tokenize(model) if hasattr(pairs, "tokenize") else pairs
+    p = core.make_problem(model, tp, site, "logit_diff", "noising")
+    return 1.05 * core.bytes_per_copy(model, p) / 2**20

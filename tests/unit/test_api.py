@@ -11,7 +11,7 @@ import torch
 import patchaudit as pa
 from patchaudit.tasks.pairs import check_pairs
 
-from .conftest import random_pairs
+from .conftest import one_copy_budget, random_pairs
 
 
 def one_line(excinfo) -> str:
@@ -181,7 +181,9 @@ def test_memory_budget_chunks_give_the_same_numbers(tiny_model, tiny_pairs):
     methods = ["ap", "hvp", "hvp_exact", "ig", "mhvp"]
     kw = dict(methods=methods, hvp_probes=5, ig_steps=5, mhvp_steps=3, hvp_mode="tile")
     big = pa.audit(tiny_model, tiny_pairs, **kw)
-    small = pa.audit(tiny_model, tiny_pairs, memory_budget_mb=1e-6, **kw)  # one copy per forward
+    small = pa.audit(
+        tiny_model, tiny_pairs, memory_budget_mb=one_copy_budget(tiny_model, tiny_pairs), **kw
+    )  # one copy per forward
     for m in methods:
         assert torch.allclose(big.scores[m], small.scores[m], rtol=1e-4, atol=1e-7), m
     assert small.cost["hvp_exact"]["forward"] > big.cost["hvp_exact"]["forward"]
@@ -201,7 +203,7 @@ def test_cancellation_between_chunks(tiny_model, tiny_pairs):
             tiny_pairs,
             methods=["atp", "hvp_exact", "ap"],
             should_stop=stop,
-            memory_budget_mb=1e-6,
+            memory_budget_mb=one_copy_budget(tiny_model, tiny_pairs),
         )
 
 

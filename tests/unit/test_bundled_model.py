@@ -62,10 +62,11 @@ def test_bundled_files_present():
     # the held-out targets, as measured by the training script (512 prompts each)
     h = json.loads((BUNDLED / "metrics.json").read_text())["held_out"]
     assert h["ioi_clean"]["acc_vs_all_names"] >= 0.98
-    # induction is partial: the target (>= 95% at every position of the repeat) is not
-    # met by the committed checkpoint (README, "The bundled model"); this pins what it does
-    assert h["induction_clean"]["acc_top1"] >= 0.45
-    assert h["induction_clean"]["acc_per_position"][-1] > h["induction_clean"]["acc_min_position"]
+    # induction: >= 95% from r[2] on; r[1] (the repeat's first one-token match) is the miss the
+    # README states (README, "The bundled model"); this pins what the checkpoint does
+    per_pos = h["induction_clean"]["acc_per_position"]
+    assert min(per_pos[1:]) >= 0.95 and h["induction_clean"]["acc_top1"] >= 0.95
+    assert abs(per_pos[0] - h["induction_clean"]["acc_min_position"]) < 1e-3 and per_pos[0] >= 0.4
     assert h["greater_than_clean"]["acc"] >= 0.90
 
 
@@ -180,12 +181,12 @@ def test_induction_accuracy_and_corruption(hf_model, tok):
     h = 8
     clean, corrupted, ans, wrong = make_induction(tok, 64, seed=2024, half_len=h)
     logits = hf_model(clean).logits
-    # position h+1+j of the repeat predicts r[j+1]; the model gets better along the repeat
+    # position h+1+j of the repeat predicts r[j+1]: every one from r[2] on is induction
     per_pos = (logits[:, h + 1 : 2 * h].argmax(-1) == clean[:, 2 : h + 1]).float().mean(0)
-    assert per_pos[-3:].mean() > per_pos[:3].mean() + 0.1, per_pos.tolist()
+    assert per_pos[1:].min() >= 0.9, per_pos.tolist()
     acc_clean = (logits[:, -1].argmax(-1) == ans).float().mean().item()
     acc_corr = (hf_model(corrupted).logits[:, -1].argmax(-1) == ans).float().mean().item()
-    assert acc_clean >= 0.35  # chance is 1 in 100
+    assert acc_clean >= 0.9  # chance is 1 in 100
     assert acc_corr < 0.1
 
 

@@ -11,6 +11,8 @@ import patchaudit as pa
 from patchaudit.estimators import circuits as CI
 from patchaudit.estimators import core
 
+from .conftest import one_copy_budget
+
 
 def prefix_pairs(n: int = 3, pos: int = 10, vocab: int = 64, first: int = 5, seed: int = 0):
     """Corrupted prompts that differ from the clean ones from position ``first`` on (pair 0
@@ -113,10 +115,11 @@ def test_audit_verify_uses_the_prefix(arch_model):
 def test_report_cost_states_the_memory_plan(arch_model):
     arch, model = arch_model
     pairs = prefix_pairs()
-    small = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=1e-3)
+    one = one_copy_budget(model, pairs)
+    small = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=one)
     big = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=512)
     ps, pb = small.cost["plan"], big.cost["plan"]
-    assert ps["max_copies"] == 1 and ps["memory_budget_mb"] == 0.0
+    assert ps["max_copies"] == 1 and ps["memory_budget_mb"] == round(one, 1)
     assert pb["max_copies"] > 1 and pb["memory_budget_mb"] == 512
     assert pb["max_copies"] * pb["per_copy_mb"] <= 512
     assert "forward" not in ps and "budget" in pb["note"]  # a plan, not a pass

@@ -39,6 +39,7 @@ def configs(quick: bool) -> list[Config]:
         Config("bundled/ioi-swap", "bundled", "ioi", "swap", n),
         Config("bundled/ioi-abc", "bundled", "ioi", "abc", n),
         Config("bundled/induction", "bundled", "induction", "random", n),
+        Config("bundled/greater_than", "bundled", "greater_than", "01", n),
         Config("planted/induction", "planted", "planted", "random", n),
         Config("gpt2-small-random/random", "gpt2-small", "random", None, 4),
     ]

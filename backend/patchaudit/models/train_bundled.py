@@ -484,11 +484,14 @@ def train(out_dir: Path, cfg: dict) -> dict:
         real = ids != vocab["<pad>"]
         out = model(ids, attention_mask=real.long(), output_hidden_states=True)
         logits = out.logits  # [b, L, vocab]
-        per_tok = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
-        ).view(tgt.shape)
-        w = (tgt != -100).float() * (1 + (cfg["weight_first_repeat"] - 1) * first.float())
-        loss_ind = (per_tok * w).sum() / w.sum()
+        if cfg["weight_first_repeat"] == 1.0:  # the plain mean (the first stage's loss)
+            loss_ind = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+        else:
+            per_tok = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none"
+            ).view(tgt.shape)
+            w = (tgt != -100).float() * (1 + (cfg["weight_first_repeat"] - 1) * first.float())
+            loss_ind = (per_tok * w).sum() / w.sum()
         loss_prev = torch.zeros(())
         if cfg["weight_prev_probe"]:
             hid = out.hidden_states[cfg["prev_probe_layer"]][:, 1:]  # [b, L-1, d]
