@@ -147,7 +147,7 @@ def bench_service(
         settings = Settings(
             redis_url=server.connection_url, data_dir=tmp, model_allowlist=["bundled", model_name]
         )
-        c = TestClient(create_app(settings))
+        c = TestClient(create_app(settings), base_url="http://127.0.0.1")  # a loopback Host
         body: dict = {"model": model_name, "methods": ["atp", "hvp"]}
         if tokens is None:
             body.update(task="ioi", n_pairs=n_pairs)

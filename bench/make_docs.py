@@ -73,12 +73,13 @@ def audit_section() -> str:
     table = (Path(ROOT / "docs/audit/table.txt").read_text()).rstrip()
     return f"""
 `patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap --out docs/audit/report.json --png docs/audit/heads.png`
-(`make docs` regenerates it), on this 2-core CPU: hvp with {s["hvp_probes"]} probes, tau {rep["tau"]},
-{n_flag} of 16 heads flagged (outlined); every head verified by activation patching (dots).
+(`make docs` regenerates it), on this 2-core CPU: hvp with {s["hvp_probes"]} probes (fewer than the
+{len(flat_ap)} heads: a randomized estimate), tau {rep["tau"]}, {n_flag} of {len(flat_ap)} heads flagged
+(outlined); every head verified by activation patching (dots).
 
 ![AtP, HVP-corrected and activation-patching head maps of the bundled model on IOI](docs/audit/heads.png)
 
-Error against activation patching on these 16 pairs (relative errors over heads with
+Error against activation patching on these {s["n_pairs"]} pairs (relative errors over heads with
 |ap| >= 5% of the largest):
 
 | estimate | Spearman with ap | NMAE | median relative error | worst relative error | max abs error |

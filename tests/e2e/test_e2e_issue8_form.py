@@ -60,21 +60,21 @@ def test_custom_pairs_survive_a_reload_and_unknown_words_are_named(new_context):
     page = new_context(viewport=VIEWPORT).new_page()
     open_form(page)
     page.check("input[name='source'][value='custom']")
-    page.fill("#pair-0-clean", "When Mary and John went to the store, John gave a drink to")
-    page.fill("#pair-0-corrupted", "When Mary and John went to the store, Mary gave a drink to")
+    page.fill("#pair-0-clean", "When Mary and John went to the grocery, John gave a drink to")
+    page.fill("#pair-0-corrupted", "When Mary and John went to the grocery, Mary gave a drink to")
     page.fill("#pair-0-answer", " Mary")
     page.fill("#pair-0-wrong", " John")
     reason = page.locator("#submit-reason")
-    expect(reason).to_contain_text("'store,'", timeout=15_000)
-    expect(reason).to_contain_text("space")
+    expect(reason).to_contain_text("'grocery'", timeout=15_000)  # a word the model lacks
+    expect(page.locator("#submit")).to_be_disabled()
     page.reload()
     expect(page.locator("body[data-ready='1']")).to_be_attached(timeout=30_000)
     assert page.is_checked("input[name='source'][value='custom']")
-    assert page.input_value("#pair-0-clean").startswith("When Mary and John went to the store,")
+    assert page.input_value("#pair-0-clean").startswith("When Mary and John went to the grocery,")
     assert page.input_value("#pair-0-wrong") == " John"
-    # With the space before the comma every word is known.
-    page.fill("#pair-0-clean", "When Mary and John went to the store , John gave a drink to")
-    page.fill("#pair-0-corrupted", "When Mary and John went to the store , Mary gave a drink to")
+    # A word it knows, with the comma glued on: the tokenizer splits punctuation off words.
+    page.fill("#pair-0-clean", "When Mary and John went to the store, John gave a drink to")
+    page.fill("#pair-0-corrupted", "When Mary and John went to the store, Mary gave a drink to")
     expect(page.locator("#submit")).to_be_enabled(timeout=15_000)
 
 

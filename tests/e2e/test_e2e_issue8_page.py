@@ -25,7 +25,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 @pytest.fixture(scope="module")
 def real_analysis(server, model_name) -> str:
-    """A finished atp+hvp analysis of the bundled model (4 layers x 4 heads)."""
+    """A finished atp+hvp analysis of the bundled model (6 layers x 8 heads)."""
     return finished_analysis(server, model_name, timeout_s=150, seed=8)
 
 
@@ -96,7 +96,7 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     page.wait_for_timeout(300)
     xr = page.evaluate("document.querySelector('#heatmap')._fullLayout.xaxis.range")
     yr = page.evaluate("document.querySelector('#heatmap')._fullLayout.yaxis.range")
-    assert xr == [-0.5, 3.5] and sorted(yr) == [-0.5, 3.5]
+    assert xr == [-0.5, 7.5] and sorted(yr) == [-0.5, 5.5]  # 8 heads x 6 layers
 
 
 def test_keyboard_reaches_cells_and_enter_verifies(new_context, real_analysis, server):

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import torch
 
 from .. import defaults as D
@@ -364,10 +365,17 @@ def middle_corruption_pairs(n: int, pos: int, vocab: int, seed: int):
     return pa.PromptPairs.from_tokens(clean, corr, ans, wrong)
 
 
-def patching_case(model, tp, repeats: int, with_tl: bool, memory: bool) -> dict:
+def _ap_map(model, tp, shortcuts: bool) -> torch.Tensor:
+    p = make_problem(model, tp, "heads", "logit_diff", "denoising", shortcuts=shortcuts)
+    b = compute_base(p, Tracker(), grad=False)
+    return M.ap(p, b).values.detach().double().cpu()
+
+
+def patching_case(model, tp, repeats: int, with_tl: bool, memory: bool, exact_model=None) -> dict:
     """Batched head patching with the exact shortcuts against the same sweep without them
     and against TransformerLens's loop, side by side on the same tokens (base pass included,
-    denoising like TL's ``get_act_patch_attn_head_out_all_pos``); their numbers compared."""
+    denoising like TL's ``get_act_patch_attn_head_out_all_pos``); their numbers compared, in
+    float32 and (with ``exact_model``, the same weights in float64) without rounding."""
     from ..estimators.core import shared_prefix_len
 
     cpu = torch.device("cpu")
@@ -401,6 +409,10 @@ def patching_case(model, tp, repeats: int, with_tl: bool, memory: bool) -> dict:
     scale = float(b.abs().max())
     out["max_abs_diff"] = float((a - b).abs().max())
     out["max_rel_diff"] = out["max_abs_diff"] / scale if scale > 0 else 0.0
+    if exact_model is not None:  # the same sweep in float64: rounding out of the way
+        x, y = (_ap_map(exact_model, tp, sc) for sc in (True, False))
+        sc64 = float(y.abs().max())
+        out["max_rel_diff_fp64"] = float((x - y).abs().max()) / sc64 if sc64 > 0 else 0.0
     out["speedup_vs_plain"] = out["ap_plain"]["median_s"] / out["ap"]["median_s"]
     if with_tl:
         out["tl_over_ap"] = out["tl_ap_loop"]["median_s"] / out["ap"]["median_s"]
@@ -429,13 +441,20 @@ def bench_patching(quick: bool, with_tl: bool) -> dict:
     res: dict = {}
     model = C.random_gpt2("small")
     tp = middle_corruption_pairs(4, 16, int(model.cfg.d_vocab), seed=0).tokenize(model)
-    res["gpt2_small_middle"] = patching_case(model, tp, repeats, with_tl, memory=not quick)
+    exact = C.random_gpt2("small", dtype=torch.float64)  # the same seed: the same weights
+    res["gpt2_small_middle"] = patching_case(
+        model, tp, repeats, with_tl, memory=not quick, exact_model=exact
+    )
+    del exact
     res["gpt2_small_middle"]["model"] = "GPT-2 small (random weights)"
     del model
     if bundled_available():
         model = pa.load_model("bundled", device="cpu")
         tp = pa.PromptPairs.from_task("ioi", n=16, seed=0).tokenize(model)
-        res["bundled_ioi"] = patching_case(model, tp, repeats, with_tl, memory=not quick)
+        exact = pa.load_model("bundled", device="cpu", dtype=torch.float64)
+        res["bundled_ioi"] = patching_case(
+            model, tp, repeats, with_tl, memory=not quick, exact_model=exact
+        )
         res["bundled_ioi"]["model"] = "bundled (IOI prompts)"
     else:
         res["bundled_ioi"] = {"skipped": "bundled model missing"}
@@ -447,35 +466,41 @@ PRECISION_ARCHS = ("gpt2", "neox", "llama")
 
 def bench_precision(quick: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Half precision against fp32 on the same random GPT-2, NeoX and Llama configs (4 layers
-    x 8 heads x 128 wide; the same weights cast): the relative error ||x_half - x_fp32|| /
-    ||x_fp32|| of the atp, hvp and ap maps and how often the flags agree on the components
-    that are material in fp32."""
+    x 8 heads x 128 wide; the same weights cast), over several prompt sets: the relative error
+    ||x_half - x_fp32|| / ||x_fp32|| of the atp, hvp and ap maps (median over the sets) and
+    how often the flags agree on the components that are material in fp32 (pooled)."""
     import patchaudit as pa
 
     out: dict = {"dtype": str(dtype).replace("torch.", ""), "archs": {}}
-    n_pairs, n_pos, probes = (4, 12, 8) if quick else (8, 16, 16)
-    out.update({"n_pairs": n_pairs, "n_pos": n_pos, "hvp_probes": probes})
-    pairs = C.random_token_pairs(n_pairs, n_pos, 512, seed=0)
+    n_pairs, n_pos, probes, n_sets = (4, 12, 8, 2) if quick else (8, 16, 16, 8)
+    out.update({"n_pairs": n_pairs, "n_pos": n_pos, "hvp_probes": probes, "n_sets": n_sets})
     for arch in PRECISION_ARCHS:
-        reps = {}
-        secs = {}
-        for dt in (torch.float32, dtype):
-            model = C.random_arch(arch, dtype=dt)
-            t0 = time.perf_counter()
-            reps[dt] = pa.audit(model, pairs, methods=("atp", "hvp", "ap"), hvp_probes=probes)
-            secs[str(dt).replace("torch.", "")] = time.perf_counter() - t0
-            del model
-        a, b = reps[torch.float32], reps[dtype]
+        models = {dt: C.random_arch(arch, dtype=dt) for dt in (torch.float32, dtype)}
+        errs: dict[str, list[float]] = {k: [] for k in ("atp", "hvp", "ap")}
+        agree = n_mat = 0
+        secs = {str(dt).replace("torch.", ""): 0.0 for dt in models}
+        for k in range(n_sets):
+            pairs = C.random_token_pairs(n_pairs, n_pos, 512, seed=k)
+            reps = {}
+            for dt, model in models.items():
+                t0 = time.perf_counter()
+                reps[dt] = pa.audit(model, pairs, methods=("atp", "hvp", "ap"), hvp_probes=probes)
+                secs[str(dt).replace("torch.", "")] += time.perf_counter() - t0
+            a, b = reps[torch.float32], reps[dtype]
+            for m in errs:
+                x, y = a.scores[m].double(), b.scores[m].double()
+                errs[m].append(float((y - x).norm() / x.norm()) if x.norm() > 0 else 0.0)
+            assert a.material is not None and a.flags is not None and b.flags is not None
+            mat = a.material
+            n_mat += int(mat.sum())
+            agree += int((a.flags[mat] == b.flags[mat]).sum())
         e: dict = {"seconds": secs}
-        for k in ("atp", "hvp", "ap"):
-            x, y = a.scores[k].double(), b.scores[k].double()
-            e[f"rel_err_{k}"] = float((y - x).norm() / x.norm()) if x.norm() > 0 else 0.0
-        assert a.material is not None and a.flags is not None and b.flags is not None
-        mat = a.material
-        e["n_material"] = int(mat.sum())
-        e["flag_agreement_material"] = (
-            float((a.flags[mat] == b.flags[mat]).double().mean()) if bool(mat.any()) else None
-        )
+        for m, v in errs.items():
+            e[f"rel_err_{m}"] = float(np.median(v))
+            e[f"rel_err_{m}_max"] = float(max(v))
+        e["n_material"] = n_mat
+        e["flag_agreement_material"] = agree / n_mat if n_mat else None
         out["archs"][arch] = e
+        del models
         log.info("precision %s: %s", arch, e)
     return out

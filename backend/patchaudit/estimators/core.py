@@ -185,7 +185,7 @@ class Prefix:
 
 
 def _layers(cache: Any) -> bool:
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(
         type(x).__name__ == "DynamicLayer" and getattr(x, "keys", None) is not None for x in layers
     )

@@ -117,7 +117,7 @@ def load_progress(callback: Callable[[float], None]) -> Iterator[None]:
 
         return gen()
 
-    cml.tqdm = counted
+    cml.tqdm = counted  # type: ignore[assignment]
     try:
         yield
     finally:

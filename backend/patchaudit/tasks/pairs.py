@@ -4,7 +4,7 @@ a model (``PromptPairs.tokenize``); tokens given with ``from_tokens`` are used e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -442,10 +442,10 @@ class PromptPairs:
             raise ValueError(f"n must be a positive number of pairs, got {n}")
         text_tasks = {"ioi": "abc", "greater_than": "01"}  # task -> default corruption
         if name in text_tasks:
-            if name == "ioi":
-                from .ioi import make_ioi as make
-            else:
-                from .greater_than import make_greater_than as make
+            from .greater_than import make_greater_than
+            from .ioi import make_ioi
+
+            make: Callable[..., list[dict]] = make_ioi if name == "ioi" else make_greater_than
             corruption = corruption or text_tasks[name]
             rows = make(n, seed=seed, corruption=corruption, **kw)
             p = cls.from_text(
