@@ -441,9 +441,12 @@ def verify(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     memory_budget_mb: float | None = None,
+    keep_gradient: bool = False,
 ) -> VerifyResult:
     """Activation patching of the given components (Screen-Flag-Fix step 3). With a cached
-    ``base`` each layer's components cost one batched patched forward and nothing else."""
+    ``base`` each layer's components cost one batched patched forward and nothing else.
+    Without one, the fresh base pass skips the backward (patching needs no gradient), unless
+    ``keep_gradient``: then the returned base can serve later screens (the service caches it)."""
     p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
     comps = []
     for c in components:
@@ -457,7 +460,7 @@ def verify(
         comps.append((i, j))
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker, need_grad=False)
+    b, _, _ = _get_base(p, base, tracker, need_grad=keep_gradient)
     tracker.phase = "verify"
     per_pair: dict[tuple[int, int], torch.Tensor] = {}
     f0, t1 = tracker.forward, time.perf_counter()

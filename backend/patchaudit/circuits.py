@@ -141,16 +141,17 @@ def faithfulness(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     memory_budget_mb: float | None = None,
+    keep_gradient: bool = False,
 ) -> Faithfulness:
     """Faithfulness of one circuit ``keep`` (components [layer, index] of ``site``) or of a
     list of circuits (they ride the batch axis of one pass). The base run is the clean prompts
     for noising (MIB's convention) and the corrupted ones for denoising; every component
-    outside the circuit gets the other run's activation."""
+    outside the circuit gets the other run's activation. ``keep_gradient``: as in ``verify``."""
     p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
     masks, single = _keep_masks(keep, p.site.shape)
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker, need_grad=False)
+    b, _, _ = _get_base(p, base, tracker, need_grad=keep_gradient)
     tracker.phase = "faithfulness"
     r = K.faithfulness(p, b, masks, tracker)
     cost = _cost(tracker, t0)
@@ -179,6 +180,7 @@ def circuit_curve(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     memory_budget_mb: float | None = None,
+    keep_gradient: bool = False,
 ) -> CircuitCurve:
     """Rank the components by ``scores`` ([n_layers, n_comp]: any method's map, e.g.
     ``report.scores["hvp"]``), keep the top k for each size and measure their faithfulness
@@ -196,7 +198,7 @@ def circuit_curve(
     ks = K.check_sizes(sizes, n)
     tracker = Tracker(progress=progress, should_stop=should_stop)
     t0 = time.perf_counter()
-    b, _, _ = _get_base(p, base, tracker, need_grad=False)
+    b, _, _ = _get_base(p, base, tracker, need_grad=keep_gradient)
     tracker.phase = "circuit"
     orient = 1.0
     if not absolute:  # orientation needs m(empty): one copy, shared below

@@ -49,12 +49,20 @@ def test_largest_ap_component_is_flagged_when_atp_is_off_by_half(bundled, metric
 
 def test_kl_noising_screen_is_uninformative_and_flags_what_matters(bundled):
     pairs = pa.PromptPairs.from_task("ioi", n=16, seed=0)
-    r = pa.audit(bundled, pairs, metric="kl", direction="noising", methods=("atp", "hvp"))
+    r = pa.audit(bundled, pairs, metric="kl", direction="noising", methods=("atp", "hvp", "ap"))
     assert float(r.scores["atp"].abs().max()) < 1e-5  # the gradient of KL vanishes at clean
     assert r.screen["informative"] is False and r.screen["first_order_vanishes"] is True
     assert "KL noising" in r.screen["message"]
-    assert bool(r.material.all())  # an infinite bound never rules a component out
-    assert int(r.flags.sum()) >= 8  # before the fix: 0 of 16 flagged
+    # an infinite bound never rules a component out; a component is ruled out only by a finite
+    # bound under the threshold, and activation patching confirms it does nothing
+    thr = r.material_threshold
+    assert r.material is not None and r.error_bound is not None and thr is not None
+    out = ~r.material
+    assert bool(torch.isfinite(r.error_bound[out]).all())
+    assert bool((r.scores["ap"][out].abs() < thr).all())
+    assert bool(r.material[r.scores["ap"].abs() >= thr].all())
+    assert int(r.material.sum()) >= r.material.numel() - 2
+    assert int(r.flags.sum()) >= 8  # before the fix: 0 flagged
     reasons = r.reasons_grid()
     assert all("unbounded" in reasons[i][j] for i, j in r.flags.nonzero().tolist())
     assert "uninformative" in repr(r)
@@ -166,6 +174,21 @@ def test_unknown_words_are_named_with_a_punctuation_hint(bundled):
     with pytest.raises(ValueError) as e:
         pairs.tokenize(bundled)
     msg = str(e.value)
+    # the bundled tokenizer splits punctuation off words: only the unknown name is named
+    assert "'Zed'" in msg and "store" not in msg
+    # a word-level tokenizer that splits on spaces only reads "store," as one unknown word:
+    # the message names it and says how to space it
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from patchaudit.models.train_bundled import build_vocab
+    from patchaudit.tasks.pairs import unknown_words_message
+
+    tk = Tokenizer(WordLevel(vocab=build_vocab(), unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    spaces_only = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    msg = unknown_words_message(spaces_only, "clean prompt", pairs.clean[0])
     assert "'Zed'" in msg and "'store,'" in msg and "'store ,'" in msg
     from patchaudit.tasks.pairs import word_vocab
 
@@ -238,7 +261,7 @@ def test_cli_audit_reads_pairs_from_a_file(tmp_path, capsys):
     assert main(["audit", "--pairs", str(f), "--methods", "atp,hvp", "--fix", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "pairs.tsv x1" in out
-    assert "component forwards vs 16 for a full ap sweep" in out and "batched passes vs" in out
+    assert "component forwards vs 48 for a full ap sweep" in out and "batched passes vs" in out
     f.write_text("only\ttwo\n")
     assert main(["audit", "--pairs", str(f)]) == 2
     assert "pairs.tsv: line 1" in capsys.readouterr().err

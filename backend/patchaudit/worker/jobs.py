@@ -387,6 +387,7 @@ def _verify(
         progress=progress,
         should_stop=progress.should_stop,
         memory_budget_mb=rt.config.memory_budget_mb,
+        keep_gradient=True,  # a recomputed base goes back into the cache for later screens
     )
     if base is None:
         _save_base(rt, key, getattr(res, "base", None))
@@ -597,6 +598,7 @@ def run_circuit(
             progress=progress,
             should_stop=progress.should_stop,
             memory_budget_mb=rt.config.memory_budget_mb,
+            keep_gradient=True,  # a recomputed base goes back into the cache
         )
         if base is None:
             _save_base(rt, ckey, curve.base)
