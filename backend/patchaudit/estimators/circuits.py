@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +23,16 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..tasks.metrics import per_copy
-from .core import BaseCache, Problem, Tracker, chunks, prefix_cache, run, suffix_patch, tile
+from .core import (
+    BaseCache,
+    Problem,
+    Tracker,
+    chunks,
+    patched_forward,
+    prefix_cache,
+    suffix_patch,
+    tile,
+)
 
 #: MIB's circuit sizes for large maps, in percent of the components
 MIB_PERCENTS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -60,23 +69,8 @@ def circuit_metrics(
             rows = drop.to(a_src.dtype).repeat_interleave(p.batch, 0)  # [k*batch, n_comp]
             mask = p.site.expand(rows) > 0  # broadcastable to [k*batch, pos, ...]
             patch[layer] = suffix_patch(mask, tile(a_src, k), n0)
-        targets, last = p.targets, None
-        if p.can_cut:  # the metric reads one position per row: unembed only that one
-            last = p.targets.last_pos.repeat(k) - n0
-            targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
-        elif n0:
-            targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
-        start = min(patch) if patch else p.site.n_layers - 1
-        past = pre.tiled(k, p.batch, dev) if pre else None
         with torch.no_grad():
-            if p.can_resume and base.resid is not None and start > 0:
-                resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]
-                logits = run(
-                    p, resid, replace=patch, start_at_layer=start, last_only=last, past=past
-                )
-            else:
-                tokens = tile(p.base_tokens[:, n0:], k)
-                logits = run(p, tokens, replace=patch, last_only=last, past=past)
+            logits, targets = patched_forward(p, base, patch, k, pre)
             out[lo:hi] = per_copy(p.metric, logits, targets).to(out.dtype)
         tracker.forward += 1
         tracker.report((j + 1) / len(parts))

@@ -791,23 +791,8 @@ def patch_components(
         idx = torch.tensor(comps, device=a_src.device).repeat_interleave(p.batch)  # [k*batch]
         mask = component_mask(p.site, idx, a_src) > 0  # broadcastable bool
         patch = {layer: suffix_patch(mask, tile(a_src, k), n0)}
-        targets = p.targets
-        last = None
-        if p.can_cut:  # the metric reads one position per row: unembed only that one
-            last = p.targets.last_pos.repeat(k) - n0
-            targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
-        elif n0:
-            targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
-        past = pre.tiled(k, p.batch, a_src.device) if pre else None
         with torch.inference_mode():
-            if p.can_resume and base.resid is not None:
-                resid = tile(base.resid[layer][:, n0:], k)  # [k*batch, pos - n0, d_model]
-                logits = run(
-                    p, resid, replace=patch, start_at_layer=layer, last_only=last, past=past
-                )
-            else:
-                tokens = tile(p.base_tokens[:, n0:], k)
-                logits = run(p, tokens, replace=patch, last_only=last, past=past)
+            logits, targets = patched_forward(p, base, patch, k, pre)
             rows = per_example(p.metric, logits, targets).view(k, p.batch)  # [copies, batch]
             vals = rows.mean(1)  # per_copy
             if per_pair is not None:
@@ -818,6 +803,32 @@ def patch_components(
             out[(layer, c)] = float(v)
         tracker.report((j + 1) / len(work))
     return {key: out[key] for key in sorted(out)}
+
+
+def patched_forward(
+    p: Problem, base: BaseCache, patch: dict[int, tuple[Tensor, Tensor]], k: int, pre: Prefix | None
+) -> tuple[Tensor, MetricTargets]:
+    """One forward of ``k`` copies of the base run with ``patch`` (layer -> (mask, value), cut
+    to the positions after the shared prefix ``pre``), and the metric targets that read its
+    logits. It resumes at the first patched layer from the cached residual stream, runs only
+    the positions after the prefix (its key/value cache) and unembeds only the metric's
+    position where the model allows each."""
+    n0 = pre.length if pre is not None else 0
+    targets, last = p.targets, None
+    if p.can_cut:  # the metric reads one position per row: unembed only that one
+        last = p.targets.last_pos.repeat(k) - n0
+        targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
+    elif n0:
+        targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
+    past = pre.tiled(k, p.batch, p.base_tokens.device) if pre is not None else None
+    start = min(patch) if patch else p.site.n_layers - 1
+    if p.can_resume and base.resid is not None and start > 0:
+        resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]
+        logits = run(p, resid, replace=patch, start_at_layer=start, last_only=last, past=past)
+    else:  # from the tokens (layer 0: nothing before it to skip)
+        tokens = tile(p.base_tokens[:, n0:], k)
+        logits = run(p, tokens, replace=patch, last_only=last, past=past)
+    return logits, targets
 
 
 def rademacher(k: int, shape: tuple[int, int], seed: int) -> Tensor:
