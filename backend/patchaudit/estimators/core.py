@@ -822,10 +822,10 @@ def patched_forward(
         targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
     past = pre.tiled(k, p.batch, p.base_tokens.device) if pre is not None else None
     start = min(patch) if patch else p.site.n_layers - 1
-    if p.can_resume and base.resid is not None and start > 0:
+    if p.can_resume and base.resid is not None:  # (at layer 0 too: the embedding is cached)
         resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]
         logits = run(p, resid, replace=patch, start_at_layer=start, last_only=last, past=past)
-    else:  # from the tokens (layer 0: nothing before it to skip)
+    else:
         tokens = tile(p.base_tokens[:, n0:], k)
         logits = run(p, tokens, replace=patch, last_only=last, past=past)
     return logits, targets
