@@ -154,6 +154,20 @@ that position carries little "r[0] came before me"; a second training stage that
 trained on prompts shaped like the task's (`weight_first_repeat`, `induction_prefix_len`)
 moved it, but not to 95% in the time we had (docs/BUNDLED_MODEL.md, "Training").
 """
+    elif "induction_layouts" in d:
+        lay = d["induction_layouts"]
+        r1 = [v["r1"] for k, v in lay["by_prefix_len_half8"].items() if k != "0"]
+        by_len = lay["min_position_by_half_len"]
+        ok = [int(h) for h, a in by_len.items() if a >= 0.95]
+        bad = [int(h) for h, a in by_len.items() if a < 0.95]
+        fail = f"; repeats of {min(bad)} or more tokens fail" if bad else ""
+        miss = f"""
+**Where the induction holds** (`metrics.json`, "induction_layouts"). In the task's layout
+(BOS, then the repeat) every position of the repeat is 95% or better for repeats of
+{min(ok)}-{max(ok)} tokens{fail}. The first predictable token, r[1], was taught for that layout: with
+1-6 random tokens before an 8-token repeat it is {min(r1):.0%}-{max(r1):.0%}
+(docs/BUNDLED_MODEL.md, "Training").
+"""
     return f"""
 A GPT-2-architecture model the project trains itself (`python -m patchaudit.models.train_bundled`,
 deterministic, seeded; {_stages(d)}): {st["n_layer"]} layers x {st["n_head"]} heads ({st["n_layer"] * st["n_head"]} heads),

@@ -285,8 +285,10 @@ def patching_md(pt: dict | None) -> list[str]:
     out = [
         "Activation patching of every head, side by side in one run (seconds, median; denoising;"
         " base pass included): the batched sweep with the exact shortcuts (shared prefix run"
-        " once as a key/value cache, zero-delta components skipped, layer resume, one-position"
-        " unembedding), the same sweep without the first two, and TransformerLens's loop.",
+        " once as a key/value cache, in the base pass too; zero-delta components skipped;"
+        " layer resume; one-position unembedding; short-row softmax and fused GELU kernels on"
+        " the CPU), the same sweep with only the layer resume and the one-position"
+        " unembedding, and TransformerLens's loop.",
         "",
         "| case | pairs x tokens | shared prefix | ap (shortcuts) | ap (plain) |"
         " TL loop | TL / ap | TL / ap plain | max rel. diff fp32 | fp64 |",

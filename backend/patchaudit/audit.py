@@ -146,7 +146,10 @@ def audit(
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
-    scale = defaults.bound_scale(model_name) if bound_scale is None else bound_scale
+    if bound_scale is None:
+        scale = defaults.bound_scale(model_name, site, metric, direction)
+    else:
+        scale = bound_scale
     p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode)
     torch.manual_seed(seed)
 

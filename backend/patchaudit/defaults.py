@@ -13,6 +13,8 @@ _FALLBACK = {
     "ig_steps": 16,
     "mhvp_steps": 2,
     "bound_scale": {"default": 1.0},
+    # the metric and direction the bound_scale factors were calibrated on (the benchmark's)
+    "bound_calibrated_on": None,
     "circuit_share": 0.1,
 }
 
@@ -33,6 +35,23 @@ def tau() -> float:
     return float(load()["tau"])
 
 
-def bound_scale(model_name: str | None) -> float:
-    s = load()["bound_scale"]
-    return float(s.get(model_name or "default", s.get("default", 1.0)))
+def bound_scale(
+    model_name: str | None,
+    site: str | None = None,
+    metric: str | None = None,
+    direction: str | None = None,
+) -> float:
+    """The error bound's calibration factor for this model family and site: "bundled:mlp",
+    else the family's largest ("bundled"), else the other models' ("default:mlp", "default").
+    A site's own factor holds for the metric and direction it was calibrated on; any other
+    takes the family's largest (the most conservative factor measured)."""
+    d = load()
+    s = d["bound_scale"]
+    cal = d.get("bound_calibrated_on")
+    if cal and metric is not None and (metric, direction) != (cal["metric"], cal["direction"]):
+        site = None
+    family = model_name if model_name and model_name in s else "default"
+    for key in (f"{family}:{site}", family, f"default:{site}", "default"):
+        if key in s:
+            return float(s[key])
+    return 1.0

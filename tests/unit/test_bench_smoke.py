@@ -67,10 +67,35 @@ def test_accuracy_json_schema(acc):
     full = A.sff_curve(c["sets"], "hvp_P2")
     assert set(full["rho"]) == {f"{f:.2f}" for f in A.FRACTIONS}
     d = data["defaults"]
-    assert set(d) == set(D._FALLBACK) | {"bound_scale"}
+    assert set(d) == set(D._FALLBACK)
+    assert d["bound_calibrated_on"] == {"metric": "logit_diff", "direction": "noising"}
     assert set(d["hvp_probes"]) == {"cpu", "cuda"} and 0 <= d["tau"] <= 1
     assert d["ig_steps"] == 2 and d["mhvp_steps"] == 1
     assert all(k in data["defaults_why"] for k in ("hvp_probes", "tau", "ig_steps", "mhvp_steps"))
+    # the bound's calibration factor per model family and site, and the family's largest
+    bs = d["bound_scale"]
+    assert "default:heads" in bs and bs["default"] == max(v for k, v in bs.items() if ":" in k)
+
+
+def test_bound_scale_per_site(monkeypatch):
+    """A site's own factor, else its family's largest, else the other models' (site, then
+    family): one site's heavy tail does not widen another site's bounds."""
+    table = {"bundled": 9.0, "bundled:mlp": 9.0, "bundled:heads": 1.5, "default": 2.0}
+    table["default:mlp"] = 3.0
+    cal = {"metric": "logit_diff", "direction": "noising"}
+    monkeypatch.setattr(D, "load", lambda: {"bound_scale": table, "bound_calibrated_on": cal})
+    assert D.bound_scale("bundled", "heads") == 1.5
+    assert D.bound_scale("bundled", "mlp") == 9.0
+    assert D.bound_scale("bundled", "resid") == 9.0  # no calibration there: the family's largest
+    assert D.bound_scale("bundled") == 9.0
+    assert D.bound_scale("gpt2", "mlp") == 3.0 and D.bound_scale("gpt2", "heads") == 2.0
+    assert D.bound_scale(None) == 2.0
+    # a site's factor holds for the metric and direction it was calibrated on; any other takes
+    # the family's largest
+    assert D.bound_scale("bundled", "heads", "logit_diff", "noising") == 1.5
+    assert D.bound_scale("bundled", "heads", "prob_diff", "denoising") == 9.0
+    assert D.bound_scale("bundled", "heads", "logit_diff", "denoising") == 9.0
+    assert D.bound_scale("gpt2", "mlp", "kl", "noising") == 2.0
 
 
 def test_exact_second_order_is_at_least_as_good_as_atp_on_its_own_sets(acc):

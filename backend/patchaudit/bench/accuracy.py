@@ -506,21 +506,34 @@ def choose_defaults(results: dict) -> tuple[dict, dict]:
         vals = [v for v in vals if v is not None]
         return float(max(vals)) if vals else 1.0
 
+    # (per model family and site: one site's heavy tail must not widen another site's bounds)
     rnd = [c for c in allc if c["config"]["model"] != "bundled"]
-    s_b = scale_of([c for c in allc if c["config"]["model"] == "bundled"])
+    bnd = [c for c in allc if c["config"]["model"] == "bundled"]
+    s_b = scale_of(bnd)
     s_d = scale_of(rnd) if rnd else s_b
+    scales = {"bundled": round(s_b, 4), "default": round(s_d, 4)}
+    for family, cs in (("bundled", bnd), ("default", rnd)):
+        for site in sorted({c["config"]["site"] for c in cs}):
+            scales[f"{family}:{site}"] = round(
+                scale_of([c for c in cs if c["config"]["site"] == site]), 4
+            )
+    per_site = ", ".join(f"{k} {v:.2f}" for k, v in scales.items() if ":" in k)
     why["bound_scale"] = (
-        f"The error bound is multiplied by {s_b:.2f} for the bundled model and {s_d:.2f} for other "
-        f"models: the split-conformal factor (largest over configurations) that brings coverage of "
-        f"material components to 90% on the calibration half of the prompt sets (1.0 where the "
-        f"raw bound already covers 90%). Coverage is reported on the held-out half."
+        f"The error bound is multiplied by the split-conformal factor (largest over the "
+        f"configurations of a model family and site) that brings coverage of material components "
+        f"to 90% on the calibration half of the prompt sets (1.0 where the raw bound already "
+        f"covers 90%): {per_site}; a site without configurations, and any metric or direction "
+        f"other than the calibration's ({results['metric']}, {results['direction']}), takes its "
+        f"family's largest ({s_b:.2f} for the bundled model, {s_d:.2f} for other models). "
+        f"Coverage is reported on the held-out half."
     )
     d = {
         "hvp_probes": {"cpu": int(cpu_p), "cuda": int(cuda_p)},
         "tau": round(float(tau), 4),
         "ig_steps": int(ig_k),
         "mhvp_steps": int(mh_k),
-        "bound_scale": {"bundled": round(s_b, 4), "default": round(s_d, 4)},
+        "bound_scale": scales,
+        "bound_calibrated_on": {"metric": results["metric"], "direction": results["direction"]},
         "circuit_share": 0.1,
     }
     return d, why

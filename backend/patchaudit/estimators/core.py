@@ -335,28 +335,16 @@ def memory_plan(p: Problem) -> dict:
     }
 
 
-def run(
+def _hooks(
     p: Problem,
-    tokens: Tensor,
     eps: Sequence[Tensor | None] | None = None,
     replace: dict[int, tuple[Tensor, Tensor]] | None = None,
     capture: list[Tensor | None] | None = None,
     resid_capture: list[Tensor | None] | None = None,
-    start_at_layer: int | None = None,
     last_only: Tensor | None = None,
-    past: Any = None,
-) -> Tensor:
-    """One forward of ``tokens`` ([copies*batch, pos]; with ``start_at_layer`` = L, the
-    residual stream entering block L, [copies*batch, pos, d_model]).
-
-    eps[l] is added to layer l's activation; replace[l] = (mask, value) sets
-    act = where(mask, value, act); capture[l] receives layer l's activation and
-    resid_capture[l] the residual stream entering block l. With ``last_only`` (one position
-    per row) the unembedding input is cut to that position, so the
-    unembedding runs on one position per row: logits [rows, 1, d_vocab]. With ``past`` (a
-    Hugging Face cache of the positions before ``tokens``) only those later positions run.
-    """
-    hooks = []
+) -> list[tuple[str, Callable]]:
+    """The forward hooks of ``run`` (its arguments of the same names)."""
+    hooks: list[tuple[str, Callable]] = []
     if last_only is not None:
         rows = torch.arange(last_only.shape[0], device=last_only.device)
 
@@ -389,12 +377,42 @@ def run(
             return act
 
         hooks.append((name, hook))
+    return hooks
+
+
+def run(
+    p: Problem,
+    tokens: Tensor,
+    eps: Sequence[Tensor | None] | None = None,
+    replace: dict[int, tuple[Tensor, Tensor]] | None = None,
+    capture: list[Tensor | None] | None = None,
+    resid_capture: list[Tensor | None] | None = None,
+    start_at_layer: int | None = None,
+    last_only: Tensor | None = None,
+    past: Any = None,
+    fast: bool = False,
+) -> Tensor:
+    """One forward of ``tokens`` ([copies*batch, pos]; with ``start_at_layer`` = L, the
+    residual stream entering block L, [copies*batch, pos, d_model]).
+
+    eps[l] is added to layer l's activation; replace[l] = (mask, value) sets
+    act = where(mask, value, act); capture[l] receives layer l's activation and
+    resid_capture[l] the residual stream entering block l. With ``last_only`` (one position
+    per row) the unembedding input is cut to that position, so the
+    unembedding runs on one position per row: logits [rows, 1, d_vocab]. With ``past`` (a
+    Hugging Face cache of the positions before ``tokens``) only those later positions run.
+    ``fast``: with the problem's shortcuts on, take ``cpu_kernels`` (the caller makes sure
+    that every run whose numbers it compares takes the same kernels).
+    """
+    hooks = _hooks(p, eps, replace, capture, resid_capture, last_only)
     kw: dict[str, Any] = {}
     if start_at_layer is not None:
         kw["start_at_layer"] = start_at_layer
     with contextlib.ExitStack() as stack:
         if start_at_layer:
             stack.enter_context(skip_blocks(p.model, start_at_layer))
+        if fast and p.shortcuts:
+            stack.enter_context(cpu_kernels(p.model))
         if past is None:
             return p.model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
         stack.enter_context(cache_kwarg(p.model))
@@ -424,6 +442,62 @@ def skip_blocks(model, start: int) -> Iterator[None]:
     finally:
         for b in blocks:
             object.__delattr__(b, "forward")
+
+
+#: Attention rows up to this many keys take ``_short_row_softmax`` on the CPU.
+SHORT_ROWS = 32
+
+
+def _short_row_softmax(orig: Callable) -> Callable:
+    """The attention's softmax over keys, as exp(x - max) / sum on the CPU for short rows
+    without autograd: PyTorch's CPU softmax kernel is ~6x slower there (rows shorter than its
+    vector width); anything else (a GPU, long rows, a fully masked row, a graph) takes the
+    original."""
+
+    def softmax(attn_scores: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        x = attn_scores
+        if x.device.type != "cpu" or x.shape[-1] > SHORT_ROWS or torch.is_grad_enabled():
+            return orig(attn_scores, dtype=dtype)
+        x = x.to(dtype) if dtype is not None else x
+        top = x.amax(-1, keepdim=True)
+        if torch.isneginf(top).any():  # a query that sees no key: the original's own rule
+            return orig(attn_scores, dtype=dtype)
+        e = (x - top).exp_()
+        return e.div_(e.sum(-1, keepdim=True))
+
+    return softmax
+
+
+def _fused_gelu_tanh(x: Tensor) -> Tensor:
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+@contextlib.contextmanager
+def cpu_kernels(model) -> Iterator[None]:
+    """Faster CPU kernels for the same functions, for forwards without autograd: the
+    attention softmax of short rows (``_short_row_softmax``) and GPT-2's tanh GELU
+    (transformers' ``NewGELUActivation``, five element-wise ops) as PyTorch's fused
+    ``gelu(approximate="tanh")``. Both agree with the originals to float rounding; nothing
+    changes on a GPU or where a graph is recorded."""
+    if model_device(model).type != "cpu" or torch.is_grad_enabled():
+        yield
+        return
+    swapped: list[tuple[Any, str]] = []
+    for m in model.modules():
+        if callable(getattr(type(m), "_masked_softmax", None)):
+            name, fn = "_masked_softmax", _short_row_softmax(m._masked_softmax)
+        elif type(m).__name__ == "NewGELUActivation":
+            name, fn = "forward", _fused_gelu_tanh
+        else:
+            continue
+        if name not in vars(m):  # (an enclosing cpu_kernels has swapped it already)
+            object.__setattr__(m, name, fn)
+            swapped.append((m, name))
+    try:
+        yield
+    finally:
+        for m, name in swapped:
+            object.__delattr__(m, name)
 
 
 def _returns_tensor(model) -> bool:
@@ -494,17 +568,31 @@ def prefix_cache(p: Problem, base: BaseCache, tracker: Tracker) -> Prefix | None
     n = shared_prefix_len(p)
     if n == 0:
         return None
-    if base.prefix is not None and base.prefix.length == n:
-        return base.prefix
-    with torch.no_grad(), cache_kwarg(p.model):
+    if base.prefix is None or base.prefix.length != n:
+        base.prefix = prefix_forward(p, n, tracker)
+    return base.prefix
+
+
+def prefix_forward(
+    p: Problem,
+    n: int,
+    tracker: Tracker,
+    capture: list[Tensor | None] | None = None,
+    resid_capture: list[Tensor | None] | None = None,
+) -> Prefix:
+    """One forward of the first ``n`` positions of the base run (the same tokens as the
+    source run's there): their key/value cache, and (as ``run``) the site activations and
+    residual streams of those positions in ``capture`` / ``resid_capture``."""
+    hooks = _hooks(p, capture=capture, resid_capture=resid_capture)
+    if p.can_cut:  # no metric reads the prefix: unembed one position only
+        hooks.append(("unembed.hook_in", _last_position))
+    kernels = cpu_kernels(p.model) if p.shortcuts else contextlib.nullcontext()
+    with torch.no_grad(), cache_kwarg(p.model), kernels:
         _, cache = p.model.run_with_hooks(
-            p.base_tokens[:, :n],
-            fwd_hooks=[("unembed.hook_in", _last_position)] if p.can_cut else [],
-            return_type="logits_and_cache",
+            p.base_tokens[:, :n], fwd_hooks=hooks, return_type="logits_and_cache"
         )
     tracker.prefix += 1
-    base.prefix = Prefix(n, cache)
-    return base.prefix
+    return Prefix(n, cache)
 
 
 def zero_delta(p: Problem, base: BaseCache, n_prefix: int = 0) -> Tensor:
@@ -542,12 +630,16 @@ def compute_base(p: Problem, tracker: Tracker | None = None, grad: bool = True) 
     return compute_base_fused(p, tracker)[0]
 
 
-def _reference(p: Problem, lg_base: Tensor, lg_src: Tensor) -> Tensor:
+def _reference(
+    p: Problem, lg_base: Tensor, lg_src: Tensor, last_pos: Tensor | None = None
+) -> Tensor:
     """The clean log-probs at the last position (the kl metric's reference), set on
-    ``p.targets`` before any metric is taken."""
+    ``p.targets`` before any metric is taken. ``last_pos``: where that position lies in
+    these logits (the targets' own by default)."""
     clean_lg = lg_base if p.direction == "noising" else lg_src
     idx = torch.arange(p.batch, device=clean_lg.device)
-    ref = clean_lg[idx, p.targets.last_pos].detach()
+    pos = p.targets.last_pos if last_pos is None else last_pos
+    ref = clean_lg[idx, pos].detach()
     ref = ref.to(torch.promote_types(ref.dtype, torch.float32)).log_softmax(-1)
     p.targets = MetricTargets(p.targets.answer_ids, p.targets.wrong_ids, p.targets.last_pos, ref)
     return ref
@@ -555,13 +647,21 @@ def _reference(p: Problem, lg_base: Tensor, lg_src: Tensor) -> Tensor:
 
 def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
     t0 = time.perf_counter()
+    if shared_prefix_len(p):
+        return _base_through_prefix(p, tracker, t0)
     n = p.site.n_layers
     src: list[Tensor | None] = [None] * n
     cap: list[Tensor | None] = [None] * n
     resid: list[Tensor | None] = [None] * n
     with torch.no_grad():
-        lg_src = run(p, p.src_tokens, capture=src)
-        lg_base = run(p, p.base_tokens, capture=cap, resid_capture=resid if p.can_resume else None)
+        lg_src = run(p, p.src_tokens, capture=src, fast=True)
+        lg_base = run(
+            p,
+            p.base_tokens,
+            capture=cap,
+            resid_capture=resid if p.can_resume else None,
+            fast=True,
+        )
         tracker.forward += 2
         ref = _reference(p, lg_base, lg_src)
         fb = per_example(p.metric, lg_base, p.targets)
@@ -577,6 +677,54 @@ def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
         resid=base_resid or None,
         cost=Cost(2, 0, time.perf_counter() - t0),
     )
+
+
+def _base_through_prefix(p: Problem, tracker: Tracker, t0: float) -> BaseCache:
+    """``_base_without_grad`` with the shared prefix run once: one forward of the prefix
+    (which the patched forwards then reuse as their key/value cache) and one of the two
+    suffixes, source and base as two copies on the batch axis. The activations and residual
+    streams it keeps are those of every position, as the plain pass's."""
+    n, n0, b = p.site.n_layers, shared_prefix_len(p), p.batch
+    head: list[Tensor | None] = [None] * n
+    head_resid: list[Tensor | None] = [None] * n
+    pre = prefix_forward(p, n0, tracker, head, head_resid if p.can_resume else None)
+    tail: list[Tensor | None] = [None] * n
+    tail_resid: list[Tensor | None] = [None] * n
+    targets, last = suffix_targets(p, 2, n0)
+    with torch.no_grad():
+        tokens = torch.cat([p.src_tokens[:, n0:], p.base_tokens[:, n0:]])  # [2*batch, pos-n0]
+        lg = run(
+            p,
+            tokens,
+            capture=tail,
+            resid_capture=tail_resid if p.can_resume else None,
+            last_only=last,
+            past=pre.tiled(2, b, tokens.device),
+            fast=True,
+        )
+        tracker.forward += 1
+        lg_src, lg_base = lg[:b], lg[b:]
+        ref = _reference(p, lg_base, lg_src, targets.last_pos)
+        targets = replace(targets, ref_logprobs=ref)  # targets were taken before the reference
+        fb = per_example(p.metric, lg_base, targets)
+        fs = per_example(p.metric, lg_src, targets)
+
+    def joined(heads: list, tails: list, rows: slice) -> list[Tensor]:
+        return [torch.cat([h, t[rows]], 1) for h, t in zip(heads, tails, strict=True)]
+
+    resid = joined(head_resid, tail_resid, slice(b, None)) if p.can_resume else None
+    base = BaseCache(
+        joined(head, tail, slice(b, None)),
+        joined(head, tail, slice(None, b)),
+        [],
+        fb,
+        fs,
+        ref,
+        resid=resid,
+        cost=Cost(1, 0, time.perf_counter() - t0),
+    )
+    base.prefix = pre
+    return base
 
 
 def compute_base_fused(
@@ -805,6 +953,18 @@ def patch_components(
     return {key: out[key] for key in sorted(out)}
 
 
+def suffix_targets(p: Problem, k: int, n0: int) -> tuple[MetricTargets, Tensor | None]:
+    """For a forward of ``k`` copies of the positions after the first ``n0``: the metric
+    targets that read its logits, and (where the model allows the cut) the one position per
+    row to unembed (``run``'s ``last_only``; the targets then read position 0)."""
+    if p.can_cut:  # the metric reads one position per row: unembed only that one
+        last = p.targets.last_pos.repeat(k) - n0
+        return replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos)), last
+    if n0:
+        return replace(p.targets, last_pos=p.targets.last_pos - n0), None
+    return p.targets, None
+
+
 def patched_forward(
     p: Problem, base: BaseCache, patch: dict[int, tuple[Tensor, Tensor]], k: int, pre: Prefix | None
 ) -> tuple[Tensor, MetricTargets]:
@@ -814,20 +974,17 @@ def patched_forward(
     the positions after the prefix (its key/value cache) and unembeds only the metric's
     position where the model allows each."""
     n0 = pre.length if pre is not None else 0
-    targets, last = p.targets, None
-    if p.can_cut:  # the metric reads one position per row: unembed only that one
-        last = p.targets.last_pos.repeat(k) - n0
-        targets = replace(p.targets, last_pos=torch.zeros_like(p.targets.last_pos))
-    elif n0:
-        targets = replace(p.targets, last_pos=p.targets.last_pos - n0)
+    targets, last = suffix_targets(p, k, n0)
     past = pre.tiled(k, p.batch, p.base_tokens.device) if pre is not None else None
     start = min(patch) if patch else p.site.n_layers - 1
     if p.can_resume and base.resid is not None:  # (at layer 0 too: the embedding is cached)
         resid = tile(base.resid[start][:, n0:], k)  # [k*batch, pos - n0, d_model]
-        logits = run(p, resid, replace=patch, start_at_layer=start, last_only=last, past=past)
+        logits = run(
+            p, resid, replace=patch, start_at_layer=start, last_only=last, past=past, fast=True
+        )
     else:
         tokens = tile(p.base_tokens[:, n0:], k)
-        logits = run(p, tokens, replace=patch, last_only=last, past=past)
+        logits = run(p, tokens, replace=patch, last_only=last, past=past, fast=True)
     return logits, targets
 
 

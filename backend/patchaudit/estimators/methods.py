@@ -173,7 +173,9 @@ def ap(
         comps = components
         if comps is None:
             comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
-        vals = torch.full(p.site.shape, float("nan"))
+        # float32, or float64 for a float64 model (as the metric)
+        dt = torch.promote_types(base.f_base.dtype, torch.float32)
+        vals = torch.full(p.site.shape, float("nan"), dtype=dt)
         for (layer, c), v in patch_components(p, base, comps, tracker).items():
             vals[layer, c] = v
         return Estimate(vals, Cost())

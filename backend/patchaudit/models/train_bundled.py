@@ -115,6 +115,10 @@ DEFAULTS: dict = {
     # "seen once", so guessing one that has not repeated yet stops paying and only induction
     # (attend to the token after the earlier copy of this one) lowers the loss
     "induction_gap_len": (0, 0),
+    # this share of the induction sequences has no prefix (the task's prompts: <bos> + r + r):
+    # the first copy's r[1] then sits at position 2, whose previous-token feature r[1]'s
+    # prediction in the second copy reads
+    "induction_prefix_zero_frac": 0.0,
     # loss weight of the first predictable token of the repeat (r[1], predicted at the second
     # copy's r[0]): there only a one-token match finds the earlier copy
     "weight_first_repeat": 1.0,
@@ -234,6 +238,11 @@ def induction_batch(rng: random.Random, vocab: dict[str, int], b: int, cfg: dict
     for _ in range(b):
         n = rng.randint(lo_n, hi_n)
         p = rng.randint(lo_p, hi_p)
+        if (
+            cfg.get("induction_prefix_zero_frac", 0.0)
+            and rng.random() < cfg["induction_prefix_zero_frac"]
+        ):
+            p = 0  # the repeat starts right after <bos>, as in the task's prompts
         gap = rng.randint(lo_g, hi_g)
         toks = rng.sample(pool, n + p + gap)
         prefix, r, mid = toks[:p], toks[p : p + n], toks[p + n :]
@@ -315,6 +324,33 @@ def held_out_gt(n: int, seed: int) -> list[dict]:
     rows = [r for r in make_greater_than(n * 20, seed=seed) if is_held_out(r["clean"])]
     assert len(rows) >= n, "too few held-out greater-than prompts"
     return rows[:n]
+
+
+@torch.no_grad()
+def induction_layouts(model, tok, n: int = 512, seed: int = 5) -> dict:
+    """Where the induction holds beyond the task's layout: per prefix length p (random
+    tokens between <bos> and an 8-token repeat r + r) the accuracy at r[1] and the worst
+    later position; per repeat length h (no prefix) the worst position."""
+    pool = [tok.convert_tokens_to_ids(w) for w in FILLER]
+    bos = tok.bos_token_id
+    rng = random.Random(seed)
+
+    def per_position(p: int, h: int) -> torch.Tensor:
+        rows = [[bos] + rng.sample(pool, p + h) for _ in range(n)]
+        ids = torch.tensor([r + r[1 + p :] for r in rows])  # [n, 1 + p + 2h]
+        s = 1 + p + h  # the second copy's r[0]
+        pred = model(ids).logits[:, s : s + h - 1].argmax(-1)  # predicts r[1] .. r[h-1]
+        return (pred == ids[:, s + 1 : s + h]).float().mean(0)  # [h-1]
+
+    by_prefix = {}
+    for p in range(7):
+        acc = per_position(p, 8)
+        by_prefix[str(p)] = {
+            "r1": round(float(acc[0]), 4),
+            "later_min": round(float(acc[1:].min()), 4),
+        }
+    by_len = {str(h): round(float(per_position(0, h).min()), 4) for h in (4, 6, 8, 10, 12, 16)}
+    return {"n": n, "by_prefix_len_half8": by_prefix, "min_position_by_half_len": by_len}
 
 
 @torch.no_grad()
@@ -557,6 +593,7 @@ def train(out_dir: Path, cfg: dict) -> dict:
         ck.unlink()
     metrics = {
         "held_out": evaluate(model, tok, n_ioi=512, n_ind=512, n_gt=512, seed=12345),
+        "induction_layouts": induction_layouts(model, tok),
         "params": n_params,
         "model_safetensors_bytes": (out_dir / "model.safetensors").stat().st_size,
         "vocab_size": len(vocab),
@@ -653,6 +690,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         tok = AutoTokenizer.from_pretrained(args.out)
         metrics["held_out"] = evaluate(model, tok, n_ioi=512, n_ind=512, n_gt=512, seed=12345)
+        metrics["induction_layouts"] = induction_layouts(model, tok)
         metrics["n_names"] = len(NAMES)
         p.write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics["held_out"], indent=2))  # noqa: T201
