@@ -243,6 +243,25 @@ class Stack:
 # -- request helpers -----------------------------------------------------------------------
 
 
+def long_request(seed: int = 0, **over: Any) -> dict:
+    """A request that runs for seconds, for tests that must catch a job mid-run: the bundled
+    model on the most IOI pairs a request may hold (on the tiny model a whole job can finish
+    between two polls)."""
+    body = {
+        "model": "bundled",
+        "task": "ioi",
+        "n_pairs": 256,
+        "seed": seed,
+        "site": "heads",
+        "metric": "logit_diff",
+        "direction": "noising",
+        "methods": ["atp", "hvp"],
+        "hvp_probes": 2,
+    }
+    body.update(over)
+    return body
+
+
 def token_request(model: str, n_pairs: int = 4, seq: int = 8, seed: int = 0, **over: Any) -> dict:
     """A request with token pairs for the tiny model (vocab 50, no tokenizer)."""
     import random

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import Stack, token_request, wait_for, wait_status, wait_verified
+from .conftest import Stack, long_request, token_request, wait_for, wait_status, wait_verified
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_fix_verifies_every_flagged_component(stack: Stack, done: dict) -> None:
 
 def test_cancel_running_and_queued(stack: Stack) -> None:
     c = stack.client
-    a = c.post("/api/analyses", json=token_request(stack.tiny, seed=11)).json()["id"]
+    a = c.post("/api/analyses", json=long_request(seed=11)).json()["id"]  # runs for seconds
     b = c.post("/api/analyses", json=token_request(stack.tiny, seed=12)).json()["id"]
     wait_status(c, a, ("running",), 30)
     # b waits behind a on the single worker: cancelling it is immediate
@@ -175,7 +175,7 @@ def test_cancel_running_and_queued(stack: Stack) -> None:
     time.sleep(0.5)
     assert c.get(f"/api/analyses/{b}").json()["status"] == "cancelled"
     # submitting a cancelled request again computes it
-    again = c.post("/api/analyses", json=token_request(stack.tiny, seed=11)).json()
+    again = c.post("/api/analyses", json=long_request(seed=11)).json()
     assert again["id"] != a and again["existing"] is False
     assert wait_status(c, again["id"], ("done", "failed"), 60)["status"] == "done"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Stack, token_request, wait_status
+from .conftest import Stack, long_request, token_request, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -157,19 +157,7 @@ def test_result_carries_screen_reasons_threshold_and_cost_notes(stack: Stack) ->
 
 def test_cancel_keeps_completed_methods_and_rerun_starts_fresh(stack: Stack) -> None:
     c = stack.client
-    # the bundled model on the most pairs a request may hold: an ap phase of seconds, which the
-    # poll below cannot miss (on the tiny model the whole job can finish between two polls)
-    body = {
-        "model": "bundled",
-        "task": "ioi",
-        "n_pairs": 256,
-        "seed": 21,
-        "site": "heads",
-        "metric": "logit_diff",
-        "direction": "noising",
-        "methods": ["atp", "hvp", "ap"],
-        "hvp_probes": 2,
-    }
+    body = long_request(seed=21, methods=["atp", "hvp", "ap"])  # an ap phase of ~2 s
     aid = c.post("/api/analyses", json=body).json()["id"]
 
     def in_ap() -> bool:

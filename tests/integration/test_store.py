@@ -73,6 +73,12 @@ def test_dedup_and_ids(conn) -> None:  # noqa: ANN001
     assert c != a and not existed  # a cancelled analysis does not block a new run
     assert store.create_or_get(req) == (c, True)
     assert len({store.create_or_get(dict(req, seed=s))[0] for s in range(2, 50)}) == 48
+    # the same request on other weights (a retrained model) is a new analysis
+    d, existed = store.create_or_get(req, model_id="0123abcd")
+    assert d != c and not existed
+    assert store.create_or_get(req, model_id="0123abcd") == (d, True)
+    assert store.create_or_get(req) == (c, True)
+    assert store.get(d) is not None and store.get(d).request == req  # stored as submitted
 
 
 def test_queue_uses_json(conn) -> None:  # noqa: ANN001

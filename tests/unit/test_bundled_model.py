@@ -316,3 +316,30 @@ def test_make_induction_generic_tokenizer():
     assert c.shape == (8, 19)  # no bos token -> no bos
     ids = torch.cat([c.flatten(), x.flatten()])
     assert ids.min() >= 1000 and ids.max() < 20000 and not (ids == 1500).any()
+
+
+def test_fingerprint_follows_the_weights(tmp_path, monkeypatch):
+    """Stored analyses and cached activations are keyed on the weights' fingerprint: a copy of
+    the bundled model has the bundled model's, a changed file (a retrained model) another; a
+    hub name has none (the name alone)."""
+    import shutil
+
+    from patchaudit import models
+
+    fp = models.fingerprint("bundled")
+    assert len(fp) == 16 and models.fingerprint(str(BUNDLED)) == fp
+    copy = tmp_path / "copy"
+    shutil.copytree(BUNDLED, copy)
+    assert models.fingerprint(str(copy)) == fp
+    w = copy / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    w.write_bytes(bytes(data))
+    changed = models.fingerprint(str(copy))
+    assert changed != fp and models.fingerprint(str(copy)) == changed
+    # a file over the content-hash limit enters by size and modification time
+    monkeypatch.setattr(models, "FINGERPRINT_HASH_LIMIT", 1024)
+    big = models.fingerprint(str(copy))
+    os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
+    assert models.fingerprint(str(copy)) != big
+    assert models.fingerprint("gpt2") == "" and models.fingerprint(str(tmp_path / "none")) == ""

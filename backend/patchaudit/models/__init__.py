@@ -8,6 +8,7 @@ The bridge runs eager attention, which double backward needs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +23,35 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 class ModelLoadError(ValueError):
     """A model could not be loaded; the message says why and what to do."""
+
+
+#: Files above this size enter a fingerprint by size and modification time, not content.
+FINGERPRINT_HASH_LIMIT = 64 * 2**20
+_fingerprints: dict[tuple, str] = {}
+
+
+def fingerprint(name: str) -> str:
+    """What identifies the weights behind a model name: for "bundled" and a local directory,
+    a SHA-256 over its files (name, size, and the content of each file up to 64 MiB; larger
+    ones by size and modification time); "" for a hub name (the name alone). Stored results
+    and cached activations are keyed on it, so a retrained or replaced model never serves the
+    numbers of the one before. Kept per process until a file changes."""
+    path = BUNDLED_DIR if name == "bundled" else Path(name)
+    if not path.is_dir():
+        return ""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(path.resolve()), stats)
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for p, (fname, size, mtime) in zip(files, stats, strict=True):
+            h.update(f"{fname}\0{size}\0".encode())
+            if size <= FINGERPRINT_HASH_LIMIT:
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+            else:
+                h.update(str(mtime).encode())
+        _fingerprints[key] = h.hexdigest()[:16]
+    return _fingerprints[key]
 
 
 def default_device() -> torch.device:

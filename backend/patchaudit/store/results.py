@@ -88,10 +88,12 @@ class AnalysisStore:
 
     # -- creation / dedup -------------------------------------------------------------
 
-    def create_or_get(self, request: dict[str, Any]) -> tuple[str, bool]:
+    def create_or_get(self, request: dict[str, Any], model_id: str = "") -> tuple[str, bool]:
         """Return (id, existed). A new analysis starts ``queued``; the same request returns the
-        id of the analysis that already holds it, unless that one failed or was cancelled."""
-        h = request_hash(request)
+        id of the analysis that already holds it, unless that one failed or was cancelled.
+        ``model_id`` (the weights' fingerprint) enters the key, not the stored request: the
+        same request on replaced weights is a new analysis."""
+        h = request_hash({"request": request, "model_id": model_id} if model_id else request)
         dedup_key = keys.dedup(h)
         current = self._text(self.r.get(dedup_key))
         replace = ""

@@ -201,7 +201,7 @@ def _prepare(
     """(model, token pairs, cache key) of a request. A model not yet resident on this worker
     is loaded with its progress reported (phase "load_model": a large model takes minutes)."""
     import patchaudit as pa
-    from patchaudit.models import load_progress
+    from patchaudit.models import fingerprint, load_progress
 
     name = request["model"]
     if progress is not None and not rt.models.resident(name):
@@ -219,7 +219,8 @@ def _prepare(
     bkey = pa.base_key(
         request["model"], tp, request["site"], request["metric"], request["direction"]
     )
-    return model, tp, cache_key([bkey])
+    # the weights' fingerprint: a replaced model never reads the activations of the one before
+    return model, tp, cache_key([bkey, fingerprint(name)])
 
 
 def _pair_texts(model: Any, request: dict[str, Any], tp: Any, limit: int = 64) -> list[dict]:

@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from ...models import fingerprint
 from ...store import JobStatus, component_key, parse_component_key
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
@@ -135,7 +136,7 @@ def create_analysis(
 ) -> Accepted:
     request = normalise(body, settings)
     with gate.admit(estimate_cost(request)) as record:
-        analysis_id, existed = store.create_or_get(request)
+        analysis_id, existed = store.create_or_get(request, fingerprint(request["model"]))
         if not existed:
             try:
                 job_id = enqueue(
