@@ -337,7 +337,7 @@ def test_fingerprint_follows_the_weights(tmp_path, monkeypatch):
     w.write_bytes(bytes(data))
     changed = models.fingerprint(str(copy))
     assert changed != fp and models.fingerprint(str(copy)) == changed
-    # a file over the content-hash limit enters by size and modification time
+    # a directory over the content-hash limit enters by sizes and modification times
     monkeypatch.setattr(models, "FINGERPRINT_HASH_LIMIT", 1024)
     big = models.fingerprint(str(copy))
     os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))

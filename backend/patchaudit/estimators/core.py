@@ -402,7 +402,8 @@ def run(
     unembedding runs on one position per row: logits [rows, 1, d_vocab]. With ``past`` (a
     Hugging Face cache of the positions before ``tokens``) only those later positions run.
     ``fast``: with the problem's shortcuts on, take ``cpu_kernels`` (the caller makes sure
-    that every run whose numbers it compares takes the same kernels).
+    that the two runs whose activations make a delta take the same kernels, so a zero delta
+    stays exactly zero).
     """
     hooks = _hooks(p, eps, replace, capture, resid_capture, last_only)
     kw: dict[str, Any] = {}
@@ -411,8 +412,8 @@ def run(
     with contextlib.ExitStack() as stack:
         if start_at_layer:
             stack.enter_context(skip_blocks(p.model, start_at_layer))
-        if fast and p.shortcuts:
-            stack.enter_context(cpu_kernels(p.model))
+        if fast:
+            stack.enter_context(shortcut_kernels(p))
         if past is None:
             return p.model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
         stack.enter_context(cache_kwarg(p.model))
@@ -498,6 +499,11 @@ def cpu_kernels(model) -> Iterator[None]:
     finally:
         for m, name in swapped:
             object.__delattr__(m, name)
+
+
+def shortcut_kernels(p: Problem) -> contextlib.AbstractContextManager:
+    """``cpu_kernels`` where the problem's shortcuts are on, else nothing."""
+    return cpu_kernels(p.model) if p.shortcuts else contextlib.nullcontext()
 
 
 def _returns_tensor(model) -> bool:
@@ -586,8 +592,7 @@ def prefix_forward(
     hooks = _hooks(p, capture=capture, resid_capture=resid_capture)
     if p.can_cut:  # no metric reads the prefix: unembed one position only
         hooks.append(("unembed.hook_in", _last_position))
-    kernels = cpu_kernels(p.model) if p.shortcuts else contextlib.nullcontext()
-    with torch.no_grad(), cache_kwarg(p.model), kernels:
+    with torch.no_grad(), cache_kwarg(p.model), shortcut_kernels(p):
         _, cache = p.model.run_with_hooks(
             p.base_tokens[:, :n], fwd_hooks=hooks, return_type="logits_and_cache"
         )
@@ -647,8 +652,9 @@ def _reference(
 
 def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
     t0 = time.perf_counter()
-    if shared_prefix_len(p):
-        return _base_through_prefix(p, tracker, t0)
+    n0 = shared_prefix_len(p)
+    if n0:
+        return _base_through_prefix(p, tracker, t0, n0)
     n = p.site.n_layers
     src: list[Tensor | None] = [None] * n
     cap: list[Tensor | None] = [None] * n
@@ -679,15 +685,16 @@ def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
     )
 
 
-def _base_through_prefix(p: Problem, tracker: Tracker, t0: float) -> BaseCache:
-    """``_base_without_grad`` with the shared prefix run once: one forward of the prefix
-    (which the patched forwards then reuse as their key/value cache) and one of the two
-    suffixes, source and base as two copies on the batch axis. The activations and residual
-    streams it keeps are those of every position, as the plain pass's."""
-    n, n0, b = p.site.n_layers, shared_prefix_len(p), p.batch
+def _base_through_prefix(p: Problem, tracker: Tracker, t0: float, n0: int) -> BaseCache:
+    """``_base_without_grad`` with the shared prefix (``n0`` positions) run once: one forward
+    of the prefix (which the patched forwards then reuse as their key/value cache) and one of
+    the two suffixes, source and base as two copies on the batch axis. The activations and
+    residual streams it keeps are those of every position, as the plain pass's (a prefix is
+    only shared where the model can resume, so the residual streams are always kept)."""
+    n, b = p.site.n_layers, p.batch
     head: list[Tensor | None] = [None] * n
     head_resid: list[Tensor | None] = [None] * n
-    pre = prefix_forward(p, n0, tracker, head, head_resid if p.can_resume else None)
+    pre = prefix_forward(p, n0, tracker, head, head_resid)
     tail: list[Tensor | None] = [None] * n
     tail_resid: list[Tensor | None] = [None] * n
     targets, last = suffix_targets(p, 2, n0)
@@ -697,7 +704,7 @@ def _base_through_prefix(p: Problem, tracker: Tracker, t0: float) -> BaseCache:
             p,
             tokens,
             capture=tail,
-            resid_capture=tail_resid if p.can_resume else None,
+            resid_capture=tail_resid,
             last_only=last,
             past=pre.tiled(2, b, tokens.device),
             fast=True,
@@ -712,7 +719,6 @@ def _base_through_prefix(p: Problem, tracker: Tracker, t0: float) -> BaseCache:
     def joined(heads: list, tails: list, rows: slice) -> list[Tensor]:
         return [torch.cat([h, t[rows]], 1) for h, t in zip(heads, tails, strict=True)]
 
-    resid = joined(head_resid, tail_resid, slice(b, None)) if p.can_resume else None
     base = BaseCache(
         joined(head, tail, slice(b, None)),
         joined(head, tail, slice(None, b)),
@@ -720,7 +726,7 @@ def _base_through_prefix(p: Problem, tracker: Tracker, t0: float) -> BaseCache:
         fb,
         fs,
         ref,
-        resid=resid,
+        resid=joined(head_resid, tail_resid, slice(b, None)),
         cost=Cost(1, 0, time.perf_counter() - t0),
     )
     base.prefix = pre

@@ -25,15 +25,16 @@ class ModelLoadError(ValueError):
     """A model could not be loaded; the message says why and what to do."""
 
 
-#: Files above this size enter a fingerprint by size and modification time, not content.
+#: A model directory larger than this enters a fingerprint by its files' sizes and
+#: modification times, not their content (the API computes it on a request).
 FINGERPRINT_HASH_LIMIT = 64 * 2**20
 _fingerprints: dict[tuple, str] = {}
 
 
 def fingerprint(name: str) -> str:
     """What identifies the weights behind a model name: for "bundled" and a local directory,
-    a SHA-256 over its files (name, size, and the content of each file up to 64 MiB; larger
-    ones by size and modification time); "" for a hub name (the name alone). Stored results
+    a SHA-256 over its files (name, size, and their content where the directory holds at most
+    64 MiB; else their modification times); "" for a hub name (the name alone). Stored results
     and cached activations are keyed on it, so a retrained or replaced model never serves the
     numbers of the one before. Kept per process until a file changes."""
     path = BUNDLED_DIR if name == "bundled" else Path(name)
@@ -44,9 +45,10 @@ def fingerprint(name: str) -> str:
     key = (str(path.resolve()), stats)
     if key not in _fingerprints:
         h = hashlib.sha256()
+        by_content = sum(size for _, size, _ in stats) <= FINGERPRINT_HASH_LIMIT
         for p, (fname, size, mtime) in zip(files, stats, strict=True):
             h.update(f"{fname}\0{size}\0".encode())
-            if size <= FINGERPRINT_HASH_LIMIT:
+            if by_content:
                 h.update(hashlib.sha256(p.read_bytes()).digest())
             else:
                 h.update(str(mtime).encode())
