@@ -108,7 +108,7 @@ def audit(
     site: str = "heads",
     metric: str = "logit_diff",
     direction: str = "noising",
-    methods: Sequence[str] = ("atp", "hvp"),
+    methods: Sequence[str] | None = None,
     hvp_probes: int | None = None,
     ig_steps: int | None = None,
     mhvp_steps: int | None = None,
@@ -125,6 +125,8 @@ def audit(
 ) -> Report:
     """Every requested estimate for every component of ``site``, with the reliability score,
     error bound, materiality and flags (METHODS.md)."""
+    if methods is None:
+        methods = default_screen(model)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
@@ -142,14 +144,10 @@ def audit(
     mhvp_steps = _positive_int(
         "mhvp_steps", defaults.load()["mhvp_steps"] if mhvp_steps is None else mhvp_steps
     )
-    tau = defaults.tau() if tau is None else float(tau)
+    tau = defaults.tau() if tau is None else float(tau)  # 0: no rho-based reason by default
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
-    if bound_scale is None:
-        scale = defaults.bound_scale(model_name, site, metric, direction)
-    else:
-        scale = bound_scale
     p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode)
     torch.manual_seed(seed)
 
@@ -177,13 +175,13 @@ def audit(
     if fused is not None and y is not None:
         est = M.from_tangents(p, b, y, combine)
         extra_s = time.perf_counter() - t0 - b.cost.seconds
-        est.cost = Cost(tracker.forward - 2, tracker.backward - 1, extra_s)
+        est.cost = Cost.since(tracker, b.cost, extra_s)
         ests[fused] = est
     b.key = base_key(model_name, tp, site, metric, direction)
 
     stopped: Cancelled | None = None
     # cheapest first, ap last: a cancel keeps as much as possible
-    order = sorted(methods, key=lambda m: (m == "ap", m in ("ig", "mhvp"), m != "atp"))
+    order = sorted(methods, key=lambda m: (m == "ap", m in ("ig", "mhvp"), m == "sat", m != "atp"))
     try:
         for i, m in enumerate(order, start=1):
             state["i"] = i
@@ -195,6 +193,8 @@ def audit(
                 ests[m] = M.atp(p, b, tracker)
             elif m in M.SECOND_ORDER:
                 ests[m] = M.second_order(p, b, m, hvp_probes, seed, tracker)
+            elif m == "sat":
+                ests[m] = M.sat(p, b, tracker)
             elif m == "ig":
                 ests[m] = M.ig(p, b, steps=ig_steps, tracker=tracker)
             elif m == "mhvp":
@@ -226,7 +226,7 @@ def audit(
             "n_pairs": len(tp),
             "n_pos": int(tp.clean.shape[1]),
             "model": model_name,
-            "bound_scale": scale,
+            "bound_scale": bound_scale,
             "base_cached": cached,
         },
         base=b,
@@ -259,21 +259,63 @@ def audit(
             (i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])
         }
     source = next((m for m in M.SECOND_ORDER if m in ests), None)
-    a1 = M.atp(p, b).values.detach().cpu() if source is not None or "atp" in ests else None
+    screened = source is not None or "sat" in ests
+    a1 = M.atp(p, b).values.detach().cpu() if screened or "atp" in ests else None
     report.material_threshold = R.MATERIAL_SHARE * abs(report.total_effect)
     report.screen = screen_info(a1, report.total_effect, metric, direction, source)
-    if source is not None:
+    if screened:
         assert a1 is not None
-        est = ests[source]
-        assert est.q is not None
-        q = est.q.detach().cpu()
-        se = est.q_se.detach().cpu() if est.q_se is not None else None
+        q = se = None
+        if source is not None:
+            assert ests[source].q is not None
+            q = ests[source].q.detach().cpu()  # type: ignore[union-attr]
+            q_se = ests[source].q_se
+            se = q_se.detach().cpu() if q_se is not None else None
+        sat_est = ests.get("sat")
+        sat_v = sat_est.values.detach().cpu() if sat_est is not None else None
+        cal = defaults.flag_calibration(
+            model_name, site, metric, direction, task_name(pairs), sat_v is not None
+        )
+        if bound_scale is not None:  # the caller's scale replaces the calibrated one
+            cal.scale, cal.why = float(bound_scale), f"scale {bound_scale:g} given by the caller"
+        if cal.estimate == "sat" and sat_v is not None:
+            shown, report.estimate_method = sat_v, "sat"
+        elif q is not None:
+            shown, report.estimate_method = a1 + q / 2, source
+        else:
+            assert sat_v is not None
+            shown, report.estimate_method = sat_v, "sat"
         feasible = R.feasible_range(metric, report.metric_base)
-        rel = R.assess(a1, q, report.total_effect, tau, se, scale, circuit_k, feasible)
-        report.reliability, report.error_bound = rel.score, rel.error_bound
-        report.flags, report.material, report.cutoff = rel.flags, rel.material, rel.cutoff
+        vanishes = bool(report.screen.get("first_order_vanishes"))
+        u = R.uncertainty(a1, q, se, sat_v)
+        share = None
+        if sat_est is not None and sat_est.detail is not None:
+            share = sat_est.detail.nonlinear.detach().cpu().abs().flatten(2).amax(2)
+        trust = R.assess_calibrated(
+            a1, shown, u, report.total_effect, cal, feasible, share, vanishes, sat=sat_v
+        )
+        if tau > 0 and q is not None:  # the optional extra reason: rho below the caller's tau
+            trust.reasons["reliability"] = trust.material & (R.score(R.ratio(a1, q)) < tau)
+            trust.flags = R.any_reason(trust.reasons)
+        report.reliability = R.score(R.ratio(a1, q)) if q is not None else None
+        report.error_bound, report.flags = trust.error_bound, trust.flags
+        report.material, report.flag_reasons = trust.material, trust.reasons
+        report.interval = (trust.lower, trust.upper)
+        report.deferred = trust.deferred
+        report.material_threshold = trust.material_threshold
+        report.cutoff = R.circuit_cutoff(shown, circuit_k)
         report.q, report.q_se, report.reliability_source = q, se, source
-        report.flag_reasons = rel.reasons
+        report.calibration = {
+            "key": cal.key,
+            "calibrated": cal.calibrated,
+            "scale": cal.scale,
+            "kappa": cal.kappa,
+            "estimate": report.estimate_method,
+            "unexplained": trust.unexplained,
+            "why": cal.why,
+        }
+        if sat_est is not None and sat_est.detail is not None:
+            report.saturation = saturation_heads(sat_est.detail, trust.reasons["saturation"])
     if stopped is not None:
         report.partial = True
         stopped.partial = report  # type: ignore[attr-defined]
@@ -281,6 +323,35 @@ def audit(
     if progress is not None:
         progress("done", 1.0, tracker.passes)
     return report
+
+
+def default_screen(model) -> tuple[str, ...]:
+    """The default screen: AtP, the HVP correction and, where the model exposes its attention
+    scores and patterns, the saturation-aware estimate."""
+    from .estimators.saturation import attention_hook_names
+
+    try:
+        attention_hook_names(model)
+    except ValueError:
+        return ("atp", "hvp")
+    return ("atp", "hvp", "sat")
+
+
+def task_name(pairs) -> str | None:
+    """The built-in task a PromptPairs was made from (None for the caller's own pairs)."""
+    task = getattr(pairs, "task", None)
+    return str(task["name"]) if isinstance(task, dict) and task.get("name") else None
+
+
+def saturation_heads(detail, flagged: torch.Tensor) -> dict[str, list[dict]]:
+    """For every component flagged for saturation, the downstream heads whose exact softmax
+    departs most from its linearisation ("1.0" -> [{"layer", "head", "share"}, ...])."""
+    out: dict[str, list[dict]] = {}
+    for i, j in flagged.nonzero().tolist():
+        out[f"{i}.{j}"] = [
+            {"layer": li, "head": h, "share": v} for li, h, v in detail.top_heads(i, j, 3)
+        ]
+    return out
 
 
 def site_labels(p: Problem, tp: TokenPairs, model) -> dict:
@@ -470,8 +541,7 @@ def verify(
     values = patch_components(p, b, sorted(set(comps)), tracker, per_pair) if comps else {}
     now = time.perf_counter()
     cost = {
-        "forward": tracker.forward,
-        "backward": tracker.backward,
+        **Cost.of(tracker).as_dict(),
         "seconds": now - t0,
         "patch_passes": tracker.forward - f0,  # batched patched forwards (no base pass)
         "patch_seconds": now - t1,
@@ -529,7 +599,7 @@ def screen_flag_fix(
     memory_budget_mb: float | None = None,
     budget: int | None = None,
 ) -> FixResult:
-    """Screen (atp + hvp), flag, fix the flagged components with activation patching.
+    """Screen (atp + hvp + sat), flag, fix the flagged components with activation patching.
     ``budget`` caps how many components are verified (least reliable first)."""
     if report is None:
         report = audit(
@@ -538,7 +608,7 @@ def screen_flag_fix(
             site,
             metric,
             direction,
-            ("atp", "hvp"),
+            default_screen(model),
             hvp_probes=hvp_probes,
             seed=seed,
             tau=tau,
@@ -546,10 +616,14 @@ def screen_flag_fix(
             should_stop=should_stop,
             memory_budget_mb=memory_budget_mb,
         )
-    assert report.flags is not None and report.reliability is not None
-    rho = report.reliability
+    if report.flags is None or report.error_bound is None:
+        raise ValueError(
+            "screen_flag_fix needs a screened report: run audit with atp and hvp (or sat)"
+        )
+    # least trustworthy first: the widest interval relative to the estimate
+    width = report.error_bound / report.estimate.abs().clamp_min(1e-30)
     flagged = [tuple(x) for x in report.flags.nonzero().tolist()]
-    flagged.sort(key=lambda c: float(rho[c[0], c[1]]))
+    flagged.sort(key=lambda c: -float(width[c[0], c[1]]))
     if budget is not None:
         flagged = flagged[:budget]
     flagged_t = [(int(i), int(j)) for i, j in flagged]

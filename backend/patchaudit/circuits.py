@@ -121,7 +121,9 @@ def _keep_masks(keep: Any, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
 def _cost(tracker: Tracker, t0: float) -> dict:
     """Passes and seconds since ``t0``; ``prefix_forward`` counts forwards of the shared
     prefix alone (not in ``forward``)."""
-    cost = Cost(tracker.forward, tracker.backward, time.perf_counter() - t0).as_dict()
+    c = Cost.of(tracker)
+    c.seconds = time.perf_counter() - t0
+    cost = c.as_dict()
     cost["prefix_forward"] = tracker.prefix
     return cost
 

@@ -27,7 +27,11 @@ def _fmt(v) -> str:
 def print_table(report, top: int = 15) -> None:
     from .report import component_label
 
-    cols = [m for m in ("atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp") if m in report.scores]
+    cols = [
+        m
+        for m in ("atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp")
+        if m in report.scores
+    ]
     header = ["component", *cols, "reliability", "bound", "flag", "verified (ap)"]
     rows = []
     for r in report.table(top):
@@ -104,7 +108,7 @@ def cmd_audit(argv: list[str]) -> int:
     ap.add_argument("--site", default="heads")
     ap.add_argument("--metric", default="logit_diff")
     ap.add_argument("--direction", default="noising")
-    ap.add_argument("--methods", default="atp,hvp,ap")
+    ap.add_argument("--methods", default="atp,hvp,sat,ap")
     ap.add_argument("--hvp-probes", type=int, default=None)
     ap.add_argument("--ig-steps", type=int, default=None)
     ap.add_argument("--mhvp-steps", type=int, default=None)

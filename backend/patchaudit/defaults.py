@@ -16,7 +16,13 @@ _FALLBACK = {
     # the metric and direction the bound_scale factors were calibrated on (the benchmark's)
     "bound_calibrated_on": None,
     "circuit_share": 0.1,
+    # the calibrated flag rule (bench/trust): "family:site:metric:direction[:task]|screen"
+    "flag_calibration": {},
 }
+
+#: Used where no calibration applies (a model family, site, metric or direction the benchmark
+#: never measured): an interval as wide as the screen's own uncertainty plus half the estimate.
+UNCALIBRATED = {"scale": 1.0, "kappa": 0.5}
 
 
 def load() -> dict:
@@ -55,3 +61,65 @@ def bound_scale(
         if key in s:
             return float(s[key])
     return 1.0
+
+
+def flag_calibration(
+    model_name: str | None,
+    site: str,
+    metric: str,
+    direction: str,
+    task: str | None = None,
+    with_sat: bool = True,
+):
+    """The flag calibration for this combination (``reliability.Calibration``): the entry of
+    this model family, site, metric and direction for this built-in task, else for any pairs,
+    else the default family's; where none was ever measured, an uncalibrated rule that says so.
+    ``with_sat``: whether the screen ran the saturation-aware estimate (calibrated apart)."""
+    from .estimators.reliability import Calibration
+
+    table = load().get("flag_calibration") or {}
+    screen = "atp+hvp+sat" if with_sat else "atp+hvp"
+    family = model_name if model_name in {k.split(":")[0] for k in table} else "default"
+    tried = []
+    for fam in dict.fromkeys((family, "default")):
+        base = f"{fam}:{site}:{metric}:{direction}"
+        for key in ([f"{base}:{task}"] if task else []) + [base]:
+            tried.append(key)
+            entry = table.get(f"{key}|{screen}")
+            if entry:
+                pooled = key == base and task is not None
+                what = "any pairs" if key == base else f"the {task} task"
+                why = (
+                    f"calibrated by make bench on {entry.get('sets', '?')} held-out-free prompt "
+                    f"sets of {what} ({fam} model family, {site}, {metric}, {direction}, screen "
+                    f"{screen}): interval scale {entry['scale']:.3g}, relative term "
+                    f"{entry['kappa']:.3g}, centred on {entry['estimate']}"
+                )
+                if pooled:
+                    why += f"; no calibration for the {task} task itself, so the pooled one"
+                if fam != family or (model_name and fam != model_name):
+                    why += (
+                        f"; {model_name or 'this model'} was never calibrated, so it takes the "
+                        f"'{fam}' family's"
+                    )
+                return Calibration(
+                    scale=float(entry["scale"]),
+                    kappa=float(entry["kappa"]),
+                    estimate=str(entry["estimate"]),
+                    key=f"{key}|{screen}",
+                    calibrated=fam == model_name and not pooled,
+                    why=why,
+                )
+    u = UNCALIBRATED
+    return Calibration(
+        scale=float(u["scale"]),  # type: ignore[arg-type]
+        kappa=float(u["kappa"]),  # type: ignore[arg-type]
+        estimate="sat" if with_sat else "hvp",
+        key="",
+        calibrated=False,
+        why=(
+            f"never calibrated ({site}, {metric}, {direction}, screen {screen}; tried "
+            f"{', '.join(tried)}): the interval is the screen's own uncertainty plus "
+            f"{u['kappa']:g} x |estimate|, scale {u['scale']:g}; run make bench to calibrate"
+        ),
+    )

@@ -18,6 +18,7 @@ METHOD_LABELS = {
     "hvp_exact": "HVP-corrected (exact)",
     "ig": "integrated gradients",
     "mhvp": "multi-step HVP",
+    "sat": "saturation-aware",
 }
 
 
@@ -68,6 +69,16 @@ def _tensor(x, dtype=torch.float32) -> Tensor | None:
     if dtype == torch.bool:
         return torch.tensor(x, dtype=torch.bool)
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in x], dtype=dtype)
+
+
+def _interval(d: dict | None) -> tuple[Tensor, Tensor] | None:
+    if not d:
+        return None
+    lo, hi = _tensor(d.get("lower")), _tensor(d.get("upper"))
+    if lo is None or hi is None:
+        return None
+    # an unbounded side is stored as null: read it back as -inf / +inf
+    return lo.nan_to_num(nan=-math.inf), hi.nan_to_num(nan=math.inf)
 
 
 def _reason_masks(grid: list | None) -> dict[str, Tensor] | None:
@@ -151,6 +162,12 @@ class Report:
     flag_reasons: dict[str, Tensor] | None = None  # reason -> bool mask (reliability.REASONS)
     material_threshold: float | None = None  # 1% of |total effect|
     partial: bool = False  # cancelled: only the methods that completed
+    # the screen's shown estimate: which method it comes from (calibrated per metric/direction)
+    estimate_method: str | None = None
+    interval: tuple[Tensor, Tensor] | None = None  # [lower, upper] of the true effect
+    calibration: dict | None = None  # which calibration the flags used, and why
+    saturation: dict | None = None  # "i.j" -> the downstream heads that saturate its effect
+    deferred: Tensor | None = None  # uncertain but past the flag cap (reliability.FLAG_CAP)
 
     @property
     def total_effect(self) -> float:
@@ -159,8 +176,11 @@ class Report:
 
     @property
     def estimate(self) -> Tensor:
-        """The best screen estimate: the corrected one where present, else the first method."""
-        for m in ("hvp", "hvp_exact", "hvp_joint", "mhvp", "ig", "atp", "ap"):
+        """The screen's estimate: the calibrated one (``estimate_method``) where the flags were
+        computed, else the corrected one where present, else the first method."""
+        if self.estimate_method in self.scores:
+            return self.scores[self.estimate_method]  # type: ignore[index]
+        for m in ("hvp", "hvp_exact", "hvp_joint", "sat", "mhvp", "ig", "atp", "ap"):
             if m in self.scores:
                 return self.scores[m]
         raise ValueError("the report has no scores")
@@ -233,6 +253,13 @@ class Report:
             "total_effect": self.total_effect,
             "settings": self.settings,
             "circuit": self.circuit(),
+            "estimate_method": self.estimate_method,
+            "interval": None
+            if self.interval is None
+            else {"lower": _jsonable(self.interval[0]), "upper": _jsonable(self.interval[1])},
+            "calibration": self.calibration,
+            "saturation": self.saturation,
+            "deferred": _jsonable(self.deferred),
         }
 
     @classmethod
@@ -266,6 +293,11 @@ class Report:
             flag_reasons=_reason_masks(d.get("flag_reasons")),
             material_threshold=d.get("material_threshold"),
             partial=bool(d.get("partial", False)),
+            estimate_method=d.get("estimate_method"),
+            interval=_interval(d.get("interval")),
+            calibration=d.get("calibration"),
+            saturation=d.get("saturation"),
+            deferred=_tensor(d.get("deferred"), torch.bool),
         )
 
     def table(self, top: int = 10) -> list[dict]:

@@ -15,7 +15,7 @@ from ..store.status import JobStatus
 Site = Literal["heads", "mlp", "resid"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
-Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp"]
+Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]
 Task = Literal["ioi", "induction", "greater_than", "planted"]
 
 SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
@@ -26,7 +26,7 @@ TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
 
 
 def _default_methods() -> list[Method]:
-    return ["atp", "hvp"]
+    return ["atp", "hvp", "sat"]
 
 
 #: Longest model name (or local directory) a request may carry; longer ones are not echoed back.

@@ -19,7 +19,6 @@ import torch
 
 from ..estimators import methods as M
 from ..estimators import reliability as R
-from ..estimators.core import Tracker, compute_base, make_problem
 from . import common as C
 
 log = logging.getLogger("patchaudit.bench")
@@ -44,6 +43,7 @@ class Config:
     exact: bool = True
     exact_sets: int | None = None  # hvp_exact on the first n sets only (None: all)
     seed0: int = 1000
+    sat: bool = True  # the saturation-aware estimate (needs attention pattern hooks)
     vocab: int = 50257  # random models only
     notes: list[str] = field(default_factory=list)
 
@@ -128,82 +128,101 @@ def make_pairs(cfg: Config, model, seed: int):
     return pa.PromptPairs.from_task(cfg.task, n=cfg.n_pairs, seed=seed, corruption=cfg.corruption)
 
 
-def batch_passes(method: str, k: int, n_comp: int) -> int:
-    """Forward/backward passes over the prompt batch, counting every copy on the batch axis
-    (a double backward counts as one backward per copy). Base = 2 forwards + 1 backward."""
-    if method == "ap":
-        return 2 + n_comp
-    if method == "atp":
-        return 3
+def method_settings(method: str, k: int) -> dict:
+    """The ``audit`` arguments of one benchmark key: hvp probes, IG or MHVP steps."""
     if method == "hvp":
-        return 3 + 3 * (n_comp if n_comp <= k else k)
-    if method == "hvp_joint":
-        return 3 + 3
-    if method == "hvp_exact":
-        return 3 + 3 * n_comp
+        return {"hvp_probes": k}
     if method == "ig":
-        return 3 + 2 * k
+        return {"ig_steps": k}
     if method == "mhvp":
-        return 3 + 6 + 2 * (k - 1)
-    raise ValueError(method)
+        return {"mhvp_steps": k}
+    return {}
 
 
 def _flat(t: torch.Tensor) -> list[float]:
     return [float(x) for x in t.detach().cpu().flatten().tolist()]
 
 
-def run_set(cfg: Config, model, seed: int, with_exact: bool) -> dict:
-    """Every method on one prompt set, one shared base pass."""
-    pairs = make_pairs(cfg, model, seed)
-    tp = pairs.tokenize(model)
-    p = make_problem(
+def measure(model, tp, site: str, seed: int, method: str, k: int = 0) -> dict:
+    """One method on one prompt set as a user runs it (``audit``, its own base pass): its
+    values, q, passes, rows and seconds, all as ``report.cost`` counts them."""
+    from ..audit import audit
+
+    r = audit(
         model,
         tp,
-        cfg.site,
+        site,
         "logit_diff",
         "noising",
+        methods=[method],
+        seed=seed,
+        bound_scale=1.0,
+        **method_settings(method, k),
     )
-    tr = Tracker()
-    base = compute_base(p, tr)
-    n = p.n_components
+    c = r.cost[method]
+    out = {
+        "values": _flat(r.scores[method]),
+        "shape": list(r.scores[method].shape),
+        "metric_base": r.metric_base,
+        "metric_src": r.metric_src,
+        "total_effect": r.total_effect,
+        "base_seconds": float(r.cost["base"]["seconds"]),
+        "passes": int(c["passes"]),
+        "rows": int(c["rows"]),
+        "seconds": float(c["seconds"]),
+    }
+    if method in M.SECOND_ORDER and r.q is not None:
+        out["q"] = _flat(r.q)
+        if r.q_se is not None:
+            out["q_se"] = _flat(r.q_se)
+    return out
+
+
+def run_set(cfg: Config, model, seed: int, with_exact: bool) -> dict:
+    """Every method on one prompt set, each as a user runs it (``measure``), so the passes,
+    rows and seconds recorded are ``report.cost``'s."""
+    tp = make_pairs(cfg, model, seed).tokenize(model)
     out: dict = {
         "seed": seed,
-        "n_components": n,
-        "shape": list(p.site.shape),
-        "metric_base": float(base.f_base.mean()),
-        "metric_src": float(base.f_src.mean()),
-        "base_seconds": base.cost.seconds,
         "values": {},
         "q": {},
         "q_se": {},
         "passes": {},
-        "batch_passes": {},
+        "rows": {},
         "seconds": {},
     }
-    out["total_effect"] = out["metric_src"] - out["metric_base"]
 
-    def put(key: str, method: str, k: int, est: M.Estimate) -> None:
-        out["values"][key] = _flat(est.values)
-        if est.q is not None:
-            out["q"][key] = _flat(est.q)
-        if est.q_se is not None:
-            out["q_se"][key] = _flat(est.q_se)
-        base_passes = 2 if method == "ap" else 3
-        out["passes"][key] = base_passes + est.cost.forward + est.cost.backward
-        out["batch_passes"][key] = batch_passes(method, k, n)
-        out["seconds"][key] = est.cost.seconds + base.cost.seconds
+    def put(key: str, method: str, k: int = 0) -> None:
+        m = measure(model, tp, cfg.site, seed, method, k)
+        if "n_components" not in out:
+            out.update(
+                n_components=len(m["values"]),
+                shape=m["shape"],
+                metric_base=m["metric_base"],
+                metric_src=m["metric_src"],
+                total_effect=m["total_effect"],
+                base_seconds=m["base_seconds"],
+            )
+        out["values"][key] = m["values"]
+        for f in ("q", "q_se"):
+            if f in m:
+                out[f][key] = m[f]
+        for f in ("passes", "rows", "seconds"):
+            out[f][key] = m[f]
 
-    put("ap", "ap", 0, M.ap(p, base, tracker=tr))
-    put("atp", "atp", 0, M.atp(p, base, tr))
+    put("ap", "ap")
+    put("atp", "atp")
     for pr in cfg.probes:
-        put(f"hvp_P{pr}", "hvp", pr, M.hvp(p, base, probes=pr, seed=seed, tracker=tr))
-    put("hvp_joint", "hvp_joint", 0, M.hvp_joint(p, base, tr))
+        put(f"hvp_P{pr}", "hvp", pr)
+    put("hvp_joint", "hvp_joint")
     if with_exact:
-        put("hvp_exact", "hvp_exact", 0, M.hvp_exact(p, base, tr))
+        put("hvp_exact", "hvp_exact")
+    if cfg.sat:
+        put("sat", "sat")
     for k in cfg.ig_steps:
-        put(f"ig_K{k}", "ig", k, M.ig(p, base, steps=k, tracker=tr))
+        put(f"ig_K{k}", "ig", k)
     for k in cfg.mhvp_steps:
-        put(f"mhvp_K{k}", "mhvp", k, M.mhvp(p, base, steps=k, tracker=tr))
+        put(f"mhvp_K{k}", "mhvp", k)
     return out
 
 
@@ -225,12 +244,12 @@ def method_table(sets: list[dict]) -> dict:
         ]
         table[key] = {m: C.summary([x[m] for x in ms]) for m in ms[0]}
         table[key]["passes"] = C.summary([s["passes"][key] for s in rows])
-        table[key]["batch_passes"] = C.summary([s["batch_passes"][key] for s in rows])
+        table[key]["rows"] = C.summary([s["rows"][key] for s in rows])
         table[key]["seconds"] = C.summary([s["seconds"][key] for s in rows])
     ap_rows = sets
     table["ap"] = {
         "passes": C.summary([s["passes"]["ap"] for s in ap_rows]),
-        "batch_passes": C.summary([s["batch_passes"]["ap"] for s in ap_rows]),
+        "rows": C.summary([s["rows"]["ap"] for s in ap_rows]),
         "seconds": C.summary([s["seconds"]["ap"] for s in ap_rows]),
     }
     return table

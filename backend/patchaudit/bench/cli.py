@@ -10,7 +10,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="patchaudit bench", description=__doc__)
     ap.add_argument(
-        "what", choices=("accuracy", "cost", "circuits", "scale"), help="which benchmark"
+        "what",
+        choices=("accuracy", "cost", "circuits", "scale", "trust"),
+        help="which benchmark",
     )
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--quick", action="store_true", help="small run (< 3 min on 2 CPU cores)")
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import accuracy
 
         r = accuracy.run(args.out, quick=args.quick, write_defaults=args.write_defaults or None)
+        sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
+    elif args.what == "trust":
+        from . import trust
+
+        r = trust.run(args.out, quick=args.quick, write_defaults=args.write_defaults or None)
         sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
     elif args.what == "scale":
         from . import scale

@@ -20,7 +20,6 @@ from .. import defaults as D
 from ..estimators import methods as M
 from ..estimators.core import Tracker, compute_base, compute_base_fused, make_problem
 from . import common as C
-from .accuracy import batch_passes
 
 log = logging.getLogger("patchaudit.bench")
 
@@ -126,7 +125,7 @@ def bench_model(
                 "passes": tr.forward + tr.backward,
                 "forward": tr.forward,
                 "backward": tr.backward,
-                "batch_passes": batch_passes(method, k, n) if method else None,
+                "rows": tr.forward_rows + tr.backward_rows,
             }
 
         return go
@@ -145,7 +144,7 @@ def bench_model(
                 "passes": tr.forward + tr.backward,
                 "forward": tr.forward,
                 "backward": tr.backward,
-                "batch_passes": batch_passes(method, k, n),
+                "rows": tr.forward_rows + tr.backward_rows,
                 "schedule": p.hvp_mode,
             }
 
@@ -157,13 +156,13 @@ def bench_model(
         passes["screen_flag_fix"] = {
             "passes": sc["forward"] + sc["backward"] + fx["forward"],
             "flagged": len(r.flagged),
-            "batch_passes": batch_passes("hvp", probes, n) + len(r.flagged),
+            "rows": sc["rows"] + fx["rows"],
         }
 
     def fwd():
         with torch.no_grad():
             model(tp.clean)
-        passes["forward"] = {"passes": 1, "batch_passes": 1}
+        passes["forward"] = {"passes": 1, "rows": 1}
 
     jobs = [
         ("forward", fwd),
@@ -195,10 +194,11 @@ def bench_model(
         jobs.append(("hvp_exact", fused("hvp_exact", "hvp_exact", 0)))
     if with_tl:
         jobs.append(("tl_atp", lambda: tl_atp(model, tp)))
-        passes["tl_atp"] = {"passes": 3 * len(tp), "batch_passes": 3 * len(tp)}
+        # one pair per pass: 3 passes per pair, 3 copies of the batch in rows
+        passes["tl_atp"] = {"passes": 3 * len(tp), "rows": 3}
         if tl_loop:
             jobs.append(("tl_ap_loop", lambda: tl_ap_loop(model, tp)))
-            passes["tl_ap_loop"] = {"passes": 1 + n, "batch_passes": 1 + n}
+            passes["tl_ap_loop"] = {"passes": 1 + n, "rows": 1 + n}
     only = os.environ.get("PATCHAUDIT_BENCH_METHODS")  # e.g. "forward,atp,hvp_P8": a subset
     if only:
         keep = {m.strip() for m in only.split(",")}

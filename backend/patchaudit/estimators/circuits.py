@@ -72,7 +72,7 @@ def circuit_metrics(
         with torch.no_grad():
             logits, targets = patched_forward(p, base, patch, k, pre)
             out[lo:hi] = per_copy(p.metric, logits, targets).to(out.dtype)
-        tracker.forward += 1
+        tracker.fwd(k)
         tracker.report((j + 1) / len(parts))
     return out
 

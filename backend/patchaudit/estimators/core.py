@@ -36,18 +36,63 @@ class Cancelled(Exception):
 
 @dataclass
 class Cost:
+    """Batched passes (``forward``, ``backward``) and the rows they carried in copies of the
+    batch (``forward_rows``, ``backward_rows``: a pass over k copies counts k), and seconds."""
+
     forward: int = 0
     backward: int = 0
     seconds: float = 0.0
+    forward_rows: int = 0
+    backward_rows: int = 0
+
+    @property
+    def passes(self) -> int:
+        return self.forward + self.backward
+
+    @property
+    def rows(self) -> int:
+        return self.forward_rows + self.backward_rows
 
     def as_dict(self) -> dict:
-        return {"forward": self.forward, "backward": self.backward, "seconds": self.seconds}
+        return {
+            "forward": self.forward,
+            "backward": self.backward,
+            "passes": self.passes,
+            "forward_rows": self.forward_rows,
+            "backward_rows": self.backward_rows,
+            "rows": self.rows,
+            "seconds": self.seconds,
+        }
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
             self.forward + other.forward,
             self.backward + other.backward,
             self.seconds + other.seconds,
+            self.forward_rows + other.forward_rows,
+            self.backward_rows + other.backward_rows,
+        )
+
+    @classmethod
+    def since(cls, tracker: Tracker, start: Cost, seconds: float) -> Cost:
+        """The passes ``tracker`` counted since it read ``start`` (``Cost.of(tracker)``)."""
+        now = cls.of(tracker)
+        return cls(
+            now.forward - start.forward,
+            now.backward - start.backward,
+            seconds,
+            now.forward_rows - start.forward_rows,
+            now.backward_rows - start.backward_rows,
+        )
+
+    @classmethod
+    def of(cls, tracker: Tracker) -> Cost:
+        return cls(
+            tracker.forward,
+            tracker.backward,
+            0.0,
+            tracker.forward_rows,
+            tracker.backward_rows,
         )
 
 
@@ -63,10 +108,24 @@ class Tracker:
     # forwards of the shared prefix alone (batch rows, the positions before the first that
     # differs): the exact shortcut's one-off cost, not counted in ``passes``
     prefix: int = 0
+    # the rows those passes carried, in copies of the batch (a pass over k copies counts k):
+    # with ``forward``/``backward`` the one unit of cost (METHODS.md, "Pass accounting")
+    forward_rows: int = 0
+    backward_rows: int = 0
 
     @property
     def passes(self) -> int:
         return self.forward + self.backward
+
+    def fwd(self, copies: int = 1, n: int = 1) -> None:
+        """Count ``n`` batched forwards, each over ``copies`` copies of the batch."""
+        self.forward += n
+        self.forward_rows += n * int(copies)
+
+    def bwd(self, copies: int = 1, n: int = 1) -> None:
+        """Count ``n`` (double) backwards, each over ``copies`` copies of the batch."""
+        self.backward += n
+        self.backward_rows += n * int(copies)
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -668,7 +727,7 @@ def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
             resid_capture=resid if p.can_resume else None,
             fast=True,
         )
-        tracker.forward += 2
+        tracker.fwd(1, n=2)
         ref = _reference(p, lg_base, lg_src)
         fb = per_example(p.metric, lg_base, p.targets)
         fs = per_example(p.metric, lg_src, p.targets)
@@ -681,7 +740,7 @@ def _base_without_grad(p: Problem, tracker: Tracker) -> BaseCache:
         fs,
         ref,
         resid=base_resid or None,
-        cost=Cost(2, 0, time.perf_counter() - t0),
+        cost=Cost(2, 0, time.perf_counter() - t0, 2, 0),
     )
 
 
@@ -709,7 +768,7 @@ def _base_through_prefix(p: Problem, tracker: Tracker, t0: float, n0: int) -> Ba
             past=pre.tiled(2, b, tokens.device),
             fast=True,
         )
-        tracker.forward += 1
+        tracker.fwd(2)
         lg_src, lg_base = lg[:b], lg[b:]
         ref = _reference(p, lg_base, lg_src, targets.last_pos)
         targets = replace(targets, ref_logprobs=ref)  # targets were taken before the reference
@@ -727,7 +786,7 @@ def _base_through_prefix(p: Problem, tracker: Tracker, t0: float, n0: int) -> Ba
         fs,
         ref,
         resid=joined(head_resid, tail_resid, slice(b, None)),
-        cost=Cost(1, 0, time.perf_counter() - t0),
+        cost=Cost(1, 0, time.perf_counter() - t0, 2, 0),
     )
     base.prefix = pre
     return base
@@ -746,7 +805,7 @@ def compute_base_fused(
     src: list[Tensor | None] = [None] * n
     with torch.no_grad():
         lg_src = run(p, p.src_tokens, capture=src)
-    tracker.forward += 1
+    tracker.fwd(1)
     a_src = [a.detach() for a in src if a is not None]
     k = 1
     if signs is not None and p.hvp_mode == "tile" and signs.shape[0] <= p.max_copies:
@@ -762,15 +821,17 @@ def compute_base_fused(
             capture=cap,
             resid_capture=resid if p.can_resume else None,
         )
-        tracker.forward += 1
+        tracker.fwd(k)
         lg_base = lg[: p.batch].detach()
         ref = _reference(p, lg_base, lg_src)
         f = p.copies_metric(lg)  # [k]
         g = torch.autograd.grad(f.sum(), eps, create_graph=signs is not None)
-        tracker.backward += 1
+        tracker.bwd(k)
         a_base = [c[: p.batch].detach() for c in cap if c is not None]
         grads = [x[: p.batch].detach() for x in g]
-        cost = Cost(2, 1, time.perf_counter() - t0)  # what AtP alone costs
+        # what AtP alone costs (the base's own passes at one copy; the rest of this pass, the k - 1
+        # copies the tangents ride on and the double backwards, counts for the fused method)
+        cost = Cost(2, 1, time.perf_counter() - t0, 2, 1)
         y = None
         if signs is not None:
             delta = [s_ - b_ for s_, b_ in zip(a_src, a_base, strict=True)]
@@ -818,7 +879,7 @@ def hvp_from_graph(
             hv = torch.autograd.grad(inner, eps, retain_graph=not last, allow_unused=True)
         else:  # the gradient does not depend on eps: F is linear, the Hessian is 0
             hv = [None] * len(eps)
-        tracker.backward += 1
+        tracker.bwd(copies)
         for layer, (h, d) in enumerate(zip(hv, delta, strict=True)):
             if h is None:  # the metric does not depend on this layer twice
                 continue
@@ -886,9 +947,9 @@ def grad_hvp(
             eps.append((tile(d, copies) * tt).detach().requires_grad_(True))
         with torch.enable_grad():
             f = p.copies_metric(run(p, tile(p.base_tokens, copies), eps=eps)).sum()
-            tracker.forward += 1
+            tracker.fwd(copies)
             g = torch.autograd.grad(f, eps, create_graph=signs is not None)
-            tracker.backward += 1
+            tracker.bwd(copies)
             for layer, (gl, d) in enumerate(zip(g, delta, strict=True)):
                 prod = p.site.dot(gl.detach(), tile(d, copies))  # [copies*batch, n_comp]
                 phi[rows, layer] = prod.view(copies, p.batch, nc).sum(1)  # broadcasts in loop mode
@@ -952,7 +1013,7 @@ def patch_components(
             if per_pair is not None:
                 for c, r in zip(comps, (rows - base.f_base).detach().cpu(), strict=True):
                     per_pair[(layer, c)] = r
-        tracker.forward += 1
+        tracker.fwd(k)
         for c, v in zip(comps, (vals - f0).tolist(), strict=True):
             out[(layer, c)] = float(v)
         tracker.report((j + 1) / len(work))

@@ -119,9 +119,9 @@ def second_order_positions(
         else:
             lg = run(p, p.base_tokens, eps=eps)
         f = p.copies_metric(lg).sum()
-        tracker.forward += 1
+        tracker.fwd(1)
         g = dict(zip(active, torch.autograd.grad(f, leaves, create_graph=True), strict=True))
-        tracker.backward += 1
+        tracker.bwd(1)
         for k in range(k_all):
             tracker.check()
             s = signs[k].to(d_l.device, d_l.dtype)  # [n_layers, n_comp]
@@ -135,7 +135,7 @@ def second_order_positions(
             e_l = eps[layer]
             assert e_l is not None  # the component's own sign is not 0: its layer is active
             (hv,) = torch.autograd.grad(inner, [e_l], retain_graph=k < k_all - 1, allow_unused=True)
-            tracker.backward += 1
+            tracker.bwd(1)
             if hv is None:
                 continue
             out[k] = s[layer, comp] * _by_position(p, hv * d_l, comp) * p.batch
@@ -228,7 +228,7 @@ def attention(
             x, kwargs["start_at_layer"] = resid, layer
         with torch.no_grad():
             p.model.run_with_hooks(x, fwd_hooks=[(name, keep)], **kwargs)
-        tracker.forward += 1
+        tracker.fwd(1)
         if not cap:
             raise ValueError(f"the model has no {name} hook: no attention pattern to show")
         return cap[0].float().cpu()

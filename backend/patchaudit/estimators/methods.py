@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from .core import (
     se_of_mean,
 )
 
-METHODS = ("ap", "atp", "hvp", "hvp_joint", "hvp_exact", "ig", "mhvp")
+METHODS = ("ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp")
 SECOND_ORDER = ("hvp_exact", "hvp", "hvp_joint")  # preference order for the reliability
 
 
@@ -35,13 +36,14 @@ class Estimate:
     cost: Cost
     q: Tensor | None = None  # second-order term, [n_layers, n_comp]
     q_se: Tensor | None = None  # its standard error over probes
+    detail: Any = None  # method-specific extras (sat: the ``Saturation`` with its heads)
 
 
 def _timed(tracker: Tracker, phase: str, fn: Callable[[], Estimate]) -> Estimate:
     tracker.phase = phase
-    f0, b0, t0 = tracker.forward, tracker.backward, time.perf_counter()
+    start, t0 = Cost.of(tracker), time.perf_counter()
     est = fn()
-    est.cost = Cost(tracker.forward - f0, tracker.backward - b0, time.perf_counter() - t0)
+    est.cost = Cost.since(tracker, start, time.perf_counter() - t0)
     return est
 
 
@@ -122,6 +124,20 @@ def hvp(
     """q from P Rademacher probes on the batch axis of one double-backward pass; unbiased,
     with the standard error over probes. When N <= P the exact diagonal is used."""
     return second_order(p, base, "hvp", probes, seed, tracker)
+
+
+def sat(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """The saturation-aware estimate: the delta pushed forward linearly, every attention
+    softmax and the metric evaluated exactly (``saturation``)."""
+    from .saturation import saturation
+
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        s = saturation(p, base, tracker)
+        return Estimate(s.values, Cost(), detail=s)
+
+    return _timed(tracker, "sat", go)
 
 
 def ig(p: Problem, base: BaseCache, steps: int = 16, tracker: Tracker | None = None) -> Estimate:

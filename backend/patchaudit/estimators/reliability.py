@@ -13,12 +13,28 @@ from torch import Tensor
 #: cut-off; unbounded: the error bound is infinite or missing; atp_error: the interval
 #: A2 +- e, clipped to the metric's feasible range, admits an AtP error above
 #: ``ATP_ERROR_LIMIT`` (50%) of the true effect, or lies outside that range.
-REASONS = ("reliability", "sign", "cutoff", "unbounded", "atp_error")
+REASONS = (
+    "reliability",
+    "sign",
+    "cutoff",
+    "unbounded",
+    "atp_error",
+    "estimate_error",
+    "saturation",
+    "vanishing",
+)
 ATP_ERROR_LIMIT = 0.5
 MATERIAL_SHARE = 0.01
 #: The first-order term "vanishes" when all of |A1| together stay below this share of the
 #: total effect (KL noising: exactly 0; a saturated prob_diff / logprob noising: ~1e-3).
 VANISH_SHARE = 0.01
+#: ``saturation``: a downstream softmax's exact change departs from its linearisation by at
+#: least this share of the component's estimate (``saturation.Saturation.nonlinear``).
+SATURATION_SHARE = 0.1
+#: At most this share of an analysis's components is flagged: beyond it, the flagged ones
+#: whose interval reaches least far (the smallest possible effect) are *deferred*: still shown
+#: with their interval as uncertain, but not put first in line for verification.
+FLAG_CAP = 0.35
 
 
 @dataclass
@@ -192,3 +208,134 @@ def assess(
         why,
         material_threshold=MATERIAL_SHARE * abs(total_effect),
     )
+
+
+# ----------------------------------------------------------------------------- calibrated flags
+
+
+@dataclass
+class Calibration:
+    """How wide the screen's interval is for one (model family, site, metric, direction[,
+    task]) and which estimate it is centred on, as ``make bench`` measured it
+    (``defaults.json``, ``flag_calibration``): e_c = scale * (u_c + kappa |est_c|)."""
+
+    scale: float = 1.0
+    kappa: float = 0.5
+    estimate: str = "hvp"  # the method whose values the interval is centred on (and shown)
+    key: str = ""  # the calibration entry used ("" when none applies)
+    calibrated: bool = False
+    why: str = ""
+
+
+@dataclass
+class Trust:
+    """The calibrated screen verdict for every component (METHODS.md, "Flags")."""
+
+    estimate: Tensor  # the shown estimate (the calibration's method)
+    uncertainty: Tensor  # u_c before the scale
+    error_bound: Tensor  # e_c = scale (u_c + kappa |est_c|)
+    lower: Tensor  # the interval, clipped to what the metric can reach
+    upper: Tensor
+    material: Tensor  # bool: the interval reaches the materiality line
+    flags: Tensor  # bool
+    reasons: dict[str, Tensor]
+    material_threshold: float
+    unexplained: float  # F: |total effect| / sum_c |est_c|, at least 1
+    deferred: Tensor | None = None  # bool: would be flagged, but past FLAG_CAP (low stakes)
+
+
+def uncertainty(a1: Tensor, q: Tensor | None, q_se: Tensor | None, sat: Tensor | None) -> Tensor:
+    """u_c = |q_c / 2| + se(q_c) + |sat_c - A1_c|: what the second-order term, its probe noise
+    and the exact downstream softmaxes move away from the first-order term."""
+    u = torch.zeros_like(a1)
+    if q is not None:
+        u = u + (q / 2).abs()
+    if q_se is not None:
+        u = u + q_se.nan_to_num(0.0).abs()
+    if sat is not None:
+        u = u + (sat - a1).abs()
+    return u
+
+
+def assess_calibrated(
+    a1: Tensor,
+    estimate: Tensor,
+    u: Tensor,
+    total_effect: float,
+    cal: Calibration,
+    feasible: tuple[float, float] = (-math.inf, math.inf),
+    softmax_share: Tensor | None = None,
+    vanishes: bool = False,
+    flag_cap: float = FLAG_CAP,
+    sat: Tensor | None = None,
+) -> Trust:
+    """The calibrated flag rule. The interval est +- e, e = scale (u + (kappa + F - 1) |est|),
+    where F = |total effect| / sum |est| (>= 1) is how much of the total effect the screen's
+    estimates leave unexplained (a screen whose first-order term vanishes explains little, so
+    its every estimate is uncertain by that factor), clipped to the metric's feasible range.
+    Material: the interval reaches 1% of max(|total effect|, sum |est|). Flagged: material and
+    the interval admits an AtP error, or an error of the shown estimate, above 50% (a sign it
+    cannot tell counts as such), or some downstream softmax's exact change departs from its
+    linearisation by at least ``SATURATION_SHARE`` of the saturation-aware estimate ``sat``
+    (else of the shown one; ``softmax_share``: the largest such departure over the downstream
+    heads; reason ``saturation``), or the first-order
+    term vanishes for this metric and direction (``vanishing``). Past ``flag_cap`` of the
+    components, the flagged ones whose interval reaches least far are deferred (saturation
+    flags go first)."""
+    est = estimate.nan_to_num(0.0)
+    total = abs(float(total_effect))
+    explained = float(est.abs().sum())
+    f = max(1.0, total / explained) if explained > 0 else (math.inf if total > 0 else 1.0)
+    rel = cal.kappa + (f - 1.0)
+    e = cal.scale * (u + rel * est.abs()) if math.isfinite(rel) else torch.full_like(est, math.inf)
+    lo = torch.clamp(est - e, min=feasible[0])
+    hi = torch.clamp(est + e, max=feasible[1])
+    line = MATERIAL_SHARE * max(total, explained)
+    reach = torch.maximum(lo.abs(), hi.abs())
+    mat = ~(reach < line) | (est.abs() >= line)
+    worst_a1 = _worst(a1, lo, hi)
+    worst_est = _worst(est, lo, hi)
+    why = {k: torch.zeros_like(mat) for k in REASONS}
+    why["atp_error"] = mat & ~(worst_a1 <= ATP_ERROR_LIMIT)
+    why["estimate_error"] = mat & ~(worst_est <= ATP_ERROR_LIMIT)
+    why["sign"] = mat & (lo <= 0) & (hi >= 0)
+    if softmax_share is not None:
+        ref = (sat if sat is not None else est).abs()
+        why["saturation"] = mat & (softmax_share.abs() >= SATURATION_SHARE * ref)
+    if vanishes:
+        why["vanishing"] = mat.clone()
+    flags = any_reason(why)
+    deferred = torch.zeros_like(flags)
+    limit = max(1, int(flag_cap * flags.numel()))
+    if int(flags.sum()) > limit:
+        stake = torch.maximum(lo.abs(), hi.abs()).nan_to_num(math.inf)
+        stake = stake + torch.where(why["saturation"], math.inf, 0.0)  # the known failure first
+        order = torch.where(flags, stake, torch.full_like(stake, -1.0)).flatten()
+        keep = order.argsort(descending=True)[:limit]
+        kept = torch.zeros(flags.numel(), dtype=torch.bool)
+        kept[keep] = True
+        kept = kept.view(flags.shape) & flags
+        deferred = flags & ~kept
+        flags = kept
+        why = {k: v & flags for k, v in why.items()}
+    return Trust(
+        est,
+        u,
+        e,
+        lo,
+        hi,
+        mat,
+        flags,
+        why,
+        line,
+        f if math.isfinite(f) else float("inf"),
+        deferred,
+    )
+
+
+def _worst(x0: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """The largest relative error |x0 - x| / |x| over x in [lo, hi] (inf where the interval
+    holds 0 or is empty)."""
+    w = torch.maximum((x0 - lo).abs() / lo.abs(), (x0 - hi).abs() / hi.abs())
+    bad = ((lo <= 0) & (hi >= 0)) | ~(lo <= hi)
+    return torch.where(bad, torch.full_like(w, math.inf), w)
