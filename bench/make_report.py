@@ -62,8 +62,9 @@ def accuracy_md(acc: dict) -> str:
         "median [interquartile range] over prompt sets. NMAE = mean |estimate - ap| / mean |ap|; "
         "top-k recall with k = 10% of components; sign agreement over components with "
         "|ap| >= 1% of the total effect. *passes* = forward/backward calls as the engine "
-        "launches them (copies ride the batch axis); *batch passes* counts every copy "
-        "(the compute).",
+        "launches them (copies ride the batch axis); *rows* counts the copies of the batch "
+        "those passes carry (the compute): one unit with `report.cost`'s `passes` and `rows`, "
+        "measured through `audit` itself.",
         "",
     ]
     for name, c in acc["configs"].items():
@@ -78,7 +79,7 @@ def accuracy_md(acc: dict) -> str:
             f"{shape[0] * shape[1]} components; median total effect "
             f"{sorted(te)[len(te) // 2]:.3f}.",
             "",
-            "| method | Spearman | Pearson | NMAE | top-k recall | sign agreement | passes | batch passes |",
+            "| method | Spearman | Pearson | NMAE | top-k recall | sign agreement | passes | rows |",
             "|---|---|---|---|---|---|---:|---:|",
         ]
         t = c["analysis"]["methods"]
@@ -87,11 +88,11 @@ def accuracy_md(acc: dict) -> str:
             out.append(
                 f"| {k} | {_iqr(r['spearman'])} | {_iqr(r['pearson'])} | {_iqr(r['nmae'])} | "
                 f"{_iqr(r['topk_recall'], 2)} | {_iqr(r['sign_agreement'], 2)} | "
-                f"{_f(r['passes']['median'], 0)} | {_f(r['batch_passes']['median'], 0)} |"
+                f"{_f(r['passes']['median'], 0)} | {_f(r['rows']['median'], 0)} |"
             )
         out.append(
             f"| ap (reference) | 1 | 1 | 0 | 1 | 1 | {_f(t['ap']['passes']['median'], 0)} | "
-            f"{_f(t['ap']['batch_passes']['median'], 0)} |"
+            f"{_f(t['ap']['rows']['median'], 0)} |"
         )
         out.append("")
     if acc.get("skipped"):
@@ -218,7 +219,7 @@ def cost_md(cost: dict, title: str) -> str:
         f"TransformerLens {env.get('transformer_lens')}; {env.get('date')}. Randomly initialised "
         f"GPT-2-family configs, {st.get('n_pairs')} pairs x {st.get('n_pos')} tokens, heads, "
         f"logit_diff, fp32; {st.get('stat')}, up to {st.get('repeats')} runs. Milliseconds for "
-        "the whole head map, base pass included; (passes / batch passes) below each time; "
+        "the whole head map, base pass included; (passes / rows) below each time; "
         "peak memory in MiB (CPU: RSS growth; GPU: max allocated).",
         "",
     ]
@@ -249,7 +250,7 @@ def cost_md(cost: dict, title: str) -> str:
                 mems.append("-")
                 continue
             p = v.get("passes")
-            bp = v.get("batch_passes")
+            bp = v.get("rows")
             cells.append(
                 f"{_ms(v['median_s'])} ({p if p is not None else '?'}/{bp if bp is not None else '?'})"
             )
@@ -684,7 +685,7 @@ def targets(
                     and ig["spearman"]["median"] is not None
                     and m["spearman"]["median"] >= ig["spearman"]["median"] - 0.01
                     and m["nmae"]["median"] <= ig["nmae"]["median"] + 0.01
-                    and m["batch_passes"]["median"] <= ig["batch_passes"]["median"] / 2
+                    and m["rows"]["median"] <= ig["rows"]["median"] / 2
                 ):
                     hit = (k, m)
                     break
@@ -695,7 +696,7 @@ def targets(
                     (
                         f"{hit[0]}: Spearman {_f(hit[1]['spearman']['median'])} vs {_f(ig['spearman']['median'])}, "
                         f"NMAE {_f(hit[1]['nmae']['median'])} vs {_f(ig['nmae']['median'])}, "
-                        f"{_f(hit[1]['batch_passes']['median'], 0)} vs {_f(ig['batch_passes']['median'], 0)} batch passes"
+                        f"{_f(hit[1]['rows']['median'], 0)} vs {_f(ig['rows']['median'], 0)} rows"
                         if hit
                         else f"ig16 Spearman {_f(ig['spearman']['median'])} NMAE {_f(ig['nmae']['median'])}; best mhvp "
                         + ", ".join(
@@ -747,14 +748,14 @@ def plots(acc: dict | None, plot_dir: Path) -> list[Path]:
             "mhvp_K": "C5",
         }
         for k in sorted((k for k in t if k != "ap"), key=_sort_key):
-            x, y = t[k]["batch_passes"]["median"], t[k]["spearman"]["median"]
+            x, y = t[k]["rows"]["median"], t[k]["spearman"]["median"]
             if x is None or y is None:
                 continue
             col = next((v for p, v in fam.items() if k == p or k.startswith(p)), "k")
             ax.scatter([x], [y], color=col)
             ax.annotate(k, (x, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("batch passes (log)")
+        ax.set_xlabel("rows: copies of the batch over all passes (log)")
         ax.set_ylabel("median Spearman with ap")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)

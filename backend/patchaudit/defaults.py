@@ -18,6 +18,8 @@ _FALLBACK = {
     "circuit_share": 0.1,
     # the calibrated flag rule (bench/trust): "family:site:metric:direction[:task]|screen"
     "flag_calibration": {},
+    # the rho threshold that would catch 90% of misleading material components (reference)
+    "tau_catching_90": None,
 }
 
 #: Used where no calibration applies (a model family, site, metric or direction the benchmark

@@ -130,27 +130,31 @@ def test_report_serialises_and_round_trips(tiny_model, tiny_pairs):
 
 
 def test_reliability_definitions(tiny_model, tiny_pairs):
+    """rho, the calibrated interval, materiality and flags as docs/METHODS.md defines them."""
     from patchaudit.estimators import reliability as R
 
     r = pa.audit(tiny_model, tiny_pairs, methods=["atp", "hvp_exact"], tau=0.9)
     a1, q = r.scores["atp"], r.q
     rr = R.ratio(a1, q)
     assert torch.allclose(r.reliability, 1 / (1 + rr))
-    e = r.error_bound
-    finite = rr < 1
-    assert torch.allclose(e[finite], ((q / 2).abs() * rr / (1 - rr))[finite])
-    assert torch.isinf(e[~finite]).all()
-    thr = 0.01 * abs(r.total_effect)
-    a2 = r.scores["hvp_exact"]
-    # revised materiality: immaterial only when |A2| + e rules a material effect out; an
-    # infinite bound never does
-    mat = (torch.maximum(a1.abs(), a2.abs()) >= thr) | ~(a2.abs() + e < thr)
+    est = a1 + q / 2
+    assert r.estimate_method == "hvp_exact" and torch.allclose(r.estimate, est)
+    cal = r.calibration
+    assert cal is not None and cal["why"]
+    te = abs(r.total_effect)
+    f = max(1.0, te / float(est.abs().sum()))
+    e = cal["scale"] * ((q / 2).abs() + (cal["kappa"] + f - 1) * est.abs())
+    assert torch.allclose(r.error_bound, e)
+    lo, hi = r.interval
+    assert torch.allclose(lo, est - e) and torch.allclose(hi, est + e)  # logit_diff: no clip
+    line = 0.01 * max(te, float(est.abs().sum()))
+    assert r.material_threshold == pytest.approx(line)
+    mat = (torch.maximum(lo.abs(), hi.abs()) >= line) | (est.abs() >= line)
     assert torch.equal(r.material, mat)
-    assert r.material_threshold == pytest.approx(thr)
-    assert not bool((~r.material & torch.isinf(e)).any())
-    low = r.reliability < 0.9
-    assert bool((r.flags >= (mat & low)).all())  # every material low-rho component is flagged
     assert not bool((r.flags & ~mat).any())  # nothing immaterial is flagged
+    low = r.reliability < 0.9  # tau given: a material low-rho component is flagged (or deferred)
+    assert bool(((r.flags | r.deferred) >= (mat & low)).all())
+    assert bool((r.flag_reasons["reliability"] <= (mat & low)).all())
 
 
 def test_verify_with_cached_base_costs_one_forward(tiny_model, tiny_pairs, tmp_path):
@@ -234,7 +238,7 @@ def test_screen_flag_fix(arch_model):
             float(full[i, j]), rel=1e-4, abs=1e-6
         )
     # the fix never makes the estimate worse than the screen
-    screen_err = (fix.report.scores["hvp"] - full).abs().sum()
+    screen_err = (fix.report.estimate - full).abs().sum()
     assert float((fix.estimates - full).abs().sum()) <= float(screen_err) + 1e-6
 
 

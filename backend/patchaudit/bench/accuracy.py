@@ -423,6 +423,8 @@ def _ge(a: float, b: float) -> bool:
 
 def choose_defaults(results: dict) -> tuple[dict, dict]:
     """Defaults from the data, with the reason for each (markdown sentences)."""
+    from .. import defaults as D
+
     cfgs = results["configs"]
     heads = [c for c in cfgs.values() if c["config"]["site"] == "heads" and "analysis" in c]
     bundled = [c for c in heads if c["config"]["model"] == "bundled"]
@@ -554,7 +556,20 @@ def choose_defaults(results: dict) -> tuple[dict, dict]:
         "bound_scale": scales,
         "bound_calibrated_on": {"metric": results["metric"], "direction": results["direction"]},
         "circuit_share": 0.1,
+        # the flag rule's calibration is the trust benchmark's (bench trust): kept as it is
+        "flag_calibration": D.load().get("flag_calibration") or {},
     }
+    # the flags use the calibrated interval (bench trust); rho < tau is an optional extra
+    why["tau"] = (
+        f"tau = 0: flags come from the calibrated interval (docs/METHODS.md, 'The calibrated "
+        f"interval and the flag rule'), not from rho. For reference, tau = {tau:.2f} is the "
+        f"smallest two-decimal threshold on rho (hvp, P = {cpu_p}) that would catch 90% of the "
+        f"material components whose AtP error exceeds 50% ({catch:.0%} of {int(bad.sum())}) on "
+        f"the {'bundled model' if bundled else 'head-site'} configurations, flagging {share:.0%} "
+        f"of the material components; a caller may still set it."
+    )
+    d["tau"] = 0.0
+    d["tau_catching_90"] = round(float(tau), 4)
     return d, why
 
 

@@ -235,8 +235,20 @@ def held_out(
         fl = screen.flags.numpy()
         mat, mis = misleading(ap, a1, shown)
         why = screen.flag_reasons or {}
+        te = screen.total_effect
+        accuracy = {
+            m: C.all_metrics(screen.scores[m].double().numpy().ravel(), ap.ravel(), te)
+            for m in ("atp", "hvp", "sat")
+        }
+        accuracy["shown"] = C.all_metrics(shown.ravel(), ap.ravel(), te)
+        cost = {
+            m: {k: screen.cost[m][k] for k in ("passes", "rows", "seconds")}
+            for m in ("atp", "hvp", "sat")
+        }
         out.append(
             {
+                "accuracy": accuracy,
+                "screen_cost": cost,
                 "task": task,
                 "metric": metric,
                 "direction": direction,
@@ -298,6 +310,13 @@ def summarise_held(rows: list[dict]) -> dict:
             "fix_seconds": float(np.median([r["fix_seconds"] for r in rs])),
             "full_sweep_seconds": float(np.median([r["full_sweep_seconds"] for r in rs])),
             "screen_seconds": float(np.median([r["screen_seconds"] for r in rs])),
+            "accuracy": {
+                m: {
+                    f: float(np.nanmedian([r["accuracy"][m][f] for r in rs]))
+                    for f in ("spearman", "nmae", "topk_recall")
+                }
+                for m in ("atp", "hvp", "sat", "shown")
+            },
         }
 
     return {"configs": {k: agg(v) for k, v in sorted(per.items())}, "all": agg(rows)}
