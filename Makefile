@@ -49,6 +49,7 @@ test: install system-deps lint
 
 bench: install
 	$(VENV)/bin/patchaudit bench accuracy --out bench/results/accuracy.json --write-defaults
+	$(VENV)/bin/patchaudit bench trust --out bench/results/trust.json
 	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
 	$(PY) bench/bench_verify_latency.py
 	$(PY) bench/bench_inspect_latency.py
@@ -74,6 +75,7 @@ load: install
 
 bench-quick: install
 	$(VENV)/bin/patchaudit bench accuracy --quick --out /tmp/patchaudit-accuracy-quick.json
+	$(VENV)/bin/patchaudit bench trust --quick --out /tmp/patchaudit-trust-quick.json
 	$(VENV)/bin/patchaudit bench cost --quick --out /tmp/patchaudit-cost-quick.json
 
 screenshots: install system-deps

@@ -829,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [g for g in (_load(p) for p in sorted(res.glob("cost_gpu*.json"))) if g]
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
+    trust = _load(res / "trust.json")
 
     sections = []
     if acc:
@@ -867,6 +868,13 @@ def main(argv: list[str] | None = None) -> int:
 
     prec = "\n".join(precision_md((cpu or {}).get("precision")))
     headline = [t_md, largest_line(scale), prec, defaults_md(acc) if acc else ""]
+    if trust:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from report_trust import headline as trust_headline
+        from report_trust import trust_md
+
+        headline.insert(0, trust_headline(trust))
+        (res / "trust.md").write_text(trust_md(trust))
     if cpu:
         sections.append(cost_md(cpu, "Cost on the CPU"))
     for g in gpus:
@@ -876,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(reliability_md(acc))
     if circ:
         sections.append(circuits_md(circ))
+    if trust:
+        sections.append(trust_md(trust))
     if scale:
         sections.append("\n".join(scale_md(scale)))
     if made:
