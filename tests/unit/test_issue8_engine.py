@@ -63,9 +63,8 @@ def test_kl_noising_screen_is_uninformative_and_flags_what_matters(bundled):
     reasons = r.reasons_grid()
     assert all("vanishing" in reasons[i][j] for i, j in r.flags.nonzero().tolist())
     assert float(r.flags.float().mean()) <= 0.4
-    # the saturation-aware estimate (the metric evaluated exactly) sees what AtP cannot
-    top = int(ap.abs().argmax())
-    assert abs(float(r.scores["sat"].flatten()[top])) > 0.01 * abs(float(ap.flatten()[top]))
+    # the screen ranks by the leading estimate: the largest |ap| component is among the flagged
+    assert bool(r.flags.flatten()[int(ap.abs().argmax())])
     assert "uninformative" in repr(r)
     d = r.to_dict()
     assert d["screen"]["informative"] is False and json.dumps(d)
