@@ -1,15 +1,14 @@
 // Per-component numbers and names shared by the heatmap hover, the table and the verify notices.
-import { correctedMethod, fmt, shapeOf, verifiedAt, METHOD_LABELS } from "./flags.js";
+import { correctedMethod, fmt, verifiedAt, METHOD_LABELS } from "./flags.js";
 import { METHOD_ORDER, st } from "./state.js";
 
 export function cellInfo(i, j) {
   const r = st.result;
-  const [, C] = shapeOf(r);
   const scores = r.scores || {};
   const corrName = correctedMethod(scores, r.reliability_source);
   const atp = scores.atp?.[i]?.[j] ?? null;
   const corr = corrName ? (scores[corrName]?.[i]?.[j] ?? null) : null;
-  const ver = verifiedAt(r.verified, i, j, C);
+  const ver = verifiedAt(r.verified, i, j);
   const bound = r.error_bound ? r.error_bound[i]?.[j] : undefined;
   return {
     i,

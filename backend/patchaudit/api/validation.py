@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
+from ..tasks import task_names_text
 from .errors import ApiError
 from .schemas import METHODS, AnalysisRequest
 
@@ -214,7 +215,7 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
         if req.task is None:
             raise unprocessable(
                 "task",
-                "choose a task ('ioi', 'induction' or 'greater_than') or give your own 'pairs'",
+                f"choose a task ({task_names_text()}) or give your own 'pairs'",
             )
         if req.n_pairs > settings.max_pairs:
             raise unprocessable(
