@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ N_WAITING = 45  # above the 40 threads of the threadpool a sync handler would ho
 WAIT_S = 6.0
 
 
-async def _scenario(base: str, aid: str, keys: list[str]) -> dict:
+async def _scenario(base: str, app: Any, aid: str, keys: list[str]) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=N_WAITING + 10, max_keepalive_connections=N_WAITING + 10)
@@ -38,7 +39,9 @@ async def _scenario(base: str, aid: str, keys: list[str]) -> dict:
             )
             for i in range(N_WAITING)
         ]
-        await asyncio.sleep(0)  # let every request go out before the first health check
+        while getattr(app.state, "waiting_components", 0) < N_WAITING:  # all of them wait
+            assert time.monotonic() - t0 < WAIT_S / 2, "the requests did not all start waiting"
+            await asyncio.sleep(0.01)
         latencies = []
         while time.monotonic() - t0 < WAIT_S - 1.0:
             t = time.perf_counter()
@@ -47,7 +50,13 @@ async def _scenario(base: str, aid: str, keys: list[str]) -> dict:
             assert r.status_code == 200, r.text
             await asyncio.sleep(0.05)
         answers = await asyncio.gather(*waiting)
-        return {"latencies": latencies, "answers": answers, "elapsed": time.monotonic() - t0}
+        elapsed = time.monotonic() - t0
+        return {
+            "latencies": latencies,
+            "answers": answers,
+            "elapsed": elapsed,
+            "waiting_after": app.state.waiting_components,
+        }
 
 
 def test_healthz_stays_fast_while_45_component_requests_wait(tmp_path: Path) -> None:
@@ -71,16 +80,15 @@ def test_healthz_stays_fast_while_45_component_requests_wait(tmp_path: Path) -> 
         keys = [f"{i}.{j}" for i in range(len(labels["rows"])) for j in range(len(labels["cols"]))]
 
         port = free_port()
+        app = create_app(stack.settings())
         server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(stack.settings()), host="127.0.0.1", port=port, log_level="warning"
-            )
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         wait_for(lambda: server.started, 30, "uvicorn to start")
 
-        out = asyncio.run(_scenario(f"http://127.0.0.1:{port}", aid, keys))
+        out = asyncio.run(_scenario(f"http://127.0.0.1:{port}", app, aid, keys))
     finally:
         if server is not None:
             server.should_exit = True
@@ -92,6 +100,7 @@ def test_healthz_stays_fast_while_45_component_requests_wait(tmp_path: Path) -> 
     assert [a.status_code for a in out["answers"]] == [202] * N_WAITING
     assert all(a.headers["retry-after"] == "1" for a in out["answers"])
     assert out["elapsed"] >= WAIT_S - 0.05
+    assert out["waiting_after"] == 0
     lat = out["latencies"]
     p50, worst = statistics.median(lat), max(lat)
     print(

@@ -11,7 +11,7 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from rq.exceptions import NoSuchJobError
@@ -658,6 +658,7 @@ def _start_component(
     "a worker, then stored with the analysis)",
 )
 async def get_component(
+    request: Request,
     analysis_id: str,
     key: str,
     settings: SettingsDep,
@@ -687,13 +688,18 @@ async def get_component(
     if answer is not None:
         return answer
     end = time.monotonic() + wait
-    while True:
-        answer, record = await run_in_threadpool(_component_answer, store, analysis_id, ckey)
-        if answer is not None:
-            return answer
-        if time.monotonic() >= end:
-            break
-        await asyncio.sleep(COMPONENT_POLL_S)
+    state = request.app.state  # how many wait now (one event loop: no lock needed)
+    state.waiting_components = getattr(state, "waiting_components", 0) + 1
+    try:
+        while True:
+            answer, record = await run_in_threadpool(_component_answer, store, analysis_id, ckey)
+            if answer is not None:
+                return answer
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(COMPONENT_POLL_S)
+    finally:
+        state.waiting_components -= 1
     pending = ComponentPending(
         id=analysis_id,
         key=key,
