@@ -31,7 +31,7 @@ export function cellInfo(i, j) {
 /** The tokens at the positions of a resid map (labels.positions), else null. */
 export function positionTokens() {
   const lab = st.result.labels || {};
-  const toks = lab.positions || lab.tokens || null;
+  const toks = lab.positions || null;
   return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
 }
 

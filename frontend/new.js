@@ -30,7 +30,7 @@ function showError(message) {
 async function loadModels() {
   try {
     const models = await api("/api/models");
-    state.models = Array.isArray(models) ? models : models.models || [];
+    state.models = models;
   } catch (err) {
     showError(`Could not list the models: ${err.message}`);
     return;
@@ -64,7 +64,7 @@ function describeModel() {
 async function loadTasks() {
   try {
     const tasks = await api("/api/tasks");
-    state.tasks = Array.isArray(tasks) ? tasks : tasks.tasks || [];
+    state.tasks = tasks; // the server's one task registry (patchaudit.tasks)
   } catch (err) {
     showError(`Could not list the tasks: ${err.message}`);
     return;
