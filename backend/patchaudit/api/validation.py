@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..service.contract import NormalisedRequest
 from ..settings import Settings
 from ..tasks import task_names_text
 from .errors import ApiError
@@ -236,7 +237,8 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
             )
     else:
         out["ig_steps"] = None
-    return out
+    # the typed contract the worker reads back (service.contract.NormalisedRequest)
+    return NormalisedRequest.model_validate(out).stored()
 
 
 def _check_text_pairs(model: str, req: AnalysisRequest, settings: Settings) -> None:
