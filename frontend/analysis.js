@@ -8,14 +8,14 @@ import { renderCost, renderFix } from "./cost.js";
 import { METHOD_LABELS, computeFlags, correctedMethod } from "./flags.js";
 import { renderExplain } from "./explain.js";
 import { cellCenter, download, renderHeatmap } from "./heatmap.js";
-import { initKeys, renderKeys } from "./keys.js";
+import { initKeys, renderKeys } from "./keyboard.js";
 import { showMessage, showNotice } from "./notices.js";
 import { cancel, renderProgress, rerun, statusMessage } from "./progress.js";
 import { renderRequest } from "./request.js";
 import { renderScatter } from "./scatter.js";
-import { ACTIVE, $, METHOD_ORDER, emit, errorText, on, parseUrl, pendKey, pendingKeys, st, syncUrl, update } from "./state.js";
+import { ACTIVE, $, METHOD_ORDER, assign, dropLocalPending, emit, errorText, on, parseUrl, pendKey, pendingKeys, recordRender, st, syncUrl, update } from "./state.js";
 import { renderTable } from "./table.js";
-import { fixAll, renderControls } from "./verify.js";
+import { fixAll, renderControls, verify } from "./verify.js";
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
 import { initCompareBox, remember } from "./history.js";
@@ -53,9 +53,9 @@ async function poll() {
   const verified = data.result?.verified || {};
   const serverPending = new Set((data.pending || []).map(pendKey));
   for (const [key, when] of [...st.localPending]) {
-    if (verified[key] != null) st.localPending.delete(key);
+    if (verified[key] != null) dropLocalPending(key);
     else if (when < started && !serverPending.has(key)) {
-      st.localPending.delete(key);
+      dropLocalPending(key);
       if (!ACTIVE.has(data.status)) showNotice(`Verifying ${key} gave no value. ${errorText(data.error)}`.trim());
     }
   }
@@ -64,8 +64,7 @@ async function poll() {
   // Redraw only when something changed (a redraw under the pointer disturbs hover and click).
   const sig = JSON.stringify([data.status, data.progress, data.pending, data.result?.verified, data.result?.fix, (data.verifications || []).length, data.error, [...st.localPending.keys()]]);
   const changed = sig !== st.dataSig || !st.data;
-  st.dataSig = sig;
-  st.data = data;
+  assign({ dataSig: sig, data });
   remember(data); // "My analyses" (history.js)
   if (changed) render();
   const waiting = ACTIVE.has(data.status) || serverPending.size > 0 || st.localPending.size > 0;
@@ -76,7 +75,7 @@ async function poll() {
 function reportVerificationErrors(data) {
   const list = data.verifications || [];
   if (st.seenVerifications == null) {
-    st.seenVerifications = list.length; // old failures of a shared link are not news
+    assign({ seenVerifications: list.length }); // old failures of a shared link are not news
     return;
   }
   for (const v of list.slice(st.seenVerifications)) {
@@ -85,7 +84,7 @@ function reportVerificationErrors(data) {
       showNotice(`Verifying ${comps || "components"} failed: ${errorText(v.error)}`, { error: true });
     }
   }
-  st.seenVerifications = list.length;
+  assign({ seenVerifications: list.length });
 }
 
 // ---------------------------------------------------------------- render
@@ -98,7 +97,7 @@ function render() {
   renderRequest();
   if (d.result) {
     const first = !st.result;
-    st.result = d.result;
+    assign({ result: d.result });
     if (first) initResult();
     renderResult();
   }
@@ -154,7 +153,7 @@ function renderResult({ tauOnly = false } = {}) {
     fn();
     parts[name] = Math.round(performance.now() - t);
   };
-  timed("flags", () => (st.flags = computeFlags(r, st.tau)));
+  timed("flags", () => assign({ flags: computeFlags(r, st.tau) }));
   timed("heatmap", renderHeatmap);
   timed("explain", () => {
     renderExplain();
@@ -167,9 +166,7 @@ function renderResult({ tauOnly = false } = {}) {
     timed("cost", renderCost);
   }
   renderFix();
-  st.stats.parts = parts; // per-panel milliseconds of the last render
-  st.stats.renders++;
-  st.stats.lastRenderMs = performance.now() - t0;
+  recordRender(parts, performance.now() - t0); // per-panel milliseconds of the last render
   const hm = $("heatmap");
   hm.dataset.view = st.view;
   hm.dataset.tau = st.tau.toFixed(2);
@@ -234,7 +231,7 @@ function init() {
   $("cancel").addEventListener("click", cancel);
   $("rerun").addEventListener("click", rerun);
   $("shared-scale").addEventListener("change", () => {
-    st.sharedScale = $("shared-scale").checked;
+    assign({ sharedScale: $("shared-scale").checked });
     renderResult();
   });
   initKeys();
@@ -251,6 +248,7 @@ function init() {
 
 on("render", (opts) => st.result && renderResult(opts));
 on("poll", (ms) => pollSoon(ms));
+on("verify", (components) => verify(components)); // a cell clicked (heatmap), Enter (keyboard), a table row
 on("readonly", (ro) => {
   renderControls();
   if (st.result) renderTable();

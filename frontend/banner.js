@@ -1,10 +1,10 @@
 // Read-only mode and the API token: the read-only banner, the token form.
 import { getToken, saveToken, writesNeedToken } from "./api.js";
 import { showMessage } from "./notices.js";
-import { $, emit, st } from "./state.js";
+import { $, assign, emit, st } from "./state.js";
 
 export function setReadOnly(on) {
-  st.readOnly = on;
+  assign({ readOnly: on });
   $("readonly-note").classList.toggle("hidden", !on);
   if (on) $("token-box").open = true;
   emit("readonly", on);

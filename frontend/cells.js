@@ -1,15 +1,14 @@
 // Per-component numbers and names shared by the heatmap hover, the table and the verify notices.
-import { correctedMethod, fmt, shapeOf, verifiedAt, METHOD_LABELS } from "./flags.js";
+import { correctedMethod, fmt, verifiedAt, METHOD_LABELS } from "./flags.js";
 import { METHOD_ORDER, st } from "./state.js";
 
 export function cellInfo(i, j) {
   const r = st.result;
-  const [, C] = shapeOf(r);
   const scores = r.scores || {};
   const corrName = correctedMethod(scores, r.reliability_source);
   const atp = scores.atp?.[i]?.[j] ?? null;
   const corr = corrName ? (scores[corrName]?.[i]?.[j] ?? null) : null;
-  const ver = verifiedAt(r.verified, i, j, C);
+  const ver = verifiedAt(r.verified, i, j);
   const bound = r.error_bound ? r.error_bound[i]?.[j] : undefined;
   return {
     i,
@@ -32,7 +31,7 @@ export function cellInfo(i, j) {
 /** The tokens at the positions of a resid map (labels.positions), else null. */
 export function positionTokens() {
   const lab = st.result.labels || {};
-  const toks = lab.positions || lab.tokens || null;
+  const toks = lab.positions || null;
   return Array.isArray(toks) && toks.length === (lab.cols?.length ?? -1) ? toks.map(String) : null;
 }
 

@@ -8,7 +8,7 @@
 import { api, ApiError, el } from "./api.js";
 import { setReadOnly } from "./banner.js";
 import { METHOD_LABELS, fmt, shapeOf } from "./flags.js";
-import { $, ACTIVE, METHOD_ORDER, on, st, update } from "./state.js";
+import { $, ACTIVE, METHOD_ORDER, assign, on, st, update } from "./state.js";
 
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
 const circuits = {}; // key ("hvp", "hvp:signed") -> CircuitInfo
@@ -193,7 +193,7 @@ function drawOutline() {
   const c = outlined();
   const k = st.k ?? 0;
   const cells = c?.order ? c.order.slice(0, k) : [];
-  st.circuitCells = cells;
+  assign({ circuitCells: cells });
   const f = c ? faithAt(c, k) : null;
   $("circuit-k-value").textContent = c ? `k = ${k} of ${total()} (${label(c.ranking)}): f = ${f == null ? "—" : fmt(f, 3)}` : "k = —";
   const gd = $("heatmap");

@@ -5,12 +5,13 @@
 //   - per-position heatmap of the chosen pair (st.pair, URL ?pair=) with its tokens;
 //   - heads: the attention pattern on the clean or the corrupted prompt (query rows, key columns).
 // Keyboard: the pair select and the clean/corrupted radio buttons are ordinary form controls;
-// the heatmap's arrow keys (keys.js) move the selection.
+// the heatmap's arrow keys (keyboard.js) move the selection.
 /* global Plotly */
 import { api, el } from "./api.js";
 import { METHOD_LABELS, fmt } from "./flags.js";
 import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
+import { parseKey } from "./keys.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
 let wanted = null; // the key being fetched
@@ -76,7 +77,7 @@ async function load() {
 
 function name(key) {
   const site = st.result?.site || st.data?.request?.site || "heads";
-  const [i, j] = String(key).split(".");
+  const [i, j] = parseKey(key) || [key, ""];
   if (site === "heads") return `head L${i}H${j}`;
   if (site === "mlp") return `MLP L${i}`;
   if (site === "resid") return `resid L${i} position ${j}`;

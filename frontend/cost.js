@@ -17,8 +17,9 @@ function pageFixInfo() {
   const [R, C] = shapeOf(st.result);
   return {
     status: "done",
-    forwards,
-    full_sweep_forwards: st.result.fix?.full_sweep_forwards ?? R * C,
+    fix_forwards: pf.components.length,
+    fix_batch_passes: forwards,
+    full_sweep_forwards: R * C,
     components: pf.components,
     tau: pf.tau,
   };
@@ -54,13 +55,10 @@ export function renderFix() {
     return;
   }
   box.className = "msg ok";
-  const r = st.result;
-  const pick = (k) => fx[k] ?? r[k] ?? null;
+  // The fix's fields as the worker writes them (service/contract.py FixInfo).
   const n = (fx.components || []).length;
-  const fw = pick("fix_forwards") ?? fx.forwards ?? 0;
-  const full = pick("full_sweep_forwards") ?? 0;
-  const mine = costText(fw, pick("fix_batch_passes") ?? fx.batch_passes ?? null, pick("fix_seconds") ?? fx.seconds ?? null);
-  const theirs = costText(full, pick("full_sweep_batch_passes"), pick("full_sweep_seconds"), !!pick("full_sweep_seconds_estimated"));
+  const mine = costText(fx.fix_forwards, fx.fix_batch_passes, fx.fix_seconds);
+  const theirs = costText(fx.full_sweep_forwards, fx.full_sweep_batch_passes, fx.full_sweep_seconds, !!fx.full_sweep_seconds_estimated);
   box.textContent =
     `Screen-Flag-Fix verified ${plural(n, "flagged component")} with ${mine}, ` +
     `against ${theirs} for a full activation-patching sweep` +

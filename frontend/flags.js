@@ -1,5 +1,6 @@
-// Pure functions over an analysis result: which estimate is "corrected", the flag rule of
-// METHODS.md recomputed for any tau, and number formatting. No DOM here.
+// Pure functions over an analysis result: which estimate is "corrected", the server's flags at
+// the page's tau, and number formatting. No DOM here.
+import { componentKey } from "./keys.js";
 
 export const METHOD_LABELS = {
   atp: "AtP",
@@ -28,23 +29,13 @@ export function shapeOf(result) {
   return [any.length, any[0]?.length ?? 0];
 }
 
-export function verifiedAt(verified, i, j, nCols) {
+export function verifiedAt(verified, i, j) {
   if (!verified) return null;
-  const k = `${i}.${j}`;
-  if (k in verified) return verified[k];
-  if (nCols === 1 && String(i) in verified) return verified[String(i)];
-  return null;
+  return verified[componentKey(i, j)] ?? null;
 }
 
 const at = (m, i, j) => (m && m[i] ? m[i][j] : null);
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
-
-// The circuit is a cut-off on |estimate|: |A2| - e < cutoff < |A2| + e.
-function straddles(est, bound, cutoff) {
-  if (bound == null) return true; // unbounded interval straddles any finite cut-off
-  const mag = Math.abs(est);
-  return mag - bound < cutoff && mag + bound > cutoff;
-}
 
 const REASON_TEXT = {
   sign: "AtP and corrected disagree in sign",
@@ -54,28 +45,19 @@ const REASON_TEXT = {
 };
 
 /**
- * Flags for threshold `tau` (METHODS.md): material and (reliability < tau, or any reason that
- * does not depend on tau). With the server's `flag_reasons` (codes per component: reliability,
- * sign, cutoff, unbounded, atp_error) those tau-free reasons are the server's own, so the page
- * agrees with the server at its tau and only re-applies reliability < tau. Without them they
- * are recomputed from the numbers: a sign flip, or the interval corrected +- bound straddling
- * the cut-off (result.cutoff; or read back from the server's flags at the server's tau).
+ * The server's flags (METHODS.md) at the page's threshold `tau`. The server writes, per
+ * component, why it is flagged (`flag_reasons`: reliability, sign, cutoff, unbounded,
+ * atp_error); every reason but "reliability" does not depend on tau, so the page keeps those
+ * and only moves the one tau-dependent term, reliability < tau, of the material components.
+ * At the server's tau this is exactly the server's `flags`.
  * Returns {flags: bool[][], reasons: string[][][] (sentences), codes: string[][][], count,
  * material}.
  */
 export function computeFlags(result, tau) {
   const [R, C] = shapeOf(result);
-  const scores = result.scores || {};
-  const atp = scores.atp;
-  const corrName = correctedMethod(scores, result.reliability_source);
-  const corr = corrName ? scores[corrName] : null;
   const rel = result.reliability;
-  const bound = result.error_bound;
   const material = result.material;
-  const serverFlags = result.flags;
   const serverReasons = result.flag_reasons;
-  const tau0 = num(result.tau);
-  const cutoff = num(result.cutoff ?? result.circuit_cutoff);
   const flags = new Array(R);
   const reasons = new Array(R);
   const codes = new Array(R);
@@ -86,42 +68,19 @@ export function computeFlags(result, tau) {
     const rr = new Array(C);
     const cr = new Array(C);
     for (let j = 0; j < C; j++) {
-      const mat = material ? !!at(material, i, j) : corr != null;
       const why = [];
       const code = [];
-      const add = (c, text) => {
-        code.push(c);
-        why.push(text);
-      };
-      if (mat) {
+      if (material && at(material, i, j)) {
         nMaterial++;
         const r = num(at(rel, i, j));
-        const a = num(at(atp, i, j));
-        const c = num(at(corr, i, j));
-        if (r != null && r < tau) add("reliability", `reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
-        const sr = serverReasons ? at(serverReasons, i, j) : null;
-        if (Array.isArray(sr)) {
-          for (const k of sr) if (k !== "reliability") add(k, REASON_TEXT[k] || k);
-        } else {
-          if (a != null && c != null && Math.sign(a) !== Math.sign(c)) add("sign", REASON_TEXT.sign);
-          if (c != null) {
-            const b = at(bound, i, j);
-            const e = b == null ? null : num(b);
-            let straddle;
-            if (cutoff != null) {
-              straddle = straddles(c, e, cutoff);
-            } else if (serverFlags) {
-              const sf = !!at(serverFlags, i, j);
-              const known =
-                (r != null && tau0 != null && r < tau0) ||
-                (a != null && Math.sign(a) !== Math.sign(c));
-              straddle = sf ? (known ? e == null : true) : false;
-            } else {
-              straddle = false;
-            }
-            if (straddle && e == null) add("unbounded", REASON_TEXT.unbounded);
-            else if (straddle) add("cutoff", REASON_TEXT.cutoff);
-          }
+        if (r != null && r < tau) {
+          code.push("reliability");
+          why.push(`reliability ${fmt(r, 2)} < τ ${fmt(tau, 2)}`);
+        }
+        for (const k of at(serverReasons, i, j) || []) {
+          if (k === "reliability") continue;
+          code.push(k);
+          why.push(REASON_TEXT[k] || k);
         }
       }
       fr[j] = why.length > 0;

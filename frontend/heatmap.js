@@ -1,12 +1,12 @@
 // The Plotly heatmap: one heatmap trace (+ a dark layer for unbounded error bounds), one outline
-// path for the flags, markers for verified and pending cells; click a cell to verify it.
+// path for the flags, markers for verified and pending cells; a click on a cell is emitted ("verify"); the page POSTs.
 /* global Plotly */
 import { hoverText, positionTokens } from "./cells.js";
 import { correctedMethod, fmt, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
-import { keyboardCell } from "./keys.js";
+import { keyboardCell } from "./keyboard.js";
 import { metricLabel } from "./meaning.js";
-import { $, pendingKeys, st, update } from "./state.js";
-import { verify } from "./verify.js";
+import { $, emit, pendingKeys, st, update } from "./state.js";
+import { componentKey, parseKey } from "./keys.js";
 
 const GREY = "#c9cdd4";
 // ColorBrewer RdBu: negative blue, zero white, positive red (used with zmid = 0).
@@ -29,11 +29,11 @@ function viewMatrix(R, C, view = st.view) {
     const unb = mapMatrix(R, C, (i, j) => (finite(r.error_bound[i]?.[j]) == null ? 1 : null));
     return { z, kind: "positive", unbounded: unb };
   }
-  if (v === "verified") return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j, C)), kind: "diverging" };
+  if (v === "verified") return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j)), kind: "diverging" };
   if (v === "diff") return { z: mapMatrix(R, C, (i, j) => scores[corrName][i][j] - scores.atp[i][j]), kind: "diverging", delta: true };
   if (v === "best") {
     const base = scores[corrName] || scores.atp;
-    return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j, C) ?? base[i][j]), kind: "diverging" };
+    return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j) ?? base[i][j]), kind: "diverging" };
   }
   return { z: mapMatrix(R, C, () => null), kind: "diverging" };
 }
@@ -142,7 +142,7 @@ export function renderHeatmap() {
   const [R, C] = shapeOf(r);
   const { z, kind, unbounded, delta } = viewMatrix(R, C);
   const pending = pendingKeys();
-  const text = mapMatrix(R, C, (i, j) => hoverText(i, j, pending.has(`${i}.${j}`)));
+  const text = mapMatrix(R, C, (i, j) => hoverText(i, j, pending.has(componentKey(i, j))));
   const xs = Array.from({ length: C }, (_, j) => j);
   const ys = Array.from({ length: R }, (_, i) => i);
   const lab = r.labels || {};
@@ -203,8 +203,8 @@ export function renderHeatmap() {
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < C; j++) {
       if (st.flags.flags[i][j]) flagged.push([i, j]);
-      if (verifiedAt(r.verified, i, j, C) != null) verifiedCells.push([i, j]);
-      else if (pending.has(`${i}.${j}`)) pendingCells.push([i, j]);
+      if (verifiedAt(r.verified, i, j) != null) verifiedCells.push([i, j]);
+      else if (pending.has(componentKey(i, j))) pendingCells.push([i, j]);
     }
   }
   const g = geometry(R, C);
@@ -237,10 +237,10 @@ export function renderHeatmap() {
   const circ = outlinePath(st.circuitCells || [], 0.32);
   traces.push({ type: "scatter", mode: "lines", ...circ, line: { color: "#00a651", width: 2.5 }, hoverinfo: "skip", showlegend: false, name: "circuit" });
   // The selected component (st.c, shown in the component panel).
-  const selm = /^(\d+)\.(\d+)$/.exec(st.c || "");
-  const sel = outlinePath(selm && Number(selm[1]) < R && Number(selm[2]) < C ? [[Number(selm[1]), Number(selm[2])]] : [], 0.5);
+  const selm = parseKey(st.c);
+  const sel = outlinePath(selm && selm[0] < R && selm[1] < C ? [selm] : [], 0.5);
   traces.push({ type: "scatter", mode: "lines", ...sel, line: { color: "#f0a500", width: 2.5 }, hoverinfo: "skip", showlegend: false, name: "selected" });
-  // The keyboard cursor (keys.js): a dashed box on the selected cell while the grid has focus.
+  // The keyboard cursor (keyboard.js): a dashed box on the selected cell while the grid has focus.
   const cur = keyboardCell();
   const cursor = outlinePath(cur ? [cur] : [], 0.5);
   traces.push({ type: "scatter", mode: "lines", ...cursor, line: { color: "#2457c5", width: 3, dash: "dot" }, hoverinfo: "skip", showlegend: false, name: "cursor" });
@@ -312,8 +312,8 @@ function onCellClick(e) {
   const j = Math.round(fl.xaxis.p2l(e.clientX - box.left - fl.xaxis._offset));
   const i = Math.round(fl.yaxis.p2l(e.clientY - box.top - fl.yaxis._offset));
   if (i >= 0 && i < R && j >= 0 && j < C) {
-    update({ c: `${i}.${j}` }); // select it: the component panel (component.js) shows it
-    verify([[i, j]]);
+    update({ c: componentKey(i, j) }); // select it: the component panel (component.js) shows it
+    emit("verify", [[i, j]]); // the page verifies it (analysis.js -> verify.js)
   }
 }
 

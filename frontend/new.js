@@ -1,28 +1,20 @@
-// New-analysis page: model, task, defaults and limits from the API (GET /api/config), custom
-// pairs checked token by token (debounced /api/tokenize) before anything is queued, kept in
-// localStorage across reloads, pasted in bulk (POST /api/pairs/parse); the model's vocabulary
-// (GET /api/models/{name}/vocab); /?from=<id> fills the form with that analysis's request.
-import { api, ApiError, debounce, el, getToken, saveToken, writesNeedToken } from "./api.js";
+// New-analysis page, the form's wiring: model, task (GET /api/tasks: the server's one task
+// registry), defaults and limits from the API (GET /api/config), the submit (POST
+// /api/analyses), the API token; /?from=<id> fills the form with that analysis's request.
+// The custom pairs are pairs-editor.js, the vocabulary browser vocab.js.
+import { api, ApiError, el, getToken, saveToken, writesNeedToken } from "./api.js";
+import { initPairs, pairsBlockReason, pairsForRequest, scheduleTokenize, setPairs, sourceChanged } from "./pairs-editor.js";
+import { initVocab, showVocab } from "./vocab.js";
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
   tasks: [],
   models: [],
-  pairs: [{ clean: "", corrupted: "", answer: "", wrong: "" }],
-  tokens: [], // per pair: tokenize answer or null
-  tokenizing: false,
-  tokenizeError: null,
-  tokenizeUnavailable: false,
-  tokenSeq: 0,
   submitting: false,
   readOnly: false,
   config: null, // GET /api/config: {defaults, limits, auth_required}
-  vocab: new Map(), // model -> {size, words} or {error}
 };
-
-const PAIRS_KEY = "patchaudit.pairs";
-const EMPTY_PAIR = () => ({ clean: "", corrupted: "", answer: "", wrong: "" });
 
 function source() {
   return document.querySelector('input[name="source"]:checked').value;
@@ -38,7 +30,7 @@ function showError(message) {
 async function loadModels() {
   try {
     const models = await api("/api/models");
-    state.models = Array.isArray(models) ? models : models.models || [];
+    state.models = models;
   } catch (err) {
     showError(`Could not list the models: ${err.message}`);
     return;
@@ -72,7 +64,7 @@ function describeModel() {
 async function loadTasks() {
   try {
     const tasks = await api("/api/tasks");
-    state.tasks = Array.isArray(tasks) ? tasks : tasks.tasks || [];
+    state.tasks = tasks; // the server's one task registry (patchaudit.tasks)
   } catch (err) {
     showError(`Could not list the tasks: ${err.message}`);
     return;
@@ -112,146 +104,6 @@ function describeTask() {
   box.append(exampleBlock(t.example));
 }
 
-// ---------------------------------------------------------------- custom pairs
-const FIELDS = [
-  ["clean", "Clean prompt"],
-  ["corrupted", "Corrupted prompt"],
-  ["answer", "Answer"],
-  ["wrong", "Wrong answer"],
-];
-
-function renderPairs() {
-  const box = $("pairs");
-  box.replaceChildren();
-  state.pairs.forEach((p, idx) => {
-    const grid = el("div", { class: "pair-grid" });
-    for (const [key, label] of FIELDS) {
-      const id = `pair-${idx}-${key}`;
-      const input = el("input", { type: "text", id, value: p[key], "data-key": key, autocomplete: "off", spellcheck: "false" });
-      input.value = p[key];
-      input.addEventListener("input", () => {
-        state.pairs[idx][key] = input.value;
-        savePairs();
-        scheduleTokenize();
-      });
-      grid.append(el("div", { class: "field" }, el("label", { for: id, text: `${label}` }), input));
-    }
-    const remove = el("button", {
-      type: "button",
-      class: "small danger",
-      "aria-label": `Remove pair ${idx + 1}`,
-      disabled: state.pairs.length <= 1,
-      onclick: () => {
-        state.pairs.splice(idx, 1);
-        state.tokens.splice(idx, 1);
-        savePairs();
-        renderPairs();
-        scheduleTokenize();
-      },
-    }, "Remove");
-    grid.append(remove);
-    const pairBox = el("div", { class: "pair", id: `pair-${idx}`, "data-index": idx },
-      el("div", { class: "small muted" }, `Pair ${idx + 1}`), grid,
-      el("div", { class: "tokens", id: `pair-${idx}-tokens`, "aria-live": "polite" }),
-      el("ul", { class: "problems", id: `pair-${idx}-problems` }));
-    box.append(pairBox);
-  });
-  renderTokens();
-}
-
-function tokenLine(what, toks, other) {
-  const line = el("div", { class: "line" }, el("span", { class: "what", text: `${what} (${toks.length})` }));
-  toks.forEach((t, k) => {
-    const diff = other && other[k] !== t;
-    line.append(el("span", { class: diff ? "tok diff" : "tok", text: t }));
-  });
-  return line;
-}
-
-/** Problems of one pair: empty fields, the server's problems, and our own length checks. */
-function pairProblems(idx) {
-  const p = state.pairs[idx];
-  const probs = [];
-  const empty = FIELDS.filter(([k]) => !p[k]).map(([, label]) => label.toLowerCase());
-  if (empty.length) probs.push(`Fill in: ${empty.join(", ")}.`);
-  const tk = state.tokens[idx];
-  if (tk && !empty.length) {
-    for (const pr of tk.problems || []) probs.push(pr);
-    if (!(tk.problems || []).length) {
-      const nc = tk.clean_tokens?.length ?? 0;
-      const nx = tk.corrupted_tokens?.length ?? 0;
-      if (nc !== nx) probs.push(`The clean prompt has ${nc} tokens and the corrupted prompt ${nx}: they must be the same length.`);
-      if ((tk.answer_tokens?.length ?? 1) !== 1) probs.push(`The answer is ${tk.answer_tokens.length} tokens: it must be one token.`);
-      if ((tk.wrong_tokens?.length ?? 1) !== 1) probs.push(`The wrong answer is ${tk.wrong_tokens.length} tokens: it must be one token.`);
-    }
-  }
-  return probs;
-}
-
-function renderTokens() {
-  state.pairs.forEach((p, idx) => {
-    const tokBox = $(`pair-${idx}-tokens`);
-    const probBox = $(`pair-${idx}-problems`);
-    const pairBox = $(`pair-${idx}`);
-    if (!tokBox) return;
-    tokBox.replaceChildren();
-    probBox.replaceChildren();
-    const tk = state.tokens[idx];
-    if (tk) {
-      tokBox.append(tokenLine("clean", tk.clean_tokens || [], tk.corrupted_tokens));
-      tokBox.append(tokenLine("corrupted", tk.corrupted_tokens || [], tk.clean_tokens));
-      const ans = el("div", { class: "line" }, el("span", { class: "what", text: "answer / wrong" }));
-      for (const t of tk.answer_tokens || []) ans.append(el("span", { class: "tok", text: t }));
-      ans.append(" / ");
-      for (const t of tk.wrong_tokens || []) ans.append(el("span", { class: "tok", text: t }));
-      tokBox.append(ans);
-    }
-    const probs = pairProblems(idx);
-    const shown = probs.filter((pr) => !pr.startsWith("Fill in") || p.clean || p.corrupted || p.answer || p.wrong);
-    for (const pr of shown) probBox.append(el("li", { text: pr }));
-    pairBox.classList.toggle("bad", tk != null && shown.length > 0);
-  });
-  updateSubmit();
-}
-
-async function tokenize() {
-  const seq = ++state.tokenSeq;
-  const complete = state.pairs.filter((p) => p.clean || p.corrupted || p.answer || p.wrong);
-  if (!complete.length) {
-    state.tokenizing = false;
-    state.tokens = [];
-    renderTokens();
-    return;
-  }
-  try {
-    const body = { model: $("model").value, pairs: state.pairs.map((p) => ({ ...p })) };
-    const res = await api("/api/tokenize", { method: "POST", body });
-    if (seq !== state.tokenSeq) return; // a newer request is on its way
-    state.tokens = res.pairs || [];
-    state.tokenizeError = null;
-    state.tokenizeUnavailable = false;
-  } catch (err) {
-    if (seq !== state.tokenSeq) return;
-    state.tokens = [];
-    if (err instanceof ApiError && (err.status === 404 || err.status === 405)) {
-      state.tokenizeUnavailable = true;
-      state.tokenizeError = null;
-    } else {
-      state.tokenizeError = err.message;
-    }
-  }
-  state.tokenizing = false;
-  renderTokens();
-}
-
-const tokenizeSoon = debounce(tokenize, 350);
-function scheduleTokenize() {
-  state.tokenizing = true;
-  state.tokenSeq++; // invalidate answers in flight
-  updateSubmit();
-  tokenizeSoon();
-}
-
 // ---------------------------------------------------------------- submit
 function methods() {
   return [...document.querySelectorAll('input[name="methods"]:checked')].map((c) => c.value);
@@ -281,20 +133,7 @@ function blockReason() {
     if (!(intValue("seed") >= 0)) return "Set the seed to a whole number.";
     return "";
   }
-  if (lim.max_pairs != null && state.pairs.length > lim.max_pairs) return `${state.pairs.length} pairs is over this server's limit of ${lim.max_pairs}.`;
-  if (state.tokenizing) return "Checking tokens…";
-  if (state.tokenizeError) return `Cannot check the pairs: ${state.tokenizeError}`;
-  const bad = [];
-  state.pairs.forEach((_, idx) => {
-    if (pairProblems(idx).length) bad.push(idx + 1);
-  });
-  if (bad.length) {
-    // Name the first problem (e.g. the unknown words) in the form's own message.
-    const first = pairProblems(bad[0] - 1)[0];
-    return `Fix pair ${bad.join(", ")} first: ${first}${bad.length > 1 ? " (see the problems under each)" : ""}`;
-  }
-  if (!state.tokenizeUnavailable && state.tokens.length !== state.pairs.length) return "Checking tokens…";
-  return "";
+  return pairsBlockReason(lim);
 }
 
 function updateSubmit() {
@@ -306,12 +145,13 @@ function updateSubmit() {
 
 function buildRequest() {
   const custom = source() === "custom";
+  const pairs = custom ? pairsForRequest() : null;
   const req = {
     model: $("model").value,
     task: custom ? null : $("task").value,
-    n_pairs: custom ? state.pairs.length : intValue("n_pairs"),
+    n_pairs: custom ? pairs.length : intValue("n_pairs"),
     seed: custom ? 0 : intValue("seed"),
-    pairs: custom ? state.pairs.map((p) => ({ ...p })) : null,
+    pairs,
     site: $("site").value,
     metric: $("metric").value,
     direction: $("direction").value,
@@ -368,91 +208,6 @@ async function loadConfig() {
     (limits.max_prompt_tokens ? `, ${limits.max_prompt_tokens} tokens a prompt.` : ".");
 }
 
-// ---------------------------------------------------------------- pairs kept across reloads
-function savePairs() {
-  try {
-    localStorage.setItem(PAIRS_KEY, JSON.stringify({ source: source(), pairs: state.pairs }));
-  } catch {
-    /* storage disabled: pairs live for this page only */
-  }
-}
-
-function restorePairs() {
-  let saved = null;
-  try {
-    saved = JSON.parse(localStorage.getItem(PAIRS_KEY) || "null");
-  } catch {
-    saved = null;
-  }
-  if (!saved || !Array.isArray(saved.pairs) || !saved.pairs.length) return;
-  state.pairs = saved.pairs.map((p) => ({ ...EMPTY_PAIR(), ...p }));
-  if (saved.source === "custom") document.querySelector('input[name="source"][value="custom"]').checked = true;
-}
-
-function setPairs(pairs) {
-  state.pairs = pairs.length ? pairs.map((p) => ({ ...EMPTY_PAIR(), ...p })) : [EMPTY_PAIR()];
-  state.tokens = [];
-  savePairs();
-  renderPairs();
-  scheduleTokenize();
-}
-
-// ---------------------------------------------------------------- bulk paste
-async function addBulk() {
-  const status = $("bulk-status");
-  status.classList.remove("bad");
-  const text = $("bulk-text").value;
-  if (!text.trim()) {
-    status.textContent = "Paste some pairs first.";
-    status.classList.add("bad");
-    return;
-  }
-  status.textContent = "Reading the pairs…";
-  try {
-    const res = await api("/api/pairs/parse", { method: "POST", body: { text, format: $("bulk-format").value } });
-    const blank = state.pairs.every((p) => !p.clean && !p.corrupted && !p.answer && !p.wrong);
-    setPairs(blank ? res.pairs : state.pairs.concat(res.pairs));
-    status.textContent = `Added ${res.pairs.length} pair${res.pairs.length === 1 ? "" : "s"} (${res.format.toUpperCase()}).`;
-    $("bulk-text").value = "";
-  } catch (err) {
-    status.textContent = `The pairs were not added: ${err.message}`;
-    status.classList.add("bad");
-  }
-}
-
-// ---------------------------------------------------------------- vocabulary
-async function showVocab() {
-  if (!$("vocab-box").open) return;
-  const model = $("model").value;
-  const status = $("vocab-status");
-  if (!state.vocab.has(model)) {
-    status.textContent = "Loading the vocabulary…";
-    try {
-      state.vocab.set(model, await api(`/api/models/${encodeURIComponent(model)}/vocab`));
-    } catch (err) {
-      state.vocab.set(model, { error: err.message });
-    }
-  }
-  if ($("model").value !== model) return;
-  const v = state.vocab.get(model);
-  status.classList.toggle("bad", !!v.error);
-  status.textContent = v.error || "";
-  $("vocab-size").textContent = v.error ? "" : `${v.size} words in ${model}'s vocabulary`;
-  filterVocab();
-}
-
-function filterVocab() {
-  const v = state.vocab.get($("model").value);
-  const box = $("vocab-words");
-  box.replaceChildren();
-  if (!v || v.error) return;
-  const q = $("vocab-filter").value.trim().toLowerCase();
-  const words = q ? v.words.filter((w) => w.toLowerCase().includes(q)) : v.words;
-  for (const w of words.slice(0, 2000)) box.append(el("span", { text: w }));
-  if (words.length > 2000) box.append(el("span", { class: "muted", text: `… ${words.length - 2000} more` }));
-  box.dataset.count = String(words.length);
-}
-
 // ---------------------------------------------------------------- edit and re-run
 /** /?from=<id>: fill the form with that analysis's request. */
 async function fillFromAnalysis() {
@@ -492,21 +247,11 @@ async function fillFromAnalysis() {
 // ---------------------------------------------------------------- wiring
 function setSource() {
   const custom = source() === "custom";
-  savePairs();
+  sourceChanged();
   $("task-section").classList.toggle("hidden", custom);
   $("custom-section").classList.toggle("hidden", !custom);
   if (custom) scheduleTokenize();
   updateSubmit();
-}
-
-function fillExample() {
-  const ex = currentTask()?.example;
-  if (!ex) return;
-  state.pairs = [{ clean: ex.clean, corrupted: ex.corrupted, answer: ex.answer, wrong: ex.wrong }];
-  state.tokens = [];
-  savePairs();
-  renderPairs();
-  scheduleTokenize();
 }
 
 async function initToken() {
@@ -535,23 +280,17 @@ function init() {
     showVocab();
     if (source() === "custom") scheduleTokenize();
   });
-  $("add-pair").addEventListener("click", () => {
-    state.pairs.push(EMPTY_PAIR());
-    savePairs();
-    renderPairs();
-    document.getElementById(`pair-${state.pairs.length - 1}-clean`)?.focus();
-    scheduleTokenize();
-  });
-  $("fill-example").addEventListener("click", fillExample);
-  $("clear-pairs").addEventListener("click", () => setPairs([]));
-  $("bulk-add").addEventListener("click", addBulk);
-  $("vocab-box").addEventListener("toggle", showVocab);
-  $("vocab-filter").addEventListener("input", filterVocab);
   $("analysis-form").addEventListener("submit", submit);
   $("analysis-form").addEventListener("input", updateSubmit);
   $("analysis-form").addEventListener("change", updateSubmit);
-  restorePairs();
-  renderPairs();
+  initVocab(() => $("model").value);
+  const custom = initPairs({
+    model: () => $("model").value,
+    source,
+    onChange: updateSubmit,
+    example: () => currentTask()?.example,
+  });
+  if (custom) document.querySelector('input[name="source"][value="custom"]').checked = true;
   updateSubmit();
   Promise.all([loadModels(), loadTasks(), loadConfig(), initToken()])
     .then(fillFromAnalysis)

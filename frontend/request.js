@@ -28,7 +28,7 @@ export function renderRequest() {
     if (v == null || v === "") continue;
     dl.append(el("dt", { text: k }), el("dd", { text: String(v) }));
   }
-  const pairs = d.result?.pairs || d.result?.prompts || req.pairs || [];
+  const pairs = d.result?.pairs || req.pairs || [];
   const box = $("prompts");
   box.replaceChildren();
   if (!pairs.length && req.task) {

@@ -12,7 +12,7 @@ export function renderScatter() {
   const pts = [];
   for (let i = 0; i < R; i++)
     for (let j = 0; j < C; j++) {
-      const v = verifiedAt(r.verified, i, j, C);
+      const v = verifiedAt(r.verified, i, j);
       if (v != null) pts.push([i, j, v]);
     }
   $("scatter-empty").classList.toggle("hidden", pts.length > 0);

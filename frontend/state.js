@@ -9,14 +9,19 @@
 //   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
 //         the panels that use them; unknown to the others.
 
+import { componentKey } from "./keys.js";
+
 export const $ = (id) => document.getElementById(id);
 export const ACTIVE = new Set(["queued", "running", "started", "deferred", "scheduled"]);
 export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "mhvp", "ig", "ap"];
 
-/** The state every panel reads. Change it with `update` so subscribers and the URL follow. */
+/** The state every panel reads. Only this module changes it: `update` for the keys panels
+ * follow (subscribers and the URL follow), `assign` for the rest, and the functions below for
+ * the pending map and the render stats. Every key is declared here. */
 export const st = {
   id: null,
   data: null, // the last GET /api/analyses/<id> answer
+  dataSig: null, // what of `data` the page draws (a redraw only when it changes)
   result: null, // data.result once there is one
   view: null,
   tau: null,
@@ -25,12 +30,42 @@ export const st = {
   k: null, // top-k (URL ?k=)
   flags: null, // computeFlags() output at st.tau
   localPending: new Map(), // "i.j" -> time the verify POST was answered
+  seenVerifications: null, // verifications already reported (a failed one is shown once)
   readOnly: false,
   sort: { key: "absEst", dir: "desc" },
-  busyFix: false,
+  busyFix: false, // Fix all flagged is running
+  fixPosted: false, // ... and its POST was answered
+  pageFix: null, // a fix at the page's own tau: {tau, components, since}
+  circuitCells: null, // the circuit panel's top-k members, [[i, j], ...]
   sharedScale: true, // one colour scale for every estimate view (the "shared scale" toggle)
-  stats: { renders: 0, lastRenderMs: 0 },
+  stats: { renders: 0, lastRenderMs: 0, parts: {} },
 };
+
+function checkKeys(patch) {
+  for (const k of Object.keys(patch)) if (!(k in st)) throw new Error(`state.js: undeclared state key ${k}`);
+}
+
+/** Set state keys no panel follows (no "change" event, no URL). */
+export function assign(patch) {
+  checkKeys(patch);
+  Object.assign(st, patch);
+}
+
+/** Components the page asked to verify, from `when` (ms) on. */
+export function addLocalPending(keys, when = Date.now()) {
+  for (const k of keys) st.localPending.set(k, when);
+}
+
+export function dropLocalPending(key) {
+  st.localPending.delete(key);
+}
+
+/** One render of the result panels: per-panel milliseconds and the total. */
+export function recordRender(parts, ms) {
+  st.stats.parts = parts;
+  st.stats.renders++;
+  st.stats.lastRenderMs = ms;
+}
 
 // ---------------------------------------------------------------- events
 const handlers = new Map();
@@ -48,6 +83,7 @@ export function emit(event, payload) {
 
 /** Set state keys, keep the URL in step, and tell subscribers which keys changed. */
 export function update(patch, { url = true } = {}) {
+  checkKeys(patch);
   const changed = Object.keys(patch).filter((k) => st[k] !== patch[k]);
   Object.assign(st, patch);
   if (url && changed.some((k) => URL_KEYS.includes(k))) syncUrl();
@@ -90,7 +126,7 @@ export function syncUrl() {
 // ---------------------------------------------------------------- shared helpers
 /** A pending entry is "layer.head" or [layer, head]. */
 export function pendKey(c) {
-  return Array.isArray(c) ? c.join(".") : String(c);
+  return componentKey(c);
 }
 
 /** Components being verified: the server's pending list plus the page's own requests. */

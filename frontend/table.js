@@ -2,8 +2,8 @@
 import { el } from "./api.js";
 import { cellInfo, compName, shortName } from "./cells.js";
 import { METHOD_LABELS, correctedMethod, fmt, shapeOf } from "./flags.js";
-import { $, pendingKeys, st } from "./state.js";
-import { verify } from "./verify.js";
+import { $, assign, emit, pendingKeys, st } from "./state.js";
+import { componentKey } from "./keys.js";
 
 const COLUMNS = [
   ["name", "Component"],
@@ -48,7 +48,7 @@ export function renderTable() {
     const text = key === "corr" ? corrLabel : label;
     const btn = el("button", { type: "button", "data-key": key, text, title: `Sort by ${text}` });
     btn.addEventListener("click", () => {
-      st.sort = { key, dir: st.sort.key === key && st.sort.dir === "desc" ? "asc" : "desc" };
+      assign({ sort: { key, dir: st.sort.key === key && st.sort.dir === "desc" ? "asc" : "desc" } });
       renderTable();
       tbl.querySelector(`th button[data-key="${key}"]`)?.focus();
     });
@@ -68,14 +68,14 @@ export function renderTable() {
   const tb = tbl.tBodies[0];
   const frag = document.createDocumentFragment();
   for (const c of rows) {
-    const key = `${c.i}.${c.j}`;
+    const key = componentKey(c.i, c.j);
     const isPending = pending.has(key);
     let action;
     if (c.ver != null) action = el("span", { class: "verified-mark", text: "✓", title: "verified by activation patching", "aria-label": "verified" });
     else if (isPending) action = el("span", { class: "muted", text: "verifying…" });
     else {
       action = el("button", { type: "button", class: "small", disabled: st.readOnly, "aria-label": `Verify ${compName(c.i, c.j)}`, text: "Verify" });
-      action.addEventListener("click", () => verify([[c.i, c.j]]));
+      action.addEventListener("click", () => emit("verify", [[c.i, c.j]]));
     }
     frag.append(el("tr", { class: c.flagged ? "flagged" : null, "data-key": key },
       el("td", { text: shortName(c.i, c.j) }),

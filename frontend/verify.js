@@ -5,18 +5,18 @@ import { compName, shortName } from "./cells.js";
 import { pulseReadOnly, setReadOnly } from "./banner.js";
 import { fmt, shapeOf, verifiedAt } from "./flags.js";
 import { noticeText, showNotice } from "./notices.js";
-import { $, ACTIVE, pendingKeys, pollSoon, renderAll, st } from "./state.js";
+import { $, ACTIVE, addLocalPending, assign, pendingKeys, pollSoon, renderAll, st } from "./state.js";
+import { componentKey } from "./keys.js";
 
 export async function verify(components) {
   if (st.readOnly) {
     pulseReadOnly(); // the read-only banner already says what to do: one banner, not two
     return;
   }
-  const [, C] = shapeOf(st.result);
-  const todo = components.filter(([i, j]) => verifiedAt(st.result.verified, i, j, C) == null && !pendingKeys().has(`${i}.${j}`));
+  const todo = components.filter(([i, j]) => verifiedAt(st.result.verified, i, j) == null && !pendingKeys().has(componentKey(i, j)));
   if (!todo.length) {
     const [i, j] = components[0];
-    const v = verifiedAt(st.result.verified, i, j, C);
+    const v = verifiedAt(st.result.verified, i, j);
     showNotice(v != null ? `${compName(i, j)} is verified: ${fmt(v)}.` : `${compName(i, j)} is being verified.`);
     return;
   }
@@ -28,8 +28,7 @@ export async function verify(components) {
     showNotice(`Could not verify: ${err.message}`, { error: true });
     return;
   }
-  const now = Date.now();
-  for (const [i, j] of todo) st.localPending.set(`${i}.${j}`, now);
+  addLocalPending(todo.map(([i, j]) => componentKey(i, j)));
   renderAll();
   pollSoon(250);
 }
@@ -43,31 +42,29 @@ export async function fixAll() {
   const todo = [];
   for (let i = 0; i < R; i++)
     for (let j = 0; j < C; j++)
-      if (st.flags.flags[i][j] && verifiedAt(st.result.verified, i, j, C) == null && !pendingKeys().has(`${i}.${j}`)) todo.push([i, j]);
+      if (st.flags.flags[i][j] && verifiedAt(st.result.verified, i, j) == null && !pendingKeys().has(componentKey(i, j))) todo.push([i, j]);
   const serverTau = typeof st.result.tau === "number" ? st.result.tau : null;
   const atServerTau = serverTau == null || Math.abs(serverTau - st.tau) < 1e-9;
-  st.busyFix = true;
+  assign({ busyFix: true });
   renderControls();
   showNotice(`Screen-Flag-Fix: verifying ${todo.length} flagged component${todo.length === 1 ? "" : "s"}…`);
   try {
     if (atServerTau) {
-      st.pageFix = null;
+      assign({ pageFix: null });
       await api(`/api/analyses/${encodeURIComponent(st.id)}/fix`, { method: "POST", write: true });
     } else {
-      st.pageFix = { tau: st.tau, components: todo.map(([i, j]) => `${i}.${j}`), since: (st.data.verifications || []).length };
+      assign({ pageFix: { tau: st.tau, components: todo.map(([i, j]) => componentKey(i, j)), since: (st.data.verifications || []).length } });
       if (todo.length) await api(`/api/analyses/${encodeURIComponent(st.id)}/verify`, { method: "POST", body: { components: todo }, write: true });
     }
   } catch (err) {
     if (err instanceof ApiError && err.isAuth) setReadOnly(true);
     showNotice(`Could not run Fix: ${err.message}`, { error: true });
-    st.busyFix = false;
-    st.pageFix = null;
+    assign({ busyFix: false, pageFix: null });
     renderControls();
     return;
   }
-  st.fixPosted = true;
-  const now = Date.now();
-  for (const [i, j] of todo) st.localPending.set(`${i}.${j}`, now);
+  assign({ fixPosted: true });
+  addLocalPending(todo.map(([i, j]) => componentKey(i, j)));
   renderAll();
   pollSoon(250);
 }
@@ -78,13 +75,12 @@ export function renderControls() {
   const f = st.flags;
   let unverified = 0;
   for (let i = 0; i < R; i++)
-    for (let j = 0; j < C; j++) if (f.flags[i][j] && verifiedAt(st.result.verified, i, j, C) == null) unverified++;
+    for (let j = 0; j < C; j++) if (f.flags[i][j] && verifiedAt(st.result.verified, i, j) == null) unverified++;
   $("flag-count").textContent = `${f.count} of ${R * C} (${f.material} material), ${unverified} not yet verified`;
   const pend = pendingKeys().size + (ACTIVE.has(st.result.fix?.status) ? 1 : 0);
   // Fix is over once its POST was answered and nothing is pending any more.
   if (st.busyFix && st.fixPosted && pend === 0 && !ACTIVE.has(st.data?.status)) {
-    st.busyFix = false;
-    st.fixPosted = false;
+    assign({ busyFix: false, fixPosted: false });
     showNotice("");
   }
   if (!st.busyFix && pend === 0 && /^Verifying /.test(noticeText())) showNotice("");

@@ -14,6 +14,7 @@ import torch
 from .audit import _get_base, _problem
 from .estimators import circuits as K
 from .estimators.core import BaseCache, Cost, ProgressFn, StopFn, Tracker
+from .serial import json_safe
 from .tasks.pairs import PromptPairs, TokenPairs
 
 
@@ -31,14 +32,17 @@ class Faithfulness:
     base: BaseCache | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "m": self.m,
-            "m_all": self.m_all,
-            "m_empty": self.m_empty,
-            "faithfulness": self.f,
-            "circuits": [[list(c) for c in circ] for circ in self.circuits],
-            "cost": self.cost,
-        }
+        """JSON-safe (NaN / inf -> None)."""
+        return json_safe(
+            {
+                "m": self.m,
+                "m_all": self.m_all,
+                "m_empty": self.m_empty,
+                "faithfulness": self.f,
+                "circuits": [[list(c) for c in circ] for circ in self.circuits],
+                "cost": self.cost,
+            }
+        )
 
 
 @dataclass
@@ -67,22 +71,25 @@ class CircuitCurve:
         return self.order[:k]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sizes": self.sizes,
-            "fractions": self.fractions,
-            "faithfulness": self.faithfulness,
-            "m": self.m,
-            "m_all": self.m_all,
-            "m_empty": self.m_empty,
-            "cpr": self.cpr,
-            "cmd": self.cmd,
-            "smallest_80": self.smallest_80,
-            "smallest_90": self.smallest_90,
-            "order": [list(c) for c in self.order],
-            "absolute": self.absolute,
-            "n_components": self.n_components,
-            "cost": self.cost,
-        }
+        """JSON-safe (NaN / inf -> None)."""
+        return json_safe(
+            {
+                "sizes": self.sizes,
+                "fractions": self.fractions,
+                "faithfulness": self.faithfulness,
+                "m": self.m,
+                "m_all": self.m_all,
+                "m_empty": self.m_empty,
+                "cpr": self.cpr,
+                "cmd": self.cmd,
+                "smallest_80": self.smallest_80,
+                "smallest_90": self.smallest_90,
+                "order": [list(c) for c in self.order],
+                "absolute": self.absolute,
+                "n_components": self.n_components,
+                "cost": self.cost,
+            }
+        )
 
 
 def _is_component(x: Any) -> bool:

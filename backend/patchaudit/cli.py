@@ -93,9 +93,14 @@ def cmd_audit(argv: list[str]) -> int:
         prog="patchaudit audit", description="Audit attribution patching on one task."
     )
     ap.add_argument("--model", default="bundled")
-    ap.add_argument("--task", default="ioi", help="ioi, induction, greater_than or planted")
+    from .tasks import TASK_REGISTRY, task_names_text
+
+    ap.add_argument("--task", default="ioi", help=task_names_text().replace("'", ""))
     ap.add_argument(
-        "--corruption", default=None, help="ioi: abc (default) or swap; greater_than: 01"
+        "--corruption",
+        default=None,
+        help="; ".join(f"{t.name}: {', '.join(t.corruptions)}" for t in TASK_REGISTRY.values())
+        + " (the first is the default)",
     )
     ap.add_argument(
         "--pairs",

@@ -3,7 +3,6 @@ researcher opens after the map. The tensor code is in ``estimators/inspect.py``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,8 +12,10 @@ import torch
 from torch import Tensor
 
 from . import defaults
+from .component_keys import parse_component_key
 from .estimators import inspect as I
 from .estimators.core import BaseCache, Tracker, model_device
+from .serial import json_safe
 from .tasks.pairs import PromptPairs, TokenPairs
 
 #: How the corrected estimate's second-order term is split over positions (ComponentDetail).
@@ -64,42 +65,20 @@ class ComponentDetail:
             "n_pairs": len(self.tokens["clean"]),
             "n_pos": len(self.tokens["clean"][0]) if self.tokens["clean"] else 0,
             "tokens": self.tokens,
-            "per_pair": {k: _json(v) for k, v in self.per_pair.items()},
-            "per_position": {k: _json(v) for k, v in self.per_position.items()},
-            "q": {k: _json(v) for k, v in self.q.items()},
-            "attention": None
-            if self.attention is None
-            else {k: _json(v) for k, v in self.attention.items()},
-            "map_value": {k: _num(v) for k, v in self.map_value.items()},
-            "verified": _num(self.verified),
+            "per_pair": json_safe(self.per_pair),
+            "per_position": json_safe(self.per_position),
+            "q": json_safe(self.q),
+            "attention": json_safe(self.attention),
+            "map_value": json_safe({k: float(v) for k, v in self.map_value.items()}),
+            "verified": json_safe(None if self.verified is None else float(self.verified)),
             "reliability_source": self.reliability_source,
             "settings": dict(self.settings),
             "cost": dict(self.cost),
         }
 
 
-def _num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(float(v)) else float(v)
-
-
-def _json(t: Tensor) -> Any:
-    def conv(x: Any) -> Any:
-        return [conv(y) for y in x] if isinstance(x, list) else _num(x)
-
-    return conv(t.detach().cpu().double().tolist())
-
-
 def _component(site: str, component: Any, shape: tuple[int, int]) -> tuple[int, int]:
-    if isinstance(component, int | str) and not isinstance(component, bool):
-        parts: list[Any] = [int(p) for p in str(component).split(".")]
-    else:
-        parts = [int(c) for c in component]
-    if len(parts) == 1 and site == "mlp":
-        parts = [parts[0], 0]
-    if len(parts) != 2:
-        want = {"heads": "(layer, head)", "mlp": "a layer", "resid": "(layer, position)"}[site]
-        raise ValueError(f"a {site} component is {want}, got {component!r}")
-    layer, comp = parts
+    layer, comp = parse_component_key(component, site)
     if not (0 <= layer < shape[0] and 0 <= comp < shape[1]):
         raise ValueError(
             f"component {component!r} is outside the {shape[0]} x {shape[1]} {site} map"

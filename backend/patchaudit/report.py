@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .component_keys import component_key, parse_component_key
 from .estimators.core import BaseCache
+from .serial import json_safe
 
 METHOD_LABELS = {
     "ap": "activation patching",
@@ -53,14 +55,6 @@ def negative_means(metric: str, direction: str) -> str:
     if direction == "noising":
         return f"corrupting this component lowers {what}: it supports the clean answer"
     return f"restoring this component lowers {what}: it works against the clean answer"
-
-
-def _jsonable(t: Tensor | None):
-    if t is None:
-        return None
-    if t.dtype == torch.bool:
-        return t.tolist()
-    return [[None if not math.isfinite(v) else float(v) for v in row] for row in t.tolist()]
 
 
 def _tensor(x, dtype=torch.float32) -> Tensor | None:
@@ -236,15 +230,15 @@ class Report:
             "direction": self.direction,
             "methods": list(self.methods),
             "labels": self.labels,
-            "scores": {m: _jsonable(v) for m, v in self.scores.items()},
-            "reliability": _jsonable(self.reliability),
-            "error_bound": _jsonable(self.error_bound),
-            "flags": _jsonable(self.flags),
-            "material": _jsonable(self.material),
-            "q": _jsonable(self.q),
-            "q_se": _jsonable(self.q_se),
+            "scores": {m: json_safe(v) for m, v in self.scores.items()},
+            "reliability": json_safe(self.reliability),
+            "error_bound": json_safe(self.error_bound),
+            "flags": json_safe(self.flags),
+            "material": json_safe(self.material),
+            "q": json_safe(self.q),
+            "q_se": json_safe(self.q_se),
             "reliability_source": self.reliability_source,
-            "verified": {f"{i}.{j}": v for (i, j), v in sorted(self.verified.items())},
+            "verified": {component_key(c): v for c, v in sorted(self.verified.items())},
             "cost": self.cost,
             "tau": self.tau,
             "cutoff": self.cutoff,
@@ -266,8 +260,7 @@ class Report:
     def from_dict(cls, d: dict) -> Report:
         verified = {}
         for k, v in (d.get("verified") or {}).items():
-            i, j = k.split(".")
-            verified[(int(i), int(j))] = float(v)
+            verified[parse_component_key(k)] = float(v)
         return cls(
             site=d["site"],
             metric=d["metric"],

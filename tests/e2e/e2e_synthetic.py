@@ -1,7 +1,8 @@
 """A synthetic analysis result (the REST contract's shape) for front-end tests.
 
-The numbers follow METHODS.md (ratio, reliability, error bound, material, cut-off, flags) so
-the page's own re-flagging agrees with the `flags` sent here at the sent tau.
+The numbers follow METHODS.md (ratio, reliability, error bound, material, cut-off, flags and
+their reasons, as the server writes them) so the page's flags at another tau (the server's
+tau-free reasons, reliability < tau moved) agree with METHODS.md's rule.
 """
 
 from __future__ import annotations
@@ -34,7 +35,27 @@ def synthetic_result(
     k = max(1, round(0.1 * mags.size))
     cutoff = float((mags[k - 1] + mags[k]) / 2)
     straddle = (np.abs(hvp) - bound < cutoff) & (np.abs(hvp) + bound > cutoff)
-    flags = material & ((rho < tau) | (np.sign(atp) != np.sign(hvp)) | straddle)
+    sign = np.sign(atp) != np.sign(hvp)
+    flags = material & ((rho < tau) | sign | straddle)
+    # why each is flagged, as the server writes it (its tau-free reasons are what the page keeps)
+    reasons = [
+        [
+            [
+                code
+                for code, on in (
+                    ("reliability", rho[i, j] < tau),
+                    ("sign", sign[i, j]),
+                    ("unbounded", straddle[i, j] and np.isinf(bound[i, j])),
+                    ("cutoff", straddle[i, j] and not np.isinf(bound[i, j])),
+                )
+                if on
+            ]
+            if flags[i, j]
+            else []
+            for j in range(n_heads)
+        ]
+        for i in range(n_layers)
+    ]
 
     def js(m: np.ndarray) -> list:
         return [
@@ -57,6 +78,7 @@ def synthetic_result(
         "reliability": js(rho),
         "error_bound": js(bound),
         "flags": flags.tolist(),
+        "flag_reasons": reasons,
         "material": material.tolist(),
         "reliability_source": "hvp",
         "verified": {

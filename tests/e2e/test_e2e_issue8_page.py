@@ -401,7 +401,7 @@ def resid_analysis(analysis_id: str, n_layers: int, n_pos: int) -> dict:
         "cols": list(range(n_pos)),
         "row_name": "layer",
         "col_name": "position",
-        "tokens": [words[k % len(words)] for k in range(n_pos)],
+        "positions": [words[k % len(words)] for k in range(n_pos)],
     }
     return data
 

@@ -148,10 +148,12 @@ def test_fix_verifies_every_flagged_component(stack: Stack, done: dict) -> None:
     fix = d["result"]["fix"]
     assert set(fix["components"]) == todo
     assert fix["full_sweep_forwards"] == 8
-    assert fix["forwards"] == len(todo) <= fix["full_sweep_forwards"]
+    assert fix["fix_forwards"] == len(todo) <= fix["full_sweep_forwards"]
     # one batched patched forward per layer touched, no clean / corrupted forward (cached base)
-    assert fix["passes"] == len({c.split(".")[0] for c in todo})
-    assert fix["full_sweep_passes"] == 2 and fix["cache_hit"] is True
+    assert fix["fix_batch_passes"] == len({c.split(".")[0] for c in todo})
+    assert fix["full_sweep_batch_passes"] == 2 and fix["cache_hit"] is True
+    # one name per number (the engine's FixResult names)
+    assert not {"forwards", "passes", "full_sweep_passes", "seconds"} & set(fix)
     assert flagged <= set(d["result"]["verified"])
     assert d["pending"] == []
 

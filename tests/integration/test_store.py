@@ -94,7 +94,8 @@ def test_queue_uses_json(conn) -> None:  # noqa: ANN001
     aid, _ = store.create_or_get({"x": 1})
     job_id = enqueue(q, store, "verify", aid, ["0.1"], job_timeout_s=60)
     job = q.fetch_job(job_id)
-    assert job.args == [aid, ["0.1"]] or job.args == (aid, ["0.1"])
+    # arguments by name (service.kinds), never by position
+    assert not job.args and job.kwargs == {"analysis_id": aid, "components": ["0.1"]}
     assert job.retries_left == 1 and job.timeout == 60
     assert store.active_jobs(aid) == [job_id]
 

@@ -1,6 +1,7 @@
 """Pydantic models of the REST contract (requests and responses).
 
-The vocabularies (sites, metrics, methods, directions, tasks) mirror the engine's constants;
+What the worker stores and the API serves (the result, the fix, circuits, component details)
+is ``service.contract``, re-exported here. The vocabularies mirror the engine's constants;
 tests/integration checks they agree with ``patchaudit.SITES`` etc.
 """
 
@@ -10,19 +11,54 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..service.contract import (
+    DIRECTIONS,
+    METHODS,
+    METRICS,
+    SITES,
+    TASKS,
+    AnalysisResult,
+    CircuitInfo,
+    ComponentDetailOut,
+    Direction,
+    ErrorInfo,
+    FixInfo,
+    Labels,
+    Matrix,
+    Method,
+    Metric,
+    PairIn,
+    Screen,
+    Site,
+    Task,
+    TokenPairsIn,
+    Verification,
+    _Strict,
+)
 from ..store.status import JobStatus
 
-Site = Literal["heads", "mlp", "resid"]
-Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
-Direction = Literal["noising", "denoising"]
-Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]
-Task = Literal["ioi", "induction", "greater_than", "planted"]
-
-SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
-METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
-DIRECTIONS: tuple[str, ...] = Direction.__args__  # type: ignore[attr-defined]
-METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
-TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
+__all__ = [
+    "DIRECTIONS",
+    "METHODS",
+    "METRICS",
+    "SITES",
+    "TASKS",
+    "AnalysisResult",
+    "CircuitInfo",
+    "ComponentDetailOut",
+    "Direction",
+    "ErrorInfo",
+    "FixInfo",
+    "Labels",
+    "Matrix",
+    "Metric",
+    "PairIn",
+    "Screen",
+    "Site",
+    "Task",
+    "TokenPairsIn",
+    "Verification",
+]
 
 
 def _default_methods() -> list[Method]:
@@ -33,35 +69,7 @@ def _default_methods() -> list[Method]:
 MAX_MODEL_NAME = 256
 
 
-class _Strict(BaseModel):
-    # strict: "8" and true are not numbers; unknown fields are errors
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
 # -- requests --------------------------------------------------------------------------------
-
-
-class PairIn(_Strict):
-    """One prompt pair as text. ``answer`` and ``wrong`` are single tokens (often with a
-    leading space, e.g. " Mary")."""
-
-    clean: str = Field(
-        min_length=1, examples=["When Mary and John went to the store, John gave a drink to"]
-    )
-    corrupted: str = Field(
-        min_length=1, examples=["When Alice and Bob went to the store, Bob gave a drink to"]
-    )
-    answer: str = Field(min_length=1, examples=[" Mary"])
-    wrong: str = Field(min_length=1, examples=[" John"])
-
-
-class TokenPairsIn(_Strict):
-    """Pairs as token ids (models without a tokenizer, exact control)."""
-
-    clean: list[list[int]] = Field(min_length=1)
-    corrupted: list[list[int]] = Field(min_length=1)
-    answer: list[int] = Field(min_length=1)
-    wrong: list[int] = Field(min_length=1)
 
 
 class AnalysisRequest(_Strict):
@@ -134,139 +142,6 @@ class Progress(BaseModel):
     phase: str = "queued"
     fraction: float = 0.0
     passes: int = 0
-
-
-class ErrorInfo(BaseModel):
-    """A failed job: the exception type and a one-line message (never a traceback)."""
-
-    type: str
-    message: str
-
-
-class Labels(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    rows: list[Any]
-    cols: list[Any]
-    row_name: str = "layer"
-    col_name: str = "head"
-
-
-class FixInfo(BaseModel):
-    """Screen-Flag-Fix step 3: patched forwards spent vs a full activation-patching sweep."""
-
-    model_config = ConfigDict(extra="allow")
-    status: JobStatus = JobStatus.DONE
-    forwards: int = Field(
-        default=0, description="patched component-forwards spent (one per verified component)"
-    )
-    full_sweep_forwards: int = Field(
-        default=0, description="what a full activation-patching sweep costs: one per component"
-    )
-    passes: int | None = Field(default=None, description="batched forward passes actually run")
-    full_sweep_passes: int | None = Field(
-        default=None, description="batched passes of a full sweep (one per layer)"
-    )
-    fix_forwards: int | None = Field(
-        default=None, description="component forwards the fix spent (one per verified component)"
-    )
-    fix_batch_passes: int | None = Field(
-        default=None, description="batched forward passes the fix ran"
-    )
-    full_sweep_batch_passes: int | None = Field(
-        default=None, description="batched forward passes a full ap sweep runs"
-    )
-    fix_seconds: float | None = None
-    full_sweep_seconds: float | None = Field(
-        default=None, description="measured when ap ran with the analysis, else estimated"
-    )
-    full_sweep_seconds_estimated: bool | None = None
-    components: list[str] = Field(default_factory=list)
-    error: ErrorInfo | None = None
-
-
-Matrix = list[list[float | None]]
-
-
-class CircuitInfo(BaseModel):
-    """One ranking's circuit curve (``result.circuits[ranking]``; "hvp:signed" when signed)."""
-
-    model_config = ConfigDict(extra="allow")
-    status: JobStatus = JobStatus.QUEUED
-    ranking: str = ""
-    absolute: bool = True
-    sizes: list[int] | None = Field(default=None, description="circuit sizes k on the curve")
-    fractions: list[float] | None = Field(default=None, description="k / number of components")
-    faithfulness: list[float | None] | None = Field(default=None, description="f of the top k")
-    cpr: float | None = Field(default=None, description="area under f (higher is better)")
-    cmd: float | None = Field(default=None, description="area of |1 - f| (lower is better)")
-    smallest_80: int | None = None
-    smallest_90: int | None = None
-    order: list[list[int]] | None = Field(
-        default=None, description="every component, most important first: top k = first k"
-    )
-    m_all: float | None = None
-    m_empty: float | None = None
-    job_id: str | None = None
-    error: ErrorInfo | None = None
-
-
-class Screen(BaseModel):
-    """What the screen (AtP + HVP) can say: not informative where the first-order term
-    vanishes at the base point (KL noising; a saturated prob_diff / logprob noising)."""
-
-    informative: bool = True
-    first_order_vanishes: bool = False
-    message: str = ""
-
-
-class AnalysisResult(BaseModel):
-    """Per-component numbers; matrices are [rows][cols] (layer x head for site heads)."""
-
-    model_config = ConfigDict(extra="allow")
-    labels: Labels
-    scores: dict[str, Matrix]
-    reliability: Matrix | None = None
-    error_bound: Matrix | None = Field(default=None, description="null = unbounded")
-    flags: list[list[bool]] | None = None
-    material: list[list[bool]] | None = None
-    verified: dict[str, float | None] = Field(
-        default_factory=dict, description='"layer.head" -> activation-patching value'
-    )
-    cost: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="per method: forward, backward, seconds, cached (served from the activation "
-        "cache), note (what the counts mean)",
-    )
-    fix: FixInfo | None = None
-    circuits: dict[str, CircuitInfo] = Field(
-        default_factory=dict, description="circuit curves by ranking (POST .../circuit)"
-    )
-    screen: Screen | None = None
-    flag_reasons: list[list[list[str]]] | None = Field(
-        default=None,
-        description="per component, why it is flagged: reliability, sign, cutoff, unbounded, "
-        "atp_error (empty when not flagged)",
-    )
-    material_threshold: float | None = Field(
-        default=None, description="1% of |m(clean) - m(corrupted)|: the materiality line"
-    )
-    partial: bool = Field(
-        default=False, description="a cancelled analysis: only the methods that completed"
-    )
-    pairs: list[dict[str, str]] | None = Field(
-        default=None, description="the prompts the analysis ran on (task sets are generated)"
-    )
-
-
-class Verification(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: str = "verify"
-    components: list[str] = Field(default_factory=list)
-    forwards: int | None = None
-    backwards: int | None = None
-    seconds: float | None = None
-    cache_hit: bool | None = None
-    error: ErrorInfo | None = None
 
 
 class Analysis(BaseModel):
@@ -418,42 +293,6 @@ class ErrorResponse(BaseModel):
 
     detail: Any
     message: str
-
-
-# -- exploration (issue 11) --------------------------------------------------------------------
-
-
-class ComponentDetailOut(BaseModel):
-    """One component in detail (``pa.ComponentDetail.to_dict()``): per-pair values (mean = the
-    map's value), per-position rows (first order: they sum to the per-pair value) and, for a
-    head, its attention pattern on the clean and the corrupted prompts."""
-
-    model_config = ConfigDict(extra="allow")
-    site: Site
-    component: list[int]
-    key: str = Field(description='"L.H" (heads), "L" (mlp), "L.P" (resid)')
-    name: str
-    metric: str
-    direction: str
-    methods: list[str]
-    n_pairs: int
-    n_pos: int
-    tokens: dict[str, Any] = Field(description="clean / corrupted token strings, last_pos")
-    per_pair: dict[str, list[float | None]] = Field(
-        description='method -> [pairs], + "reliability", + "ap" when verified'
-    )
-    per_position: dict[str, list[list[float | None]]] = Field(
-        description="method -> [pairs][positions]"
-    )
-    q: dict[str, list[float | None]] = Field(default_factory=dict)
-    attention: dict[str, list[list[list[float | None]]]] | None = Field(
-        default=None, description='heads: "clean" / "corrupted" -> [pairs][query][key]'
-    )
-    map_value: dict[str, float | None] = Field(default_factory=dict)
-    verified: float | None = None
-    reliability_source: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
-    cost: dict[str, Any] = Field(default_factory=dict)
 
 
 class ComponentPending(BaseModel):

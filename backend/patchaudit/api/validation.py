@@ -7,7 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..service.contract import NormalisedRequest
 from ..settings import Settings
+from ..tasks import task_names_text
 from .errors import ApiError
 from .schemas import METHODS, AnalysisRequest
 
@@ -214,7 +216,7 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
         if req.task is None:
             raise unprocessable(
                 "task",
-                "choose a task ('ioi', 'induction' or 'greater_than') or give your own 'pairs'",
+                f"choose a task ({task_names_text()}) or give your own 'pairs'",
             )
         if req.n_pairs > settings.max_pairs:
             raise unprocessable(
@@ -235,7 +237,8 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
             )
     else:
         out["ig_steps"] = None
-    return out
+    # the typed contract the worker reads back (service.contract.NormalisedRequest)
+    return NormalisedRequest.model_validate(out).stored()
 
 
 def _check_text_pairs(model: str, req: AnalysisRequest, settings: Settings) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from ..component_keys import component_key, parse_component_key  # noqa: F401  (re-exported)
 from . import keys
 from .status import RETRYABLE, JobStatus
 
@@ -44,15 +45,6 @@ def request_hash(normalised_request: dict[str, Any]) -> str:
 def new_id() -> str:
     """128 random bits, hex."""
     return secrets.token_hex(16)
-
-
-def component_key(component: tuple[int, ...] | list[int]) -> str:
-    """(layer, head) -> "L.H" (the API's key for a component)."""
-    return ".".join(str(int(c)) for c in component)
-
-
-def parse_component_key(key: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in key.split("."))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-TASKS = ("ioi", "induction", "greater_than", "planted")
+from . import TASK_REGISTRY, TASKS  # noqa: F401  (the one task registry)
 
 
 @dataclass
@@ -440,13 +440,15 @@ class PromptPairs:
     ) -> PromptPairs:
         if n <= 0:
             raise ValueError(f"n must be a positive number of pairs, got {n}")
-        text_tasks = {"ioi": "abc", "greater_than": "01"}  # task -> default corruption
-        if name in text_tasks:
+        spec = TASK_REGISTRY.get(name)
+        if spec is None:
+            raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+        if name in ("ioi", "greater_than"):  # text tasks
             from .greater_than import make_greater_than
             from .ioi import make_ioi
 
             make: Callable[..., list[dict]] = make_ioi if name == "ioi" else make_greater_than
-            corruption = corruption or text_tasks[name]
+            corruption = corruption or spec.default_corruption
             rows = make(n, seed=seed, corruption=corruption, **kw)
             p = cls.from_text(
                 [r["clean"] for r in rows],

@@ -1,26 +1,45 @@
-"""RQ job functions: run an analysis, verify components, fix every flagged component.
+"""RQ job functions: run an analysis, verify components, fix every flagged component, build
+a circuit curve, inspect one component.
 
-Jobs take only ids and small JSON (the queue uses JSON serialisation); everything else is read
-from Redis. Progress goes to the job's meta ({phase, fraction, passes}) and to the analysis.
-Cancellation is cooperative: the engine polls ``should_stop`` (a Redis flag per job) between
-chunks and raises ``pa.Cancelled``. Errors are stored as {type, message, traceback}; the API
-shows type and message only. A job whose worker died (abandoned) is retried once by RQ
-(``Retry(max=1)``, see ``worker.PatchauditWorker``); an error raised by the job is not retried.
+Each function is the body of one job kind (``service.kinds``: its enqueue arguments by name and
+what the analysis becomes when the job is cancelled, fails or is lost); ``job_kind`` wraps it
+in the one error handling every job shares. Jobs take only ids and small JSON (the queue uses
+JSON serialisation); everything else is read from Redis. Progress goes to the job's meta
+({phase, fraction, passes}) and to the analysis. Cancellation is cooperative: the engine polls
+``should_stop`` (a Redis flag per job) between chunks and raises ``pa.Cancelled``. Errors are
+stored as {type, message, traceback}; the API shows type and message only. A job whose worker
+died (abandoned) is retried once by RQ (``Retry(max=1)``, see ``worker.PatchauditWorker``); an
+error raised by the job is not retried.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from ..component_keys import component_key, parse_component_key
 from ..estimators.core import Cancelled
-from ..store import JobStatus, cache_key, component_key, parse_component_key
+from ..serial import json_safe
+from ..service import kinds as K
+from ..service.contract import (
+    CircuitInfo,
+    ComponentRecord,
+    FixInfo,
+    NormalisedRequest,
+    Verification,
+    n_components,
+    stored,
+    stored_result,
+)
+from ..store import JobStatus, cache_key
 from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -167,43 +186,44 @@ def error_info(exc: BaseException, rt: Runtime | None = None) -> dict[str, str]:
     }
 
 
-def build_pairs(request: dict[str, Any]) -> Any:
+def build_pairs(request: NormalisedRequest) -> Any:
     """The engine's PromptPairs for a normalised request (task, text pairs or token pairs)."""
     import torch
 
     import patchaudit as pa
 
-    if request.get("tokens"):
-        t = request["tokens"]
+    if request.tokens:
+        t = request.tokens
         return pa.PromptPairs.from_tokens(
-            torch.tensor(t["clean"], dtype=torch.long),
-            torch.tensor(t["corrupted"], dtype=torch.long),
-            torch.tensor(t["answer"], dtype=torch.long),
-            torch.tensor(t["wrong"], dtype=torch.long),
+            torch.tensor(t.clean, dtype=torch.long),
+            torch.tensor(t.corrupted, dtype=torch.long),
+            torch.tensor(t.answer, dtype=torch.long),
+            torch.tensor(t.wrong, dtype=torch.long),
         )
-    if request.get("pairs"):
-        ps = request["pairs"]
+    if request.pairs:
+        ps = request.pairs
         return pa.PromptPairs.from_text(
-            clean=[p["clean"] for p in ps],
-            corrupted=[p["corrupted"] for p in ps],
-            answers=[p["answer"] for p in ps],
-            wrong=[p["wrong"] for p in ps],
+            clean=[p.clean for p in ps],
+            corrupted=[p.corrupted for p in ps],
+            answers=[p.answer for p in ps],
+            wrong=[p.wrong for p in ps],
         )
-    kwargs: dict[str, Any] = {"n": int(request["n_pairs"]), "seed": int(request.get("seed", 0))}
-    if request.get("corruption"):
-        kwargs["corruption"] = request["corruption"]
-    return pa.PromptPairs.from_task(request["task"], **kwargs)
+    kwargs: dict[str, Any] = {"n": int(request.n_pairs), "seed": int(request.seed)}
+    if request.corruption:
+        kwargs["corruption"] = request.corruption
+    assert request.task is not None  # normalise() requires a task without pairs or tokens
+    return pa.PromptPairs.from_task(request.task, **kwargs)
 
 
 def _prepare(
-    rt: Runtime, request: dict[str, Any], progress: JobProgress | None = None
+    rt: Runtime, request: NormalisedRequest, progress: JobProgress | None = None
 ) -> tuple[Any, Any, str]:
     """(model, token pairs, cache key) of a request. A model not yet resident on this worker
     is loaded with its progress reported (phase "load_model": a large model takes minutes)."""
     import patchaudit as pa
     from patchaudit.models import fingerprint, load_progress
 
-    name = request["model"]
+    name = request.model
     if progress is not None and not rt.models.resident(name):
         with load_progress(lambda f: progress("load_model", f, 0)):
             model = rt.models.get(name)
@@ -216,14 +236,14 @@ def _prepare(
             f"the prompts have {n_pos} tokens, over the limit of {rt.config.max_tokens} "
             "(PATCHAUDIT_MAX_TOKENS): shorten them"
         )
-    bkey = pa.base_key(
-        request["model"], tp, request["site"], request["metric"], request["direction"]
-    )
+    bkey = pa.base_key(request.model, tp, request.site, request.metric, request.direction)
     # the weights' fingerprint: a replaced model never reads the activations of the one before
     return model, tp, cache_key([bkey, fingerprint(name)])
 
 
-def _pair_texts(model: Any, request: dict[str, Any], tp: Any, limit: int = 64) -> list[dict]:
+def _pair_texts(
+    model: Any, request: NormalisedRequest, tp: Any, limit: int = 64
+) -> list[dict[str, str]]:
     """The prompts the analysis ran on, as text (task sets are generated, so the page could not
     show them otherwise); token-level sets are decoded with the model's tokenizer."""
     pairs = build_pairs(request)
@@ -263,25 +283,21 @@ def _save_base(rt: Runtime, key: str, base: Any) -> None:
 
 
 def _result_of(
-    rt: Runtime, report: Any, base: Any, key: str, model: Any, req: dict, tp: Any
-) -> dict:
+    rt: Runtime, report: Any, base: Any, key: str, model: Any, req: NormalisedRequest, tp: Any
+) -> dict[str, Any]:
     """The stored result of a report (its base pass cached when it was computed here)."""
     if base is None:
         _save_base(rt, key, report.base)
-    result = report.to_dict()
-    result["cache_hit"] = base is not None
-    result["pairs"] = _pair_texts(model, req, tp)
     weight = next(model.parameters())
-    result["runtime"] = {  # where and in what precision the worker ran the model
-        "device": str(weight.device),
-        "dtype": str(weight.dtype).replace("torch.", ""),
-    }
-    return result
-
-
-def _finish_job(rt: Runtime, analysis_id: str, job_id: str | None) -> None:
-    if job_id:
-        rt.store.remove_job(analysis_id, job_id)
+    return stored_result(
+        report.to_dict(),
+        cache_hit=base is not None,
+        pairs=_pair_texts(model, req, tp),
+        runtime={  # where and in what precision the worker ran the model
+            "device": str(weight.device),
+            "dtype": str(weight.dtype).replace("torch.", ""),
+        },
+    )
 
 
 def _no_retry() -> None:
@@ -297,82 +313,140 @@ def _current_job_id() -> str | None:
 
 
 # ----------------------------------------------------------------------------------------
-# jobs
+# the one wrapper: error handling, status writes and clean-up for every job kind
 # ----------------------------------------------------------------------------------------
 
 
-@job_function
-def run_analysis(analysis_id: str) -> dict[str, Any]:
+@dataclass
+class JobContext:
+    """What a job body gets: the runtime, its analysis and job ids, its arguments by name,
+    and (set by the body) where a cancelled job's partial result goes."""
+
+    rt: Runtime
+    analysis_id: str
+    job_id: str | None
+    args: dict[str, Any]
+    keep_partial: Callable[[Any], None] | None = None
+
+    @property
+    def store(self) -> Any:
+        return self.rt.store
+
+    def progress(self, mirror: bool = False) -> JobProgress:
+        return JobProgress(self.rt, self.analysis_id, self.job_id, mirror=mirror)
+
+    def analysis(self, what: str) -> Any:
+        """The finished analysis this job works on (ValueError when it has no result)."""
+        rec = self.store.get(self.analysis_id)
+        if rec is None or rec.result is None:
+            raise ValueError(f"analysis {self.analysis_id} has no result to {what}")
+        return rec
+
+
+def job_kind(kind: K.JobKind) -> Callable[[_F], _F]:
+    """Register ``body(ctx, **arguments)`` as the job function of ``kind``, inside the one
+    error handling every job shares: a cancelled job (``pa.Cancelled``) keeps its partial
+    result when the body said where (``ctx.keep_partial``), else ``kind.cancelled`` writes its
+    state; an error is recorded by ``kind.failed`` and not retried; a worker going down
+    (SystemExit, KeyboardInterrupt) records nothing (RQ retries the job); every job ends with
+    ``kind.released`` and leaves the analysis's active jobs."""
+
+    def register(body: _F) -> _F:
+        @functools.wraps(body)
+        def run(analysis_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            a = kind.arguments((analysis_id, *args), kwargs)
+            rt = get_runtime()
+            ctx = JobContext(rt, analysis_id, _current_job_id(), a)
+            try:
+                return body(ctx, **{k: a[k] for k in kind.params if k in a})
+            except Cancelled as exc:  # JobCancelled too
+                partial = getattr(exc, "partial", None)
+                if partial is not None and ctx.keep_partial is not None:
+                    ctx.keep_partial(partial)  # keep the methods that completed
+                else:
+                    kind.cancelled(rt.store, analysis_id, a)
+                log.info(
+                    "%s job of %s cancelled%s",
+                    kind.name,
+                    analysis_id,
+                    " (partial result)" if partial is not None else "",
+                )
+                return {"status": "cancelled"}
+            except Exception as exc:  # JobTimeoutException too
+                kind.failed(rt.store, analysis_id, a, error_info(exc, rt))
+                log.exception("%s job of %s failed", kind.name, analysis_id)
+                _no_retry()
+                raise
+            finally:
+                kind.released(rt.store, analysis_id, a)
+                if ctx.job_id:
+                    rt.store.remove_job(analysis_id, ctx.job_id)
+
+        if job_name(run) != kind.function:
+            raise RuntimeError(f"job kind {kind.name} names {kind.function}, not {job_name(run)}")
+        job_function(run)
+        return run  # type: ignore[return-value]
+
+    return register
+
+
+# ----------------------------------------------------------------------------------------
+# the job kinds
+# ----------------------------------------------------------------------------------------
+
+
+@job_kind(K.ANALYSIS)
+def run_analysis(ctx: JobContext) -> dict[str, Any]:
     """Audit one analysis's request and store the result (JSON) in Redis."""
     import patchaudit as pa
 
-    rt = get_runtime()
-    store = rt.store
-    job_id = _current_job_id()
+    rt, store, analysis_id = ctx.rt, ctx.store, ctx.analysis_id
     rec = store.get(analysis_id)
     if rec is None:
         log.warning("analysis %s vanished before it ran", analysis_id)
         return {"status": "missing"}
     if rec.status.finished:
-        _finish_job(rt, analysis_id, job_id)
         return {"status": rec.status.value}
-    progress = JobProgress(rt, analysis_id, job_id, mirror=True)
-    req = rec.request
-    try:
-        progress.check()
-        store.set_status(analysis_id, JobStatus.RUNNING, error=None)
-        progress("load_model", 0.0, 0)
-        model, tp, key = _prepare(rt, req, progress)
-        base = _load_base(rt, key)
-        report = pa.audit(
-            model,
-            tp,
-            site=req["site"],
-            metric=req["metric"],
-            direction=req["direction"],
-            methods=tuple(req["methods"]),
-            hvp_probes=req.get("hvp_probes"),
-            ig_steps=req.get("ig_steps"),
-            seed=int(req.get("seed", 0)),
-            tau=req.get("tau"),
-            progress=progress,
-            should_stop=progress.should_stop,
-            base=base,
-            memory_budget_mb=rt.config.memory_budget_mb,
-        )
-        result = _result_of(rt, report, base, key, model, req, tp)
-        store.set_result(analysis_id, result, key)
-        log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
-        return {"status": "done"}
-    except (pa.Cancelled, JobCancelled) as exc:
-        partial = getattr(exc, "partial", None)
-        if partial is not None:  # keep the methods that completed
-            store.set_partial(analysis_id, _result_of(rt, partial, base, key, model, req, tp), key)
-        else:
-            store.set_status(analysis_id, JobStatus.CANCELLED)
-        log.info("analysis %s cancelled%s", analysis_id, " (partial result)" if partial else "")
-        return {"status": "cancelled"}
-    except BaseException as exc:
-        if not isinstance(exc, Exception | JobTimeoutException):
-            raise  # SystemExit / KeyboardInterrupt: the worker is going down; RQ retries it
-        store.set_error(analysis_id, error_info(exc, rt))
-        log.exception("analysis %s failed", analysis_id)
-        _no_retry()
-        raise
-    finally:
-        _finish_job(rt, analysis_id, job_id)
+    progress = ctx.progress(mirror=True)
+    req = NormalisedRequest.model_validate(rec.request)
+    progress.check()
+    store.set_status(analysis_id, JobStatus.RUNNING, error=None)
+    progress("load_model", 0.0, 0)
+    model, tp, key = _prepare(rt, req, progress)
+    base = _load_base(rt, key)
+    ctx.keep_partial = lambda partial: store.set_partial(
+        analysis_id, _result_of(rt, partial, base, key, model, req, tp), key
+    )
+    report = pa.audit(
+        model,
+        tp,
+        site=req.site,
+        metric=req.metric,
+        direction=req.direction,
+        methods=tuple(req.methods),
+        hvp_probes=req.hvp_probes,
+        ig_steps=req.ig_steps,
+        seed=int(req.seed),
+        tau=req.tau,
+        progress=progress,
+        should_stop=progress.should_stop,
+        base=base,
+        memory_budget_mb=rt.config.memory_budget_mb,
+    )
+    store.set_result(analysis_id, _result_of(rt, report, base, key, model, req, tp), key)
+    log.info("analysis %s done (cache %s)", analysis_id, "hit" if base is not None else "miss")
+    return {"status": "done"}
 
 
 def _verify(
-    rt: Runtime, analysis_id: str, components: list[str], kind: str
+    ctx: JobContext, components: list[str], kind: str
 ) -> tuple[dict[str, float | None], dict[str, Any], bool]:
     import patchaudit as pa
 
-    rec = rt.store.get(analysis_id)
-    if rec is None or rec.result is None:
-        raise ValueError(f"analysis {analysis_id} has no result to verify")
-    req = rec.request
-    progress = JobProgress(rt, analysis_id, _current_job_id(), mirror=False)
+    rt = ctx.rt
+    rec = ctx.analysis("verify")
+    req = NormalisedRequest.model_validate(rec.request)
+    progress = ctx.progress()
     progress.check()
     progress(kind, 0.0, 0)
     model, tp, key = _prepare(rt, req, progress)
@@ -381,9 +455,9 @@ def _verify(
         model,
         tp,
         [list(parse_component_key(c)) for c in components],
-        site=req["site"],
-        metric=req["metric"],
-        direction=req["direction"],
+        site=req.site,
+        metric=req.metric,
+        direction=req.direction,
         base=base,
         progress=progress,
         should_stop=progress.should_stop,
@@ -392,8 +466,8 @@ def _verify(
     )
     if base is None:
         _save_base(rt, key, getattr(res, "base", None))
-    values = {component_key(c): (None if v != v else float(v)) for c, v in res.values.items()}
-    _keep_pair_values(rt, analysis_id, getattr(res, "per_pair", None) or {})
+    values = json_safe({component_key(c): float(v) for c, v in res.values.items()})
+    _keep_pair_values(rt, ctx.analysis_id, getattr(res, "per_pair", None) or {})
     cost = dict(res.cost)
     return values, cost, base is not None
 
@@ -401,10 +475,7 @@ def _verify(
 def _keep_pair_values(rt: Runtime, analysis_id: str, per_pair: dict[Any, Any]) -> None:
     """Keep every pair's ap value of the verified components (the batched patched forward
     computed them), and add them to component details already stored."""
-    pairs = {
-        component_key(c): [None if x != x else float(x) for x in v.tolist()]
-        for c, v in per_pair.items()
-    }
+    pairs = {component_key(c): json_safe(v) for c, v in per_pair.items()}
     if not pairs:
         return
     rt.store.add_verified_pairs(analysis_id, pairs)
@@ -420,207 +491,103 @@ def _keep_pair_values(rt: Runtime, analysis_id: str, per_pair: dict[Any, Any]) -
         rt.store.set_component(analysis_id, k, rec)
 
 
-@job_function
-def run_verify(analysis_id: str, components: list[str]) -> dict[str, Any]:
+def _sorted_keys(values: dict[str, Any]) -> list[str]:
+    return sorted(values, key=parse_component_key)
+
+
+@job_kind(K.VERIFY)
+def run_verify(ctx: JobContext, components: list[str]) -> dict[str, Any]:
     """Activation patching of the given components ("L.H" keys) of a finished analysis."""
-    import patchaudit as pa
-
-    rt = get_runtime()
-    job_id = _current_job_id()
-    try:
-        values, cost, hit = _verify(rt, analysis_id, components, "verify")
-        rt.store.add_verified(analysis_id, values)
-        rt.store.append_verification(
-            analysis_id,
-            {
-                "kind": "verify",
-                "components": sorted(values, key=parse_component_key),
-                "forwards": int(cost.get("forward", 0)),
-                "backwards": int(cost.get("backward", 0)),
-                "seconds": float(cost.get("seconds", 0.0)),
-                "cache_hit": hit,
-            },
-        )
-        return {"status": "done", "forwards": int(cost.get("forward", 0))}
-    except (pa.Cancelled, JobCancelled):
-        return {"status": "cancelled"}
-    except Exception as exc:
-        err = error_info(exc, rt)
-        rt.store.append_verification(
-            analysis_id,
-            {
-                "kind": "verify",
-                "components": components,
-                "error": {k: err[k] for k in ("type", "message")},
-            },
-        )
-        log.exception("verify of %s failed", analysis_id)
-        _no_retry()
-        raise
-    finally:
-        rt.store.remove_pending(analysis_id, components)
-        _finish_job(rt, analysis_id, job_id)
+    values, cost, hit = _verify(ctx, components, "verify")
+    ctx.store.add_verified(ctx.analysis_id, values)
+    run = Verification(
+        kind="verify",
+        components=_sorted_keys(values),
+        forwards=int(cost.get("forward", 0)),
+        backwards=int(cost.get("backward", 0)),
+        seconds=float(cost.get("seconds", 0.0)),
+        cache_hit=hit,
+    )
+    ctx.store.append_verification(ctx.analysis_id, stored(run))
+    return {"status": "done", "forwards": run.forwards}
 
 
-def flagged_components(result: dict[str, Any], verified: Collection[str]) -> list[str]:
-    """Flagged components of a result not verified yet, least reliable first."""
-    flags = result.get("flags") or []
-    rel = result.get("reliability") or []
-    out = []
-    for i, row in enumerate(flags):
-        for j, f in enumerate(row):
-            k = f"{i}.{j}"
-            if f and k not in verified:
-                r = rel[i][j] if i < len(rel) and j < len(rel[i]) else None
-                out.append((1.0 if r is None else float(r), k))
-    return [k for _, k in sorted(out)]
-
-
-def n_components(result: dict[str, Any]) -> int:
-    labels = result.get("labels") or {}
-    return len(labels.get("rows") or []) * len(labels.get("cols") or [])
-
-
-@job_function
-def run_fix(analysis_id: str, components: list[str]) -> dict[str, Any]:
+@job_kind(K.FIX)
+def run_fix(ctx: JobContext, components: list[str]) -> dict[str, Any]:
     """Screen-Flag-Fix step 3: activation patching of every flagged component, with its cost
     against a full activation-patching sweep (one patched forward per component)."""
-    import patchaudit as pa
+    from ..audit import sweep_comparison
 
-    rt = get_runtime()
-    job_id = _current_job_id()
-    try:
-        rec = rt.store.get(analysis_id)
-        total = n_components(rec.result) if rec and rec.result else 0
-        values, cost, hit = _verify(rt, analysis_id, components, "fix")
-        rt.store.add_verified(analysis_id, values)
-        from ..audit import sweep_comparison
-
-        cmp = sweep_comparison(
-            cost, len(values), total, (rec.result or {}).get("cost") or {} if rec else {}
-        )
-        fix = {
-            # like with like (FixResult): component forwards, batched passes, seconds
-            **cmp,
-            "forwards": len(values),
-            "passes": int(cost.get("forward", 0)),
-            "full_sweep_passes": cmp["full_sweep_batch_passes"],
-            "backwards": int(cost.get("backward", 0)),
-            "components": sorted(values, key=parse_component_key),
-            "seconds": float(cost.get("seconds", 0.0)),
-            "cache_hit": hit,
-            "status": JobStatus.DONE.value,
-        }
-        rt.store.update(analysis_id, fix=fix)
-        rt.store.append_verification(
-            analysis_id,
-            {
-                "kind": "fix",
-                **{k: fix[k] for k in ("components", "backwards", "seconds", "cache_hit")},
-                "forwards": fix["passes"],
-            },
-        )
-        return {"status": "done", "forwards": fix["forwards"], "passes": fix["passes"]}
-    except (pa.Cancelled, JobCancelled):
-        rt.store.update(analysis_id, fix={"status": JobStatus.CANCELLED.value, "components": []})
-        return {"status": "cancelled"}
-    except Exception as exc:
-        err = error_info(exc, rt)
-        rt.store.update(
-            analysis_id,
-            fix={
-                "status": JobStatus.FAILED.value,
-                "components": [],
-                "error": {k: err[k] for k in ("type", "message")},
-            },
-        )
-        log.exception("fix of %s failed", analysis_id)
-        _no_retry()
-        raise
-    finally:
-        rt.store.remove_pending(analysis_id, components)
-        _finish_job(rt, analysis_id, job_id)
+    rec = ctx.store.get(ctx.analysis_id)
+    result = (rec.result if rec else None) or {}
+    values, cost, hit = _verify(ctx, components, "fix")
+    ctx.store.add_verified(ctx.analysis_id, values)
+    cmp = sweep_comparison(cost, len(values), n_components(result), result.get("cost") or {})
+    fix = FixInfo(  # like with like (FixResult): component forwards, batched passes, seconds
+        **cmp,
+        status=JobStatus.DONE,
+        components=_sorted_keys(values),
+        backwards=int(cost.get("backward", 0)),
+        cache_hit=hit,
+    )
+    ctx.store.update(ctx.analysis_id, fix=stored(fix))
+    run = Verification(
+        kind="fix",
+        components=fix.components,
+        forwards=fix.fix_batch_passes,
+        backwards=fix.backwards,
+        seconds=fix.fix_seconds,
+        cache_hit=hit,
+    )
+    ctx.store.append_verification(ctx.analysis_id, stored(run))
+    return {"status": "done", "forwards": fix.fix_forwards, "passes": fix.fix_batch_passes}
 
 
-def circuit_key(ranking: str, absolute: bool = True) -> str:
-    """Where a curve is stored in ``result.circuits``: the ranking ("hvp"), or "hvp:signed"."""
-    return ranking if absolute else f"{ranking}:signed"
-
-
-def _finite(x: Any) -> Any:
-    """JSON-safe: NaN / inf -> None (recursively)."""
-    if isinstance(x, float):
-        return x if x == x and abs(x) != float("inf") else None
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    return x
-
-
-@job_function
+@job_kind(K.CIRCUIT)
 def run_circuit(
-    analysis_id: str, ranking: str, sizes: list[int] | None = None, absolute: bool = True
+    ctx: JobContext, ranking: str, sizes: list[int] | None = None, absolute: bool = True
 ) -> dict[str, Any]:
     """The circuit curve of one ranking (a method's scores) of a finished analysis: faithfulness
     of its top-k components for each size (one batched pass on the cached base), stored as
     ``result.circuits[ranking]`` (``ranking:signed`` for a signed ranking)."""
     import patchaudit as pa
 
-    rt = get_runtime()
-    job_id = _current_job_id()
-    key = circuit_key(ranking, absolute)
-    entry: dict[str, Any] = {"status": JobStatus.RUNNING.value, "ranking": ranking}
-    entry.update({"absolute": absolute, "requested_sizes": sizes})
-    try:
-        rec = rt.store.get(analysis_id)
-        if rec is None or rec.result is None:
-            raise ValueError(f"analysis {analysis_id} has no result to build circuits from")
-        scores = (rec.result.get("scores") or {}).get(ranking)
-        if scores is None:
-            raise ValueError(f"this analysis has no {ranking!r} scores")
-        rt.store.set_circuit(analysis_id, key, entry)
-        req = rec.request
-        progress = JobProgress(rt, analysis_id, job_id, mirror=False)
-        progress.check()
-        progress("circuit", 0.0, 0)
-        model, tp, ckey = _prepare(rt, req, progress)
-        base = _load_base(rt, rec.cache_key or ckey)
-        curve = pa.circuit_curve(
-            model,
-            tp,
-            [[float("nan") if v is None else v for v in row] for row in scores],
-            site=req["site"],
-            metric=req["metric"],
-            direction=req["direction"],
-            sizes=sizes,
-            absolute=absolute,
-            base=base,
-            progress=progress,
-            should_stop=progress.should_stop,
-            memory_budget_mb=rt.config.memory_budget_mb,
-            keep_gradient=True,  # a recomputed base goes back into the cache
-        )
-        if base is None:
-            _save_base(rt, ckey, curve.base)
-        entry.update(_finite(curve.to_dict()))
-        entry.update({"status": JobStatus.DONE.value, "cache_hit": base is not None})
-        rt.store.set_circuit(analysis_id, key, entry)
-        return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
-    except (pa.Cancelled, JobCancelled):
-        rt.store.set_circuit(analysis_id, key, {**entry, "status": JobStatus.CANCELLED.value})
-        return {"status": "cancelled"}
-    except Exception as exc:
-        err = error_info(exc, rt)
-        entry.update(
-            {"status": JobStatus.FAILED.value, "error": {k: err[k] for k in ("type", "message")}}
-        )
-        rt.store.set_circuit(analysis_id, key, entry)
-        log.exception("circuit of %s failed", analysis_id)
-        _no_retry()
-        raise
-    finally:
-        _finish_job(rt, analysis_id, job_id)
+    rt = ctx.rt
+    key, start = K.circuit_entry(ctx.args)
+    rec = ctx.analysis("build circuits from")
+    scores = (rec.result.get("scores") or {}).get(ranking)
+    if scores is None:
+        raise ValueError(f"this analysis has no {ranking!r} scores")
+    entry = {**start, "status": JobStatus.RUNNING.value}
+    ctx.store.set_circuit(ctx.analysis_id, key, entry)
+    req = NormalisedRequest.model_validate(rec.request)
+    progress = ctx.progress()
+    progress.check()
+    progress("circuit", 0.0, 0)
+    model, tp, ckey = _prepare(rt, req, progress)
+    base = _load_base(rt, rec.cache_key or ckey)
+    curve = pa.circuit_curve(
+        model,
+        tp,
+        [[float("nan") if v is None else v for v in row] for row in scores],
+        site=req.site,
+        metric=req.metric,
+        direction=req.direction,
+        sizes=sizes,
+        absolute=absolute,
+        base=base,
+        progress=progress,
+        should_stop=progress.should_stop,
+        memory_budget_mb=rt.config.memory_budget_mb,
+        keep_gradient=True,  # a recomputed base goes back into the cache
+    )
+    if base is None:
+        _save_base(rt, ckey, curve.base)
+    done = CircuitInfo.model_validate(
+        {**entry, **curve.to_dict(), "status": JobStatus.DONE, "cache_hit": base is not None}
+    )
+    ctx.store.set_circuit(ctx.analysis_id, key, stored(done))
+    return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
 
 
 #: Pairs whose attention pattern a stored component detail keeps (the first ones): the
@@ -628,8 +595,8 @@ def run_circuit(
 INSPECT_ATTENTION_PAIRS = 32
 
 
-@job_function
-def run_inspect(analysis_id: str, key: str) -> dict[str, Any]:
+@job_kind(K.INSPECT)
+def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     """One component of a finished analysis in detail (``pa.inspect``: per pair, per position,
     attention), stored with the analysis under ``key`` ("L.C") so later requests and share
     links read it without recomputing. Uses the cached base pass and, for a verified component,
@@ -637,59 +604,41 @@ def run_inspect(analysis_id: str, key: str) -> dict[str, Any]:
     import patchaudit as pa
     from patchaudit.estimators.inspect import INSPECT_METHODS
 
-    rt = get_runtime()
-    job_id = _current_job_id()
-    store = rt.store
-    try:
-        rec = store.get(analysis_id)
-        if rec is None or rec.result is None:
-            raise ValueError(f"analysis {analysis_id} has no result to inspect")
-        store.set_component(analysis_id, key, {"status": JobStatus.RUNNING.value, "job_id": job_id})
-        req = rec.request
-        model, tp, ckey = _prepare(rt, req)
-        base = _load_base(rt, rec.cache_key or ckey)
-        settings = rec.result.get("settings") or {}
-        verified = {**(rec.result.get("verified") or {}), **rec.verified}
-        pair_ap: Any = store.verified_pairs(analysis_id, key)
-        if pair_ap is not None and any(x is None for x in pair_ap):
-            pair_ap = None
-        if pair_ap is None and verified.get(key) is not None:
-            pair_ap = float(verified[key])  # verified by an audit with ap: patch it again
-        detail = pa.inspect(
-            model,
-            tp,
-            parse_component_key(key),
-            site=req["site"],
-            metric=req["metric"],
-            direction=req["direction"],
-            methods=tuple(m for m in req["methods"] if m in INSPECT_METHODS) or ("atp",),
-            base=base,
-            verified_ap=pair_ap,
-            hvp_probes=settings.get("hvp_probes") or req.get("hvp_probes"),
-            seed=int(req.get("seed", 0)),
-            attention_pairs=INSPECT_ATTENTION_PAIRS,
-            memory_budget_mb=rt.config.memory_budget_mb,
-        )
-        out = detail.to_dict()
-        out["settings"]["cache_hit"] = base is not None
-        store.set_component(analysis_id, key, {"status": JobStatus.DONE.value, "detail": out})
-        log.info("inspected %s of %s in %.2f s", key, analysis_id, detail.cost["seconds"])
-        return {"status": "done", "seconds": detail.cost["seconds"]}
-    except (pa.Cancelled, JobCancelled):
-        store.drop_component(analysis_id, key)
-        return {"status": "cancelled"}
-    except Exception as exc:
-        err = error_info(exc, rt)
-        store.set_component(
-            analysis_id,
-            key,
-            {"status": JobStatus.FAILED.value, "error": {k: err[k] for k in ("type", "message")}},
-        )
-        log.exception("inspect of %s in %s failed", key, analysis_id)
-        _no_retry()
-        raise
-    finally:
-        _finish_job(rt, analysis_id, job_id)
+    rt, store, analysis_id = ctx.rt, ctx.store, ctx.analysis_id
+    rec = ctx.analysis("inspect")
+    running = ComponentRecord(status=JobStatus.RUNNING, job_id=ctx.job_id)
+    store.set_component(analysis_id, key, running.stored())
+    req = NormalisedRequest.model_validate(rec.request)
+    model, tp, ckey = _prepare(rt, req)
+    base = _load_base(rt, rec.cache_key or ckey)
+    settings = rec.result.get("settings") or {}
+    verified = {**(rec.result.get("verified") or {}), **rec.verified}
+    pair_ap: Any = store.verified_pairs(analysis_id, key)
+    if pair_ap is not None and any(x is None for x in pair_ap):
+        pair_ap = None
+    if pair_ap is None and verified.get(key) is not None:
+        pair_ap = float(verified[key])  # verified by an audit with ap: patch it again
+    detail = pa.inspect(
+        model,
+        tp,
+        parse_component_key(key),
+        site=req.site,
+        metric=req.metric,
+        direction=req.direction,
+        methods=tuple(m for m in req.methods if m in INSPECT_METHODS) or ("atp",),
+        base=base,
+        verified_ap=pair_ap,
+        hvp_probes=settings.get("hvp_probes") or req.hvp_probes,
+        seed=int(req.seed),
+        attention_pairs=INSPECT_ATTENTION_PAIRS,
+        memory_budget_mb=rt.config.memory_budget_mb,
+    )
+    out = detail.to_dict()
+    out["settings"]["cache_hit"] = base is not None
+    done = ComponentRecord(status=JobStatus.DONE, detail=out)
+    store.set_component(analysis_id, key, done.stored())
+    log.info("inspected %s of %s in %.2f s", key, analysis_id, detail.cost["seconds"])
+    return {"status": "done", "seconds": detail.cost["seconds"]}
 
 
 # ----------------------------------------------------------------------------------------
@@ -700,72 +649,36 @@ def run_inspect(analysis_id: str, key: str) -> dict[str, Any]:
 @job_function
 def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
     """RQ failure callback. Errors raised by a job are already recorded by the job; this
-    handles a job abandoned by a dead worker: requeued once (status back to queued), then
-    failed with a clear message."""
+    handles a job abandoned by a dead worker: requeued once (``kind.requeued``), then failed
+    with a clear message (``kind.lost``)."""
     from rq.exceptions import AbandonedJobError
 
     if exc_type is not AbandonedJobError and not isinstance(exc_value, AbandonedJobError):
         return
     from ..store import AnalysisStore
 
-    store = AnalysisStore(connection)
-    args = list(job.args or [])
-    analysis_id = args[0] if args else None
-    kind = (job.meta or {}).get("kind", "analysis")
+    kind = K.kind_of(job)
+    if kind is None:
+        return
+    try:
+        args = kind.of_job(job)
+    except TypeError:
+        log.warning("job %s (%s) has arguments its kind does not take", job.id, kind.name)
+        return
+    analysis_id = args.get("analysis_id")
     if not analysis_id:
         return
+    store = AnalysisStore(connection)
     retrying = bool(job.retries_left and job.retries_left > 0)
     log.warning(
         "job %s (%s) abandoned by its worker; %s",
         job.id,
-        kind,
+        kind.name,
         "retrying" if retrying else "giving up",
     )
-    if kind == "analysis":
-        if retrying:
-            store.update(
-                analysis_id,
-                status=JobStatus.QUEUED,
-                progress={"phase": "requeued", "fraction": 0.0, "passes": 0},
-            )
-        else:
-            store.set_error(
-                analysis_id,
-                {
-                    "type": "WorkerLost",
-                    "message": "the worker running this analysis stopped twice; submit it again",
-                    "traceback": "",
-                },
-            )
-            store.remove_job(analysis_id, job.id)
-    elif kind == "circuit":
-        if not retrying and len(args) > 1:
-            absolute = bool(args[3]) if len(args) > 3 else True
-            store.set_circuit(
-                analysis_id,
-                circuit_key(str(args[1]), absolute),
-                {
-                    "status": JobStatus.FAILED.value,
-                    "ranking": str(args[1]),
-                    "absolute": absolute,
-                    "error": {"type": "WorkerLost", "message": "the worker stopped; try again"},
-                },
-            )
-            store.remove_job(analysis_id, job.id)
-    elif kind == "inspect":
-        if not retrying and len(args) > 1:
-            store.drop_component(analysis_id, str(args[1]))  # the next request queues it again
-            store.remove_job(analysis_id, job.id)
-    elif not retrying:
-        comps = args[1] if len(args) > 1 else []
-        store.remove_pending(analysis_id, list(comps))
-        store.remove_job(analysis_id, job.id)
-        if kind == "fix":
-            store.update(
-                analysis_id,
-                fix={
-                    "status": JobStatus.FAILED.value,
-                    "components": [],
-                    "error": {"type": "WorkerLost", "message": "the worker stopped; try again"},
-                },
-            )
+    if retrying:
+        kind.requeued(store, analysis_id, args)
+        return
+    kind.lost(store, analysis_id, args, kind.lost_error)
+    kind.released(store, analysis_id, args)
+    store.remove_job(analysis_id, job.id)

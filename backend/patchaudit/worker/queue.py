@@ -1,39 +1,27 @@
-"""The RQ queue (JSON serialisation) and the enqueue helpers the API calls."""
+"""The RQ queue (JSON serialisation) and the one enqueue the API calls."""
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import redis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
+from ..service.kinds import KINDS, ON_FAILURE
 from ..store import AnalysisStore, keys
-from .jobs import (
-    job_name,
-    on_job_failure,
-    run_analysis,
-    run_circuit,
-    run_fix,
-    run_inspect,
-    run_verify,
-)
 
 #: Kinds of job and the function each runs (by import path, as RQ stores it); every one is a
 #: registered job function (``jobs.JOB_FUNCTIONS``), the only ones workers run.
-JOB_FUNCS = {
-    "analysis": job_name(run_analysis),
-    "verify": job_name(run_verify),
-    "fix": job_name(run_fix),
-    "circuit": job_name(run_circuit),
-    "inspect": job_name(run_inspect),
-}
-ON_FAILURE = job_name(on_job_failure)
+JOB_FUNCS = {name: kind.function for name, kind in KINDS.items()}
 
 #: An abandoned job (its worker died) runs once more; errors raised by the job itself do not.
 ABANDONED_RETRIES = 1
 RESULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
+
+__all__ = ["JOB_FUNCS", "ON_FAILURE", "enqueue", "get_queue", "new_job_id"]
 
 
 def get_queue(conn: redis.Redis, job_timeout_s: int = 3600) -> Queue:
@@ -54,17 +42,21 @@ def enqueue(
     store: AnalysisStore,
     kind: str,
     analysis_id: str,
-    *args: object,
+    *args: Any,
     job_timeout_s: int,
     job_id: str | None = None,
+    **params: Any,
 ) -> str:
-    """Enqueue one job for an analysis and record it among the analysis's active jobs."""
+    """Enqueue one job of ``kind`` for an analysis, its arguments by name (``params``, or in
+    the kind's order), and record it among the analysis's active jobs."""
+    spec = KINDS[kind]
+    kwargs = spec.arguments((analysis_id, *args), params)
     job_id = job_id or new_job_id(kind, analysis_id)
     store.add_job(analysis_id, job_id)
     queue.enqueue(
-        JOB_FUNCS[kind],
-        analysis_id,
-        *args,
+        spec.function,
+        args=(),
+        kwargs=kwargs,
         job_id=job_id,
         job_timeout=job_timeout_s,
         retry=Retry(max=ABANDONED_RETRIES),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
@@ -10,18 +11,30 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from ...component_keys import KEY_FORMS, component_key, parse_component_key
 from ...models import fingerprint
-from ...store import JobStatus, component_key, parse_component_key
+from ...service.contract import (
+    CircuitInfo,
+    FixInfo,
+    circuit_key,
+    error_of,
+    flagged_components,
+    n_components,
+    result_view,
+    stored,
+)
+from ...service.kinds import kind_of
+from ...store import JobStatus
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
-from ...worker.jobs import circuit_key, flagged_components, n_components
 from ...worker.queue import enqueue, new_job_id
 from ..deps import (
     GateDep,
@@ -41,7 +54,6 @@ from ..schemas import (
     AnalysisRequest,
     AnalysisSummary,
     CircuitAccepted,
-    CircuitInfo,
     CircuitRequest,
     ComponentDetailOut,
     ComponentPending,
@@ -85,17 +97,8 @@ def load(store: Any, analysis_id: str) -> StoredAnalysis:
 def to_schema(rec: StoredAnalysis) -> Analysis:
     result = None
     if rec.result is not None:
-        result = dict(rec.result)
-        verified = dict(result.get("verified") or {})
-        verified.update(rec.verified)
-        result["verified"] = dict(
-            sorted(verified.items(), key=lambda kv: parse_component_key(kv[0]))
-        )
-        result["fix"] = rec.fix
-        result["circuits"] = rec.circuits
-    error = None
-    if rec.error:
-        error = {"type": rec.error.get("type", "Error"), "message": rec.error.get("message", "")}
+        result = result_view(rec.result, rec.verified, rec.fix, rec.circuits)
+    error = error_of(rec.error) if rec.error else None
     progress = dict(rec.progress or {})
     return Analysis.model_validate(
         {
@@ -140,7 +143,11 @@ def create_analysis(
         if not existed:
             try:
                 job_id = enqueue(
-                    queue, store, "analysis", analysis_id, job_timeout_s=settings.job_timeout_s
+                    queue,
+                    store,
+                    "analysis",
+                    analysis_id,
+                    job_timeout_s=settings.job_timeout_s,
                 )
                 store.update(analysis_id, job_id=job_id)
             except Exception as e:
@@ -288,7 +295,9 @@ def _queue_components(settings, store, queue, gate, kind: str, rec, comps: list[
     cost = estimate_cost(rec.request or {}, kind, n_components=len(comps))
     with gate.admit(cost) as record:
         store.add_pending(rec.id, comps)
-        job_id = enqueue(queue, store, kind, rec.id, comps, job_timeout_s=settings.job_timeout_s)
+        job_id = enqueue(
+            queue, store, kind, rec.id, components=comps, job_timeout_s=settings.job_timeout_s
+        )
         record(job_id)
     return job_id
 
@@ -340,15 +349,15 @@ def fix_flagged(
     flagged = [c for c in flagged_components(rec.result, done) if c not in rec.pending]
     total = n_components(rec.result)
     job_id = _queue_components(settings, store, queue, gate, "fix", rec, flagged)
-    fix = {
-        "status": (JobStatus.QUEUED if flagged else JobStatus.DONE).value,
-        "components": flagged,
-        "forwards": 0,
-        "full_sweep_forwards": total,
-    }
+    fix = FixInfo(
+        status=JobStatus.QUEUED if flagged else JobStatus.DONE,
+        components=flagged,
+        fix_forwards=0,
+        full_sweep_forwards=total,
+    )
     if job_id:
-        fix["job_id"] = job_id
-    store.update(analysis_id, fix=fix)
+        fix.job_id = job_id
+    store.update(analysis_id, fix=stored(fix))
     return _accepted(rec, analysis_id, flagged, job_id)
 
 
@@ -412,9 +421,9 @@ def circuit_curve(
             store,
             "circuit",
             analysis_id,
-            body.ranking,
-            sizes,
-            body.absolute,
+            ranking=body.ranking,
+            sizes=sizes,
+            absolute=body.absolute,
             job_timeout_s=settings.job_timeout_s,
         )
         record(job_id)
@@ -456,20 +465,11 @@ def cancel_analysis(
                 log.debug("could not cancel queued job %s", job_id, exc_info=True)
                 continue
             store.remove_job(analysis_id, job_id)
-            kind = (job.meta or {}).get("kind")
-            if kind in ("verify", "fix") and len(job.args) > 1:
-                store.remove_pending(analysis_id, list(job.args[1]))
-            if kind == "fix":
-                store.update(
-                    analysis_id, fix={"status": JobStatus.CANCELLED.value, "components": []}
-                )
-            if kind == "circuit" and len(job.args) > 1:
-                absolute = bool(job.args[3]) if len(job.args) > 3 else True
-                key = circuit_key(str(job.args[1]), absolute)
-                entry = store.get_circuit(analysis_id, key) or {}
-                store.set_circuit(analysis_id, key, {**entry, "status": JobStatus.CANCELLED.value})
-            if kind == "analysis":
-                store.set_status(analysis_id, JobStatus.CANCELLED)
+            kind = kind_of(job)
+            if kind is not None:  # what the job's kind leaves when it is cancelled
+                args = kind.of_job(job)
+                kind.cancelled(store, analysis_id, args)
+                kind.released(store, analysis_id, args)
     if rec.status == JobStatus.QUEUED and store.status(analysis_id) == JobStatus.QUEUED:
         # queued with no live job left (or the job is being picked up: it sees the flag)
         if not store.active_jobs(analysis_id):
@@ -558,22 +558,16 @@ def export_csv(analysis_id: str, store: StoreDep) -> Response:
     )
 
 
-_KEY = re.compile(r"^(\d{1,6})(?:\.(\d{1,6}))?$")
-
-
 def _component_of(rec: StoredAnalysis, key: str) -> str:
     """The stored key ("L.C") of an API key: "L.H" (heads), "L" (mlp), "L.P" (resid)."""
     assert rec.result is not None
     site = str(rec.request.get("site", "heads"))
-    m = _KEY.match(key)
-    form = {
-        "heads": "'L.H' (layer.head)",
-        "mlp": "'L' (a layer)",
-        "resid": "'L.P' (layer.position)",
-    }
-    if m is None or (m[2] is None and site != "mlp"):
-        raise unprocessable("key", f"{key!r} is not a {site} component: use {form[site]}")
-    layer, comp = int(m[1]), int(m[2] or 0)
+    if site not in KEY_FORMS:
+        site = "heads"
+    try:
+        layer, comp = parse_component_key(key, site)
+    except ValueError as e:
+        raise unprocessable("key", str(e)) from None
     labels = rec.result.get("labels") or {}
     n_rows, n_cols = len(labels.get("rows") or []), len(labels.get("cols") or [])
     if not (layer < n_rows and comp < n_cols):
@@ -591,37 +585,42 @@ def _component_failed(store: Any, analysis_id: str, key: str, record: dict[str, 
     )
 
 
-@router.get(
-    "/{analysis_id}/components/{key}",
-    response_model=ComponentDetailOut,
-    responses={
-        202: {"model": ComponentPending, "description": "being computed: ask again"},
-        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
-    },
-    summary="One component in detail: per pair, per position, attention (computed once by "
-    "a worker, then stored with the analysis)",
-)
-def get_component(
+#: How often a waiting component request looks at Redis again.
+COMPONENT_POLL_S = 0.05
+
+
+def _component_answer(store: Any, analysis_id: str, ckey: str) -> Any:
+    """The answer for a component whose record is done (200) or failed (an ApiError raised),
+    else None (still queued or running) with the record."""
+    record = store.get_component(analysis_id, ckey) or {}
+    if record.get("status") == JobStatus.DONE.value:
+        return JSONResponse(record["detail"]), record
+    if record.get("status") == JobStatus.FAILED.value:
+        raise _component_failed(store, analysis_id, ckey, record)
+    return None, record
+
+
+def _start_component(
     analysis_id: str,
     key: str,
-    settings: SettingsDep,
-    store: StoreDep,
-    queue: QueueDep,
-    gate: GateDep,
-    wait: Annotated[
-        float, Query(ge=0, le=30, description="seconds to wait for a first computation")
-    ] = 2.0,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_token: Annotated[str | None, Header()] = None,
-) -> Any:
+    settings: Any,
+    store: Any,
+    queue: Any,
+    gate: Any,
+    authorization: str | None,
+    x_api_token: str | None,
+) -> tuple[str, Any]:
+    """(stored key, answer or None): the answer when the component is stored already, else
+    its job queued (unless one is live) and None."""
     rec = load(store, analysis_id)
     _require_done(rec, "inspect components")
     ckey = _component_of(rec, key)
     record = store.get_component(analysis_id, ckey)
-    if record is not None and record.get("status") == JobStatus.DONE.value:
-        return JSONResponse(record["detail"])
-    if record is not None and record.get("status") == JobStatus.FAILED.value:
-        raise _component_failed(store, analysis_id, ckey, record)
+    if record is not None and record.get("status") in (
+        JobStatus.DONE.value,
+        JobStatus.FAILED.value,
+    ):
+        return ckey, _component_answer(store, analysis_id, ckey)[0]
     if record is None or record.get("job_id") not in store.active_jobs(analysis_id):
         # first request (or a job lost with its worker): computing needs write access
         require_write_token(settings, authorization, x_api_token)
@@ -637,7 +636,7 @@ def get_component(
                         store,
                         "inspect",
                         analysis_id,
-                        ckey,
+                        key=ckey,
                         job_timeout_s=settings.job_timeout_s,
                         job_id=job_id,
                     )
@@ -645,16 +644,62 @@ def get_component(
             except ApiError:
                 store.drop_component(analysis_id, ckey)  # refused: the next request asks again
                 raise
+    return ckey, None
+
+
+@router.get(
+    "/{analysis_id}/components/{key}",
+    response_model=ComponentDetailOut,
+    responses={
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="One component in detail: per pair, per position, attention (computed once by "
+    "a worker, then stored with the analysis)",
+)
+async def get_component(
+    request: Request,
+    analysis_id: str,
+    key: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[
+        float, Query(ge=0, le=30, description="seconds to wait for a first computation")
+    ] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Async: a request that waits for the worker holds no thread. Each Redis call runs in the
+    threadpool for the few milliseconds it takes; between calls the handler sleeps on the
+    event loop, so other requests (/healthz) are served while many of these wait."""
+    ckey, answer = await run_in_threadpool(
+        _start_component,
+        analysis_id,
+        key,
+        settings,
+        store,
+        queue,
+        gate,
+        authorization,
+        x_api_token,
+    )
+    if answer is not None:
+        return answer
     end = time.monotonic() + wait
-    while True:
-        record = store.get_component(analysis_id, ckey) or {}
-        if record.get("status") == JobStatus.DONE.value:
-            return JSONResponse(record["detail"])
-        if record.get("status") == JobStatus.FAILED.value:
-            raise _component_failed(store, analysis_id, ckey, record)
-        if time.monotonic() >= end:
-            break
-        time.sleep(0.05)
+    state = request.app.state  # how many wait now (one event loop: no lock needed)
+    state.waiting_components = getattr(state, "waiting_components", 0) + 1
+    try:
+        while True:
+            answer, record = await run_in_threadpool(_component_answer, store, analysis_id, ckey)
+            if answer is not None:
+                return answer
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(COMPONENT_POLL_S)
+    finally:
+        state.waiting_components -= 1
     pending = ComponentPending(
         id=analysis_id,
         key=key,
