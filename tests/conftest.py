@@ -1,4 +1,5 @@
-"""Shared test set-up: jaxtyping shape checks at run time for the estimators, and paths."""
+"""Shared test set-up: jaxtyping shape checks at run time for the estimators, and paths
+(everything a test reads is inside the repository)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,5 @@ with install_import_hook(
     import patchaudit.tasks.metrics  # noqa: E402,F401
 
 
-def shared_dir() -> Path:
-    """The project's shared folder (../shared beside the checkout; PATCHAUDIT_SHARED overrides)."""
-    env = os.environ.get("PATCHAUDIT_SHARED")
-    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared", ROOT / "shared"]:
-        if (p / "testvectors").is_dir():
-            return p
-    raise FileNotFoundError(
-        "shared/testvectors not found beside the checkout; set PATCHAUDIT_SHARED to the shared folder"
-    )
+#: The tiny GPT-2 and its float64 reference values (METHODS.md), committed with the tests.
+TINY_GPT2 = ROOT / "tests" / "data" / "tiny_gpt2"

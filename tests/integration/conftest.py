@@ -25,15 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 def tiny_model_dir() -> Path:
-    from tests.conftest import shared_dir
+    from tests.conftest import TINY_GPT2
 
-    try:
-        p = shared_dir() / "testvectors" / "tiny_gpt2"
-    except FileNotFoundError:
-        pytest.skip("shared/testvectors/tiny_gpt2 not found (set PATCHAUDIT_SHARED)")
-    if not (p / "model.safetensors").exists():
-        pytest.skip(f"no tiny model at {p}")
-    return p
+    return TINY_GPT2
 
 
 def free_port() -> int:

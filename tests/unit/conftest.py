@@ -6,17 +6,17 @@ import pytest
 import torch
 
 import patchaudit as pa
-from tests.conftest import shared_dir
+from tests.conftest import TINY_GPT2
 
 
 @pytest.fixture(scope="session")
 def vectors() -> dict:
-    return json.loads((shared_dir() / "testvectors" / "tiny_gpt2" / "vectors.json").read_text())
+    return json.loads((TINY_GPT2 / "vectors.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    return pa.load_model(str(shared_dir() / "testvectors" / "tiny_gpt2"), device="cpu")
+    return pa.load_model(str(TINY_GPT2), device="cpu")
 
 
 @pytest.fixture(scope="session")
