@@ -1,4 +1,4 @@
-"""Issue 8, engine half: a vanishing first order never passes silently (revised materiality,
+"""Flags and the screen: a vanishing first order never passes silently (revised materiality,
 screen informativeness, flags with reasons), one colour convention and shared scale, resid
 labels with tokens, unknown words named, pairs from files, short reprs, partial results on
 cancel, and Screen-Flag-Fix compared like with like. Bundled model and the tiny GPT-2."""
