@@ -249,6 +249,7 @@ def test_parse_pairs_formats_headers_and_line_errors(tmp_path):
         pa.PromptPairs.from_file(bad)
 
 
+@pytest.mark.bundled
 def test_cli_audit_reads_pairs_from_a_file(tmp_path, capsys):
     from patchaudit.cli import main
 
