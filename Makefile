@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-deps run test lint unit integration e2e bench bench-quick docs screenshots clean fuzz load
+.PHONY: install system-deps run test test-fast lint unit integration e2e bench bench-quick docs screenshots clean fuzz load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: install
 unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
+# the quick tier: unit tests that need neither the bundled trained model nor a browser
+test-fast: install
+	PATCHAUDIT_TEST_FAST=1 $(VENV)/bin/pytest -q -p no:cacheprovider -m "not bundled and not slow" tests/unit
+
 integration: install
 	$(VENV)/bin/pytest -q tests/integration
 
@@ -59,7 +63,7 @@ bench: install
 	$(PY) bench/make_report.py
 	$(MAKE) docs
 
-# the README's audit example (head map PNG + error table) and the bundled model's accuracy
+# the audit example of docs/USAGE.md (head map PNG + error table) and the bundled model's accuracy (docs/BUNDLED_MODEL.md)
 docs: install system-deps
 	$(VENV)/bin/patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap \
 	  --out docs/audit/report.json --html docs/audit/report.html --png docs/audit/heads.png > docs/audit/table.txt
@@ -69,7 +73,7 @@ docs: install system-deps
 fuzz: install
 	PATCHAUDIT_FUZZ_EXAMPLES=200 PATCHAUDIT_FUZZ_OUT=bench/results/fuzz.json $(VENV)/bin/pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
-# 50 loopback clients for 60 s; writes bench/results/load.json and the README table
+# 50 loopback clients for 60 s; writes bench/results/load.json and the table in docs/SECURITY.md
 load: install
 	$(PY) bench/load_test.py --clients 50 --seconds 60
 

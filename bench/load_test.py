@@ -6,7 +6,7 @@ lost (accepted with 202 but then missing or failed; must be 0) after the queue d
 
     python bench/load_test.py [--clients 50] [--seconds 60] [--out bench/results/load.json]
 
-Writes the JSON, a markdown table beside it (load.md) and the README table between
+Writes the JSON, a markdown table beside it (load.md) and the table of docs/SECURITY.md between
 ``<!-- load:start -->`` and ``<!-- load:end -->``.
 """
 
@@ -205,7 +205,7 @@ def table(d: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(md: str, readme: Path = ROOT / "README.md") -> None:
+def write_readme(md: str, readme: Path = ROOT / "docs" / "SECURITY.md") -> None:
     text = readme.read_text()
     start, end = "<!-- load:start -->", "<!-- load:end -->"
     if start in text and end in text:

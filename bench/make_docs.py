@@ -1,10 +1,15 @@
-"""Fill the README's generated sections that do not come from the benchmark JSON:
+"""Fill the generated sections of the docs that do not come from the benchmark JSON, in
+whichever of README.md and docs/*.md holds their markers (<!-- NAME:start/end -->):
 
-- `audit`: the head map and error table of `patchaudit audit` on the bundled model (IOI, 16
-  pairs), from docs/audit/report.json and docs/audit/heads.png (made by `make docs`);
-- `bundled`: the bundled model's size and held-out accuracy, from its metrics.json.
+- `audit` (docs/USAGE.md): the head map and error table of `patchaudit audit` on the bundled
+  model (IOI, 16 pairs), from docs/audit/report.json and docs/audit/heads.png (`make docs`);
+- `audit-top` (README.md): the top rows of that audit's table;
+- `bundled` (docs/BUNDLED_MODEL.md): the bundled model's size and held-out accuracy, from its
+  metrics.json.
 
-python bench/make_docs.py [--readme README.md]
+Links to docs/... are written relative to the file that holds the section.
+
+python bench/make_docs.py [FILE.md ...]
 """
 
 from __future__ import annotations
@@ -17,11 +22,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- {name}:start -->)(.*?)(<!-- {name}:end -->)", re.S)
+
+
 def replace_section(text: str, name: str, body: str) -> str:
-    pat = re.compile(rf"(<!-- {name}:start -->)(.*?)(<!-- {name}:end -->)", re.S)
+    pat = _pattern(name)
     if not pat.search(text):
-        raise SystemExit(f"README has no <!-- {name}:start/end --> markers")
+        raise SystemExit(f"no <!-- {name}:start/end --> markers")
     return pat.sub(lambda m: f"{m.group(1)}\n{body.strip()}\n{m.group(3)}", text)
+
+
+def relink(body: str, path: Path) -> str:
+    """``body``'s links to docs/... (written from the repository root) as seen from ``path``."""
+    if path.resolve().parent == (ROOT / "docs").resolve():
+        return body.replace("](docs/", "](")
+    return body
 
 
 def _err(est: list[list[float]], ap: list[list[float]]) -> dict:
@@ -96,6 +112,12 @@ backwards ride on the AtP pass); ap {cost["ap"]["forward"]} forwards
 {table}
 ```
 """
+
+
+def audit_top_section(n: int = 4) -> str:
+    """The README's command-line example: the summary line and top rows of the audit table."""
+    lines = (ROOT / "docs/audit/table.txt").read_text().rstrip().splitlines()
+    return "```\n" + "\n".join(x.rstrip() for x in lines[: 2 + n]) + "\n```\n"
 
 
 def _stages(d: dict) -> str:
@@ -209,14 +231,30 @@ start year 01.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("files", nargs="*", help="the files to fill (default: README.md and docs/*.md)")
     a = ap.parse_args()
-    p = Path(a.readme)
-    text = p.read_text()
-    text = replace_section(text, "audit", audit_section())
-    text = replace_section(text, "bundled", bundled_section())
-    p.write_text(text)
-    print(f"wrote the audit and bundled sections of {p}")
+    files = [Path(f) for f in a.files] or [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
+    sections = {
+        "audit": audit_section,
+        "audit-top": audit_top_section,
+        "bundled": bundled_section,
+    }
+    found: set[str] = set()
+    for p in files:
+        text = p.read_text()
+        names = [n for n in sections if _pattern(n).search(text)]
+        for n in names:
+            text = replace_section(text, n, relink(sections[n](), p))
+            print(f"wrote the {n} section of {p}")
+        if names:
+            p.write_text(text)
+            found.update(names)
+    missing = sorted(set(sections) - found)
+    if missing:
+        raise SystemExit(f"no file holds the markers of {', '.join(missing)}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Shared test set-up: jaxtyping shape checks at run time for the estimators, and paths."""
+"""Shared test set-up: jaxtyping shape checks at run time for the estimators, and paths
+(everything a test reads is inside the repository)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
@@ -24,12 +27,36 @@ with install_import_hook(
     import patchaudit.tasks.metrics  # noqa: E402,F401
 
 
-def shared_dir() -> Path:
-    """The project's shared folder (../shared beside the checkout; PATCHAUDIT_SHARED overrides)."""
-    env = os.environ.get("PATCHAUDIT_SHARED")
-    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared", ROOT / "shared"]:
-        if (p / "testvectors").is_dir():
-            return p
-    raise FileNotFoundError(
-        "shared/testvectors not found beside the checkout; set PATCHAUDIT_SHARED to the shared folder"
-    )
+#: The tiny GPT-2 and its float64 reference values (METHODS.md), committed with the tests.
+TINY_GPT2 = ROOT / "tests" / "data" / "tiny_gpt2"
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes the ``bundled`` fixture (the bundled trained model) is marked
+    ``bundled``: ``make test-fast`` (``-m "not bundled and not slow"``) leaves it out."""
+    for item in items:
+        if "bundled" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.bundled)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_loads_no_bundled_model(request, monkeypatch):
+    """In the fast tier (PATCHAUDIT_TEST_FAST=1, set by ``make test-fast``) a test that loads
+    the bundled model without the ``bundled`` marker fails, naming the marker it needs."""
+    if os.environ.get("PATCHAUDIT_TEST_FAST") != "1" or request.node.get_closest_marker("bundled"):
+        yield
+        return
+    from patchaudit import models
+
+    original = models._load_local
+
+    def refuse(path, *args, **kwargs):
+        if Path(path).resolve() == models.BUNDLED_DIR.resolve():
+            pytest.fail(
+                f"{request.node.nodeid} loads the bundled model: mark it @pytest.mark.bundled "
+                "(make test-fast leaves those tests out)"
+            )
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(models, "_load_local", refuse)
+    yield

@@ -250,10 +250,10 @@ class Report:
             "estimate_method": self.estimate_method,
             "interval": None
             if self.interval is None
-            else {"lower": _jsonable(self.interval[0]), "upper": _jsonable(self.interval[1])},
+            else {"lower": json_safe(self.interval[0]), "upper": json_safe(self.interval[1])},
             "calibration": self.calibration,
             "saturation": self.saturation,
-            "deferred": _jsonable(self.deferred),
+            "deferred": json_safe(self.deferred),
         }
 
     @classmethod

@@ -23,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch, transformers, transformer_lens, patchaudit; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -2 | tee -a "$OUT/gpu.txt"
 
 # 2. correctness: engine on cuda vs the float64 reference vectors (1e-4 relative)
-timeout 90 python3 -m patchaudit.bench.vectors bench/gpu/tiny_gpt2 --device cuda \
+timeout 90 python3 -m patchaudit.bench.vectors tests/data/tiny_gpt2 --device cuda \
     --out "$OUT/vectors_gpu.json" > "$OUT/vectors.log" 2>&1
 tail -14 "$OUT/vectors.log"
 

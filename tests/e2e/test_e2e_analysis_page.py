@@ -16,6 +16,8 @@ import pytest
 from e2e_synthetic import synthetic_analysis
 from playwright.sync_api import expect
 
+from tests.waits import page_wait_for
+
 pytestmark = pytest.mark.e2e
 
 REAL_REQUEST = {
@@ -248,8 +250,9 @@ def test_read_only_without_token_and_token_is_sent(page, analysis_id):
     )
     expect(page.locator("#top-table tbody button").first).to_be_enabled()
     page.locator("#top-table tbody button").first.click()
-    page.wait_for_timeout(300)
-    assert "a-valid-token-of-length-32-chars!" in seen_tokens
+    page_wait_for(
+        page, lambda: "a-valid-token-of-length-32-chars!" in seen_tokens, "a write with the token"
+    )
 
 
 def test_progress_cancel_and_failure_messages(page, analysis_id):

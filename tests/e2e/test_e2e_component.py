@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 from playwright.sync_api import expect
+
+from tests.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +25,14 @@ def finished_analysis(server, model_name, timeout_s: float = 180, **req) -> str:
     body.update(req)
     status, acc = server.api("POST", "/api/analyses", body)
     assert status == 202, acc
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def done() -> bool:
         _, data = server.api("GET", f"/api/analyses/{acc['id']}")
-        if data["status"] == "done":
-            return acc["id"]
         assert data["status"] not in ("failed", "cancelled"), data
-        time.sleep(0.5)
-    pytest.fail(f"the analysis did not finish in {timeout_s:.0f} s")
+        return data["status"] == "done"
+
+    wait_for(done, timeout_s, f"analysis {acc['id']} to finish", interval=0.5)
+    return acc["id"]
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.waits import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "backend"
@@ -25,32 +26,15 @@ pytestmark = pytest.mark.integration
 
 
 def tiny_model_dir() -> Path:
-    from tests.conftest import shared_dir
+    from tests.conftest import TINY_GPT2
 
-    try:
-        p = shared_dir() / "testvectors" / "tiny_gpt2"
-    except FileNotFoundError:
-        pytest.skip("shared/testvectors/tiny_gpt2 not found (set PATCHAUDIT_SHARED)")
-    if not (p / "model.safetensors").exists():
-        pytest.skip(f"no tiny model at {p}")
-    return p
+    return TINY_GPT2
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class RedisServer:
@@ -309,6 +293,27 @@ def wait_verified(client: Any, analysis_id: str, keys: list[str], timeout: float
         return d if ok else None
 
     return wait_for(check, timeout, f"verified {keys}", interval=0.1)
+
+
+def wait_idle(stack: Stack, timeout: float = 60.0) -> None:
+    """Wait until nothing is queued and every worker is idle: a job that was going to run has
+    run by then (a queued one would keep the queue, then a worker, busy)."""
+    import redis
+    from rq import Worker
+
+    from patchaudit.worker.queue import get_queue
+
+    conn = redis.Redis.from_url(stack.redis.url)
+    q = get_queue(conn)
+
+    def idle() -> bool:
+        workers = Worker.all(connection=conn)
+        return q.count == 0 and bool(workers) and all(w.get_state() == "idle" for w in workers)
+
+    try:
+        wait_for(idle, timeout, "an empty queue and idle workers", interval=0.1)
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 import pytest
 
-from .conftest import Stack, long_request, token_request, wait_for, wait_status, wait_verified
+from .conftest import (
+    Stack,
+    long_request,
+    token_request,
+    wait_for,
+    wait_idle,
+    wait_status,
+    wait_verified,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -173,8 +180,8 @@ def test_cancel_running_and_queued(stack: Stack) -> None:
     # cancelled; a result, if any, holds only the methods that completed
     assert d["status"] == "cancelled"
     assert d["result"] is None or d["result"]["partial"] is True
-    # b never ran
-    time.sleep(0.5)
+    # b never ran: once nothing is queued and the worker is idle, it is still cancelled
+    wait_idle(stack)
     assert c.get(f"/api/analyses/{b}").json()["status"] == "cancelled"
     # submitting a cancelled request again computes it
     again = c.post("/api/analyses", json=long_request(seed=11)).json()

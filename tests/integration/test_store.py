@@ -3,12 +3,12 @@ cache's byte budget and LRU order, request dedup, the queue's JSON serialisation
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import RedisServer
+from .conftest import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,19 +122,28 @@ def test_abandoned_job_is_retried_once_then_failed(conn) -> None:  # noqa: ANN00
         dead.prepare_execution(job)
         dead.prepare_job_execution(job)
         store.set_status(aid, JobStatus.RUNNING)
-        time.sleep(2.1)  # the execution expires: nobody heart-beats it any more
 
     sweeper = PatchauditWorker([q], connection=conn, execution_ttl=1, name="sweeper")
+
+    def swept_to(status: str) -> Callable[[], bool]:
+        """A sweep finds the job once its execution expires (nobody heart-beats it any more,
+        ~1 s): sweep until the job reaches ``status``."""
+
+        def check() -> bool:
+            sweeper.sweep_abandoned()
+            return q.fetch_job(job_id).get_status() == status
+
+        return check
+
     take_and_die()
-    sweeper.sweep_abandoned()
+    wait_for(swept_to("queued"), 20, "the sweep to requeue the abandoned job")
     job = q.fetch_job(job_id)
     assert job.get_status() == "queued" and job.retries_left == 0
     rec = store.get(aid)
     assert rec.status == JobStatus.QUEUED and rec.progress["phase"] == "requeued"
 
     take_and_die()
-    sweeper.sweep_abandoned()
-    assert q.fetch_job(job_id).get_status() == "failed"
+    wait_for(swept_to("failed"), 20, "the sweep to fail the job abandoned twice")
     rec = store.get(aid)
     assert rec.status == JobStatus.FAILED and rec.error["type"] == "WorkerLost"
     assert store.active_jobs(aid) == []

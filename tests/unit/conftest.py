@@ -6,17 +6,17 @@ import pytest
 import torch
 
 import patchaudit as pa
-from tests.conftest import shared_dir
+from tests.conftest import TINY_GPT2
 
 
 @pytest.fixture(scope="session")
 def vectors() -> dict:
-    return json.loads((shared_dir() / "testvectors" / "tiny_gpt2" / "vectors.json").read_text())
+    return json.loads((TINY_GPT2 / "vectors.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    return pa.load_model(str(shared_dir() / "testvectors" / "tiny_gpt2"), device="cpu")
+    return pa.load_model(str(TINY_GPT2), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +91,12 @@ def random_pairs(n: int = 3, pos: int = 8, vocab: int = 64, seed: int = 0):
 
 
 ARCHS = ("gpt2", "neox", "llama")
+#: The architectures as test parameters: GPT-2 in every tier, NeoX and Llama marked slow
+#: (``make test-fast`` checks each property on GPT-2; ``make test`` on all three).
+ARCH_PARAMS = [a if a == "gpt2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS]
 
 
-@pytest.fixture(scope="session", params=ARCHS)
+@pytest.fixture(scope="session", params=ARCH_PARAMS)
 def arch_model(request):
     return request.param, random_model(request.param)
 

@@ -264,6 +264,7 @@ def test_hvp_tile_and_loop_modes_agree(tiny_model, tiny_pairs, direction):
     assert torch.allclose(c.scores["hvp"], a.scores["hvp"], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.bundled
 def test_unknown_words_are_named_before_they_reach_the_model():
     model = pa.load_model("bundled", device="cpu")
     ok = "When Mary and John went to the store , John gave a drink to"

@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from patchaudit.bench import circuits as B
 from patchaudit.bench import common as C
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_circuit_bench_paths_and_report():
     cfg = B.Config("planted/induction", "planted", "planted", "random", 4)
     r = B.run_config(cfg, ("atp", "ap"))

@@ -19,6 +19,8 @@ from patchaudit.tasks.ioi import IOI_EXAMPLE, NAMES, TEMPLATES, make_ioi
 
 BUNDLED = Path(__file__).resolve().parents[2] / "backend" / "patchaudit" / "models" / "bundled"
 
+pytestmark = pytest.mark.bundled  # (make test-fast leaves these out)
+
 
 @pytest.fixture(scope="module")
 def tok():

@@ -47,9 +47,10 @@ def test_request_that_cannot_fit_the_budget_is_refused_before_any_pass(arch_mode
     assert rep.cost["plan"]["max_copies"] >= 1
 
 
+@pytest.mark.bundled
 def test_model_load_reports_its_progress():
     """load_progress counts the transformers loader's weight loop: fractions rise to 1."""
-    from patchaudit.models import load_progress
+    from patchaudit.estimators.compat import load_progress
 
     seen: list[float] = []
     with load_progress(seen.append):

@@ -16,7 +16,7 @@ import patchaudit as pa
 from patchaudit.estimators import core
 from patchaudit.estimators.sites import component_mask
 
-from .conftest import random_pairs
+from .conftest import ARCH_PARAMS, random_pairs
 
 
 class ToyNet(HookedRootModule):
@@ -134,7 +134,7 @@ def _problem(model, pairs, site="heads"):
     return p, core.compute_base(p)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_q_matches_finite_difference(arch):
     from .conftest import random_model
 
@@ -218,7 +218,7 @@ def test_perturbation_hooks_change_the_logits(arch_model, site):
     )
 
 
-@pytest.mark.parametrize("site", ["mlp", "resid"])
+@pytest.mark.parametrize("site", ["mlp", pytest.param("resid", marks=pytest.mark.slow)])
 def test_other_sites_shapes_and_finite_difference(site):
     from patchaudit.estimators.methods import hvp_exact
 

@@ -9,7 +9,7 @@ import torch
 
 import patchaudit as pa
 from patchaudit.estimators import circuits as CI
-from patchaudit.estimators import core
+from patchaudit.estimators import compat, core
 
 from .conftest import one_copy_budget
 
@@ -134,7 +134,7 @@ def test_resume_skips_earlier_blocks_with_same_numbers(arch_model, where):
     p, base = _problem(model, "heads", "noising", True)
     assert base.resid is not None
     layer = 1 if where == "second" else len(model.blocks) - 1
-    assert core._returns_tensor(model)  # (probed once per model, with one forward)
+    assert compat._returns_tensor(model)  # (probed once per model, with one forward)
     calls = [0] * len(model.blocks)
     hooks = [
         b.original_component.register_forward_hook(
@@ -234,9 +234,9 @@ def test_cpu_kernels_give_the_same_forward(arch_model):
     with torch.no_grad():
         plain = model(tokens)
         swapped = []
-        with core.cpu_kernels(model):
+        with compat.cpu_kernels(model):
             swapped = [m for m in model.modules() if "_masked_softmax" in vars(m)]
-            with core.cpu_kernels(model):  # nested: the outer one's swap stays
+            with compat.cpu_kernels(model):  # nested: the outer one's swap stays
                 pass
             assert all("_masked_softmax" in vars(m) for m in swapped)
             fast = model(tokens)
@@ -244,7 +244,7 @@ def test_cpu_kernels_give_the_same_forward(arch_model):
     assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
     assert {id(m): dict(vars(m)) for m in model.modules()}.keys() == before.keys()
     assert all("_masked_softmax" not in vars(m) for m in model.modules())
-    with core.cpu_kernels(model):  # a graph is recorded: nothing is swapped
+    with compat.cpu_kernels(model):  # a graph is recorded: nothing is swapped
         assert all("_masked_softmax" not in vars(m) for m in model.modules())
 
 
@@ -255,7 +255,7 @@ def test_short_row_softmax_matches_torch():
         calls.append(x.shape)
         return torch.softmax(x, -1, dtype=dtype)
 
-    fast = core._short_row_softmax(orig)
+    fast = compat._short_row_softmax(orig)
     x = torch.randn(3, 2, 5, 7)
     x = x.masked_fill(torch.ones(5, 7, dtype=torch.bool).triu(1), -torch.inf)  # causal
     with torch.no_grad():
@@ -266,7 +266,7 @@ def test_short_row_softmax_matches_torch():
         y[0, 0, 0] = -torch.inf  # a row that sees no key: the original decides
         fast(y)
         assert len(calls) == 1
-        fast(torch.randn(2, core.SHORT_ROWS + 1))  # a long row: the original
+        fast(torch.randn(2, compat.SHORT_ROWS + 1))  # a long row: the original
         assert len(calls) == 2
     fast(x)  # autograd on: the original
     assert len(calls) == 3

@@ -1,4 +1,4 @@
-"""Agreement with the float64 reference values in shared/testvectors/tiny_gpt2 (METHODS.md)."""
+"""Agreement with the float64 reference values in tests/data/tiny_gpt2 (METHODS.md)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from ..tasks.metrics import per_copy
-from .core import BaseCache, Problem, Tracker, _hooks, chunks, skip_blocks, suffix_targets, tile
+from .core import BaseCache, Problem, Tracker, chunks, skip_blocks, suffix_targets, tile
+from .forward import _hooks
 from .sites import component_mask
 
 #: ``sat`` disagrees with A1 "materially" when |sat - A1| exceeds this share of |sat|.

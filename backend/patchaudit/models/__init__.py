@@ -7,11 +7,9 @@ The bridge runs eager attention, which double backward needs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -118,42 +116,6 @@ def _load_object(hf, device, dtype, tokenizer=None):
         return _boot(
             d, device, dtype, hf_model=hf.to(device=device, dtype=dtype), tokenizer=tokenizer
         )
-
-
-@contextlib.contextmanager
-def load_progress(callback: Callable[[float], None]) -> Iterator[None]:
-    """Report the weight loading of ``load_model`` as a fraction (0..1) to ``callback``: the
-    transformers loader's own "Loading weights" loop is counted. Where this transformers
-    version has no such loop, nothing is reported (the load still works)."""
-    try:
-        import transformers.core_model_loading as cml
-    except ImportError:  # pragma: no cover - older transformers
-        yield
-        return
-    original = getattr(cml, "tqdm", None)
-    if original is None:  # pragma: no cover
-        yield
-        return
-
-    def counted(iterable=None, *args, **kwargs):
-        items = list(iterable) if iterable is not None else []
-        total = max(1, len(items))
-        step = max(1, total // 50)
-
-        def gen():
-            for i, x in enumerate(original(items, *args, **kwargs)):
-                if i % step == 0:
-                    callback(i / total)
-                yield x
-            callback(1.0)
-
-        return gen()
-
-    cml.tqdm = counted  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        cml.tqdm = original
 
 
 def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32):

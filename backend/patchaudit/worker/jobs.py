@@ -221,7 +221,8 @@ def _prepare(
     """(model, token pairs, cache key) of a request. A model not yet resident on this worker
     is loaded with its progress reported (phase "load_model": a large model takes minutes)."""
     import patchaudit as pa
-    from patchaudit.models import fingerprint, load_progress
+    from patchaudit.estimators.compat import load_progress
+    from patchaudit.models import fingerprint
 
     name = request.model
     if progress is not None and not rt.models.resident(name):

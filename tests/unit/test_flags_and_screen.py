@@ -1,4 +1,4 @@
-"""Issue 8, engine half: a vanishing first order never passes silently (revised materiality,
+"""Flags and the screen: a vanishing first order never passes silently (revised materiality,
 screen informativeness, flags with reasons), one colour convention and shared scale, resid
 labels with tokens, unknown words named, pairs from files, short reprs, partial results on
 cancel, and Screen-Flag-Fix compared like with like. Bundled model and the tiny GPT-2."""
@@ -249,6 +249,7 @@ def test_parse_pairs_formats_headers_and_line_errors(tmp_path):
         pa.PromptPairs.from_file(bad)
 
 
+@pytest.mark.bundled
 def test_cli_audit_reads_pairs_from_a_file(tmp_path, capsys):
     from patchaudit.cli import main
 

@@ -1,4 +1,4 @@
-"""Issue 8, the new-analysis form: defaults and limits from GET /api/config, custom pairs kept
+"""The new-analysis form: defaults and limits from GET /api/config, custom pairs kept
 across reloads, bulk paste through POST /api/pairs/parse, the model's vocabulary, unknown
 words named, and "Edit and re-run". Real Chromium against a real `patchaudit serve`."""
 

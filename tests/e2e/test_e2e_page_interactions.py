@@ -1,4 +1,6 @@
-"""Issue 8, the analysis page: real Chromium at 1280x800 against a real `patchaudit serve`.
+"""The analysis page's interactions (clicks and keys that verify, the colour scale, flags and
+their reasons, the cost table, cancel, tokens): real Chromium at 1280x800 against a real
+`patchaudit serve`.
 
 The click test runs on a real analysis of the bundled model (real verify jobs); the others
 answer GET /api/analyses/<id> with synthetic results in the REST contract's shape (as
@@ -9,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
 
 import pytest
 from e2e_synthetic import synthetic_analysis
 from playwright.sync_api import expect
 from test_e2e_component import finished_analysis
+
+from tests.waits import next_frames, page_wait_for, wait_for
 
 from .conftest import start_server, stop_server
 
@@ -72,12 +75,13 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     # Where the cells are drawn before the first click: the user aims there.
     centres = [page.evaluate(f"window.__patchaudit.cellCenter({i}, {j})") for i, j in aimed]
     top_before = page.evaluate("document.querySelector('#heatmap').getBoundingClientRect().top")
-    for c in centres:
+    for n, c in enumerate(centres, 1):
         page.mouse.click(c["x"], c["y"])
-        page.wait_for_timeout(200)
+        # the click's verify request has gone out before the next click
+        page_wait_for(page, lambda n=n: len(posted) >= n, f"verify request {n} of {len(aimed)}")
+    next_frames(page)
     top_after = page.evaluate("document.querySelector('#heatmap').getBoundingClientRect().top")
     assert top_after == top_before, "the heatmap moved while verifying"
-    page.wait_for_timeout(500)
     assert sorted(map(tuple, posted)) == sorted(aimed), posted
     # Each of them gets verified by the real worker, and nothing else.
     expect(page.locator("#heatmap")).to_have_attribute("data-pending", "0", timeout=90_000)
@@ -93,7 +97,7 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     # A double click leaves the axes where they are (no zoom-out into grey bands).
     c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
     page.mouse.dblclick(c["x"], c["y"])
-    page.wait_for_timeout(300)
+    next_frames(page)  # a relayout the double click set off has been drawn
     xr = page.evaluate("document.querySelector('#heatmap')._fullLayout.xaxis.range")
     yr = page.evaluate("document.querySelector('#heatmap')._fullLayout.yaxis.range")
     assert xr == [-0.5, 7.5] and sorted(yr) == [-0.5, 5.5]  # 8 heads x 6 layers
@@ -133,7 +137,7 @@ def test_keyboard_reaches_cells_and_enter_verifies(new_context, real_analysis, s
     )
     assert min(x for x in cursor if x is not None) == 2.5
     page.keyboard.press("Enter")
-    page.wait_for_timeout(400)
+    page_wait_for(page, lambda: posted, "the verify request of the cell under the cursor")
     assert posted == [[2, 3]]
     expect(keys).to_contain_text("verified", timeout=90_000)
 
@@ -477,7 +481,8 @@ def test_read_only_page_shows_one_banner(new_context, real_analysis):
     wait_rendered(page)
     c = page.evaluate("window.__patchaudit.cellCenter(1, 1)")
     page.mouse.click(c["x"], c["y"])
-    page.wait_for_timeout(300)
+    expect(page.locator(".msg", has_text=re.compile("token", re.I)).first).to_be_visible()
+    next_frames(page)
     visible = page.evaluate(
         """() => [...document.querySelectorAll('.msg')]
               .filter(e => e.offsetParent !== null && /token/i.test(e.textContent)).length"""
@@ -532,14 +537,13 @@ def test_wrong_token_is_refused_once_clearly(new_context, token_server, model_na
 def run_real(server, request: dict) -> dict:
     status, body = server.api("POST", "/api/analyses", request)
     assert status == 202, body
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
+
+    def done() -> dict | None:
         _, data = server.api("GET", f"/api/analyses/{body['id']}")
-        if data["status"] == "done":
-            return data
         assert data["status"] not in ("failed", "cancelled"), data
-        time.sleep(0.5)
-    pytest.fail("the analysis did not finish in 150 s")
+        return data if data["status"] == "done" else None
+
+    return wait_for(done, 150, f"analysis {body['id']} to finish", interval=0.5)
 
 
 def test_real_kl_noising_says_the_screen_cannot_rank(new_context, server, model_name):
