@@ -110,7 +110,7 @@ function initResult() {
   sel.replaceChildren();
   const views = viewList(r);
   for (const [value, label] of views) sel.append(el("option", { value, text: label }));
-  const corr = correctedMethod(r.scores, r.reliability_source);
+  const corr = correctedMethod(r.scores, r.reliability_source, r.estimate_method);
   const fallback = corr || (r.scores?.atp ? "atp" : views[0]?.[0]);
   const tau = url.tau ?? (typeof r.tau === "number" ? r.tau : 0.5);
   update({
@@ -138,7 +138,7 @@ function viewList(r) {
   if (r.reliability) views.push(["reliability", "Reliability"]);
   if (r.error_bound) views.push(["error_bound", "Error bound"]);
   views.push(["verified", "Verified (activation patching)"]);
-  const corr = correctedMethod(scores, r.reliability_source);
+  const corr = correctedMethod(scores, r.reliability_source, r.estimate_method);
   if (corr && scores.atp) views.push(["diff", `${METHOD_LABELS[corr] || corr} minus AtP`]);
   if (corr || scores.atp) views.push(["best", "Best estimate (verified where available)"]);
   return views;

@@ -5,7 +5,7 @@ import { METHOD_ORDER, st } from "./state.js";
 export function cellInfo(i, j) {
   const r = st.result;
   const scores = r.scores || {};
-  const corrName = correctedMethod(scores, r.reliability_source);
+  const corrName = correctedMethod(scores, r.reliability_source, r.estimate_method);
   const atp = scores.atp?.[i]?.[j] ?? null;
   const corr = corrName ? (scores[corrName]?.[i]?.[j] ?? null) : null;
   const ver = verifiedAt(r.verified, i, j);
@@ -74,6 +74,13 @@ export function hoverText(i, j, pending) {
   if (c.corr != null && c.atp != null) lines.push(`corrected − AtP: ${fmt(c.corr - c.atp)}`);
   if (st.result.reliability) lines.push(`reliability: ${fmt(c.rel)}`);
   if (c.bound !== undefined) lines.push(`error bound: ${c.bound == null ? "unbounded" : `± ${fmt(c.bound)}`}`);
+  const iv = st.result.interval;
+  if (iv && c.flagged && c.ver == null) {
+    const lo = iv.lower?.[i]?.[j], hi = iv.upper?.[i]?.[j];
+    lines.push(`<b>uncertain: the true effect may lie anywhere in [${lo == null ? "−∞" : fmt(lo)}, ${hi == null ? "∞" : fmt(hi)}]</b>`);
+  }
+  const sat = st.result.saturation?.[`${i}.${j}`];
+  if (sat?.length) lines.push(`saturation through ${sat.map((h) => `L${h.layer}.H${h.head} (${fmt(h.share)})`).join(", ")}`);
   if (c.ver != null) {
     lines.push(`verified (activation patching): ${fmt(c.ver)}`);
     if (c.atp != null) lines.push(`error of AtP: ${fmt(c.atp - c.ver)}`);
@@ -84,5 +91,6 @@ export function hoverText(i, j, pending) {
   if (c.material === false) lines.push("not material");
   lines.push(c.flagged ? `FLAGGED (${c.codes.join(", ")}): ${c.reasons.join("; ")}` : "not flagged");
   if (c.serverCodes?.length) lines.push(`server's flag reasons at τ ${fmt(st.result.tau, 2)}: ${c.serverCodes.join(", ")}`);
+  if (st.result.calibration?.why) lines.push(`flags: ${st.result.calibration.calibrated ? "calibrated" : "not calibrated for this combination"}`);
   return lines.join("<br>");
 }

@@ -53,18 +53,22 @@ function renderFlagRule() {
     el("dt", { text: "circuit cut-off" }), el("dd", { id: "cutoff", text: r.cutoff == null ? "–" : `|estimate| = ${fmt(r.cutoff)}` }),
     el("dt", { text: "circuit" }), el("dd", { id: "circuit", text: names.length ? `${names.length} components: ${names.join(", ")}` : "–" }),
   );
+  const cal = r.calibration || {};
   body.replaceChildren(
+    el("p", {}, "Each component gets an ", el("b", { text: "interval" }),
+      ` for its true effect: the shown estimate (${cal.estimate || "corrected"}) ± scale × (|q/2| + its probe error + |sat − AtP| + (κ + F − 1) × |estimate|), clipped to what the metric can reach; F is how much of the total effect the screen leaves unexplained.`),
+    el("p", { id: "calibration-note" }, cal.why ? `Calibration: ${cal.why}.` : "No calibration information (an older result)."),
     el("p", {}, "A component is ", el("b", { text: "material" }),
-      ` when its estimate can reach the materiality threshold (${thr == null ? "1% of the total effect" : fmt(thr)}): `,
-      "max(|AtP|, |corrected|) ≥ threshold, or |corrected| + its error bound ≥ threshold. An unbounded or missing bound never rules a material effect out."),
-    el("p", {}, "A material component is ", el("b", { text: "flagged" }), " when any of these holds:"),
+      ` when its interval reaches the materiality threshold (${thr == null ? "1% of the larger of the total effect and the summed estimates" : fmt(thr)}).`),
+    el("p", {}, "A material component is ", el("b", { text: "flagged" }), " (drawn grey until verified: the screen cannot give it a number) when any of these holds:"),
     el("ul", {},
-      el("li", { text: `reliability < τ (now ${st.tau.toFixed(2)})`, "data-code": "reliability" }),
-      el("li", { text: "AtP and the corrected estimate disagree in sign", "data-code": "sign" }),
-      el("li", { text: `the interval |corrected| ± bound straddles the circuit cut-off${r.cutoff == null ? "" : ` (${fmt(r.cutoff)})`}: the estimate cannot say whether the component is in the circuit`, "data-code": "cutoff" }),
-      el("li", { text: "its error bound is unbounded (the correction is as large as the estimate)", "data-code": "unbounded" }),
-      el("li", { text: "the interval corrected ± bound, within what the metric can reach, admits an AtP error above 50%", "data-code": "atp_error" })),
-    el("p", { class: "muted" }, "Only the first depends on τ: at τ = 0 a component can stay flagged for any of the others."),
+      el("li", { text: "the interval admits an AtP error above 50%", "data-code": "atp_error" }),
+      el("li", { text: "the interval admits an error of the shown estimate above 50%", "data-code": "estimate_error" }),
+      el("li", { text: "the interval holds 0: the sign is unknown", "data-code": "sign" }),
+      el("li", { text: "a downstream attention softmax bends the path (saturation: its exact change departs from the linear one by ≥ 10% of the estimate); the hover names the heads", "data-code": "saturation" }),
+      el("li", { text: "the first-order term vanishes for this metric and direction", "data-code": "vanishing" }),
+      el("li", { text: `reliability < τ (now ${st.tau.toFixed(2)}; only when τ > 0)`, "data-code": "reliability" })),
+    el("p", { class: "muted" }, "At most 35% of the components are flagged; past that the ones whose interval reaches least far are deferred (uncertain, low stakes)."),
     dl,
   );
 }

@@ -9,13 +9,15 @@ export const METHOD_LABELS = {
   hvp_exact: "HVP exact",
   ig: "Integrated gradients",
   mhvp: "Multi-step HVP",
+  sat: "Saturation-aware",
   ap: "Activation patching (full sweep)",
 };
 
 // Preference order for the second-order estimate the reliability score is built on.
-const CORRECTED_ORDER = ["hvp", "hvp_exact", "hvp_joint", "mhvp"];
+const CORRECTED_ORDER = ["hvp", "hvp_exact", "hvp_joint", "sat", "mhvp"];
 
-export function correctedMethod(scores, source = null) {
+export function correctedMethod(scores, source = null, shown = null) {
+  if (shown && scores && scores[shown]) return shown; // the estimate the server calibrated and shows
   if (source && scores && scores[source] && source !== "atp") return source;
   for (const m of CORRECTED_ORDER) if (scores && scores[m]) return m;
   return null;
@@ -38,10 +40,13 @@ const at = (m, i, j) => (m && m[i] ? m[i][j] : null);
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
 const REASON_TEXT = {
-  sign: "AtP and corrected disagree in sign",
+  sign: "the interval holds 0: the sign is unknown",
   cutoff: "interval straddles the circuit cut-off",
   unbounded: "unbounded error bound",
   atp_error: "the interval admits an AtP error above 50%",
+  estimate_error: "the interval admits an error of the shown estimate above 50%",
+  saturation: "a downstream attention softmax saturates (see the heads named)",
+  vanishing: "the first-order term vanishes for this metric and direction",
 };
 
 /**

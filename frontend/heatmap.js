@@ -20,8 +20,13 @@ const DARK = "#4a4f5a";
 function viewMatrix(R, C, view = st.view) {
   const r = st.result;
   const scores = r.scores || {};
-  const corrName = correctedMethod(scores, r.reliability_source);
+  const corrName = correctedMethod(scores, r.reliability_source, r.estimate_method);
   const v = view;
+  // A flagged, unverified cell of a corrected view is uncertain: it shows no confident value
+  // (drawn grey; its hover gives the interval the true effect may lie in).
+  const blank = (z) => mapMatrix(R, C, (i, j) => (uncertainAt(i, j) ? null : z[i]?.[j] ?? null));
+  const uncertain = mapMatrix(R, C, (i, j) => (uncertainAt(i, j) ? 1 : null));
+  if (scores[v] && v !== "atp" && v !== "ap") return { z: blank(scores[v]), kind: "diverging", uncertain };
   if (scores[v]) return { z: scores[v], kind: "diverging" };
   if (v === "reliability") return { z: r.reliability, kind: "unit" };
   if (v === "error_bound") {
@@ -33,12 +38,19 @@ function viewMatrix(R, C, view = st.view) {
   if (v === "diff") return { z: mapMatrix(R, C, (i, j) => scores[corrName][i][j] - scores.atp[i][j]), kind: "diverging", delta: true };
   if (v === "best") {
     const base = scores[corrName] || scores.atp;
-    return { z: mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j) ?? base[i][j]), kind: "diverging" };
+    const z = mapMatrix(R, C, (i, j) => verifiedAt(r.verified, i, j) ?? (uncertainAt(i, j) ? null : base[i][j]));
+    return { z, kind: "diverging", uncertain };
   }
   return { z: mapMatrix(R, C, () => null), kind: "diverging" };
 }
 
 const finite = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+
+/** Flagged by the server and not verified yet: the screen cannot give this cell a number. */
+function uncertainAt(i, j) {
+  const r = st.result;
+  return !!(r.flags?.[i]?.[j]) && verifiedAt(r.verified, i, j) == null;
+}
 
 /** Views whose values are in the metric's units: they share one scale when asked to. */
 function effectViews() {
@@ -140,7 +152,7 @@ export function figureTitle() {
 export function renderHeatmap() {
   const r = st.result;
   const [R, C] = shapeOf(r);
-  const { z, kind, unbounded, delta } = viewMatrix(R, C);
+  const { z, kind, unbounded, delta, uncertain } = viewMatrix(R, C);
   const pending = pendingKeys();
   const text = mapMatrix(R, C, (i, j) => hoverText(i, j, pending.has(componentKey(i, j))));
   const xs = Array.from({ length: C }, (_, j) => j);
@@ -196,6 +208,22 @@ export function renderHeatmap() {
     visible: !!unbounded,
   });
   $("legend-unbounded").classList.toggle("hidden", !unbounded);
+  // Uncertain (flagged, unverified) cells: a light grey layer; the hover names the interval.
+  const nUnc = (uncertain || []).flat().filter((x) => x === 1).length;
+  traces.push({
+    type: "heatmap",
+    x: xs,
+    y: ys,
+    z: nUnc ? uncertain : [[null]],
+    colorscale: [[0, "#d9d9d9"], [1, "#d9d9d9"]],
+    showscale: false,
+    hoverinfo: "skip",
+    xgap: 1,
+    ygap: 1,
+    visible: nUnc > 0,
+    name: "uncertain",
+  });
+  if (nUnc) $("scale-note").textContent += ` ${nUnc} flagged cell${nUnc === 1 ? "" : "s"} drawn grey: uncertain until verified (hover: the interval).`;
 
   const flagged = [];
   const verifiedCells = [];

@@ -33,7 +33,11 @@ def test_largest_ap_component_is_flagged_when_atp_is_off_by_half(bundled, metric
     for seed in (0, 1):
         pairs = pa.PromptPairs.from_task("ioi", n=16, seed=seed)
         r = pa.audit(
-            bundled, pairs, metric=metric, direction=direction, methods=("atp", "hvp", "ap")
+            bundled,
+            pairs,
+            metric=metric,
+            direction=direction,
+            methods=("atp", "hvp", "sat", "ap"),
         )
         ap, atp = r.scores["ap"], r.scores["atp"]
         i = int(ap.abs().argmax())
