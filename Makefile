@@ -65,7 +65,7 @@ bench: install
 
 # the audit example of docs/USAGE.md (head map PNG + error table) and the bundled model's accuracy (docs/BUNDLED_MODEL.md)
 docs: install system-deps
-	$(VENV)/bin/patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,ap \
+	$(VENV)/bin/patchaudit audit --model bundled --task ioi --n 16 --methods atp,hvp,sat,ap \
 	  --out docs/audit/report.json --html docs/audit/report.html --png docs/audit/heads.png > docs/audit/table.txt
 	$(PY) bench/make_docs.py
 

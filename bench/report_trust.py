@@ -158,7 +158,7 @@ def mhvp_claim(t: dict) -> str:
                      c["k"][ks[-1]]["ig"]["nmae_vs_ap"]))
     won = [f"{task} from K = {k}" for task, k in wins if k is not None]
     lost = [task for task, k in wins if k is None]
-    out = "**What the table shows.** "
+    out = "**mhvp vs IG** (the same joint-path integral; the integration-error table is in docs/BENCHMARKS.md). "
     if won:
         out += ("Per copy of the batch (rows), mhvp's integration error is below IG's with at "
                 f"least as many rows on {', '.join(won)}")
