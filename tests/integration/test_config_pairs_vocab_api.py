@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from patchaudit.estimators.reliability import REASONS
+
 from .conftest import Stack, long_request, token_request, wait_status
 
 pytestmark = pytest.mark.integration
@@ -128,12 +130,16 @@ def test_result_carries_screen_reasons_threshold_and_cost_notes(stack: Stack) ->
     res = d["result"]
     assert res["screen"]["informative"] is True and res["screen"]["first_order_vanishes"] is False
     te = abs(res["metric_src"] - res["metric_base"])
-    assert res["material_threshold"] == pytest.approx(0.01 * te)
+    # 1% of the larger of the total effect and the screen's summed estimates (METHODS.md)
+    est = res["scores"][res["estimate_method"]]
+    summed = sum(abs(v) for row in est for v in row if v is not None)
+    assert res["material_threshold"] == pytest.approx(0.01 * max(te, summed))
+    assert res["calibration"]["why"] and res["interval"]["lower"]
     reasons = res["flag_reasons"]
     for i, row in enumerate(res["flags"]):
         for j, f in enumerate(row):
             assert bool(reasons[i][j]) == f
-            assert set(reasons[i][j]) <= {"reliability", "sign", "cutoff", "unbounded", "atp_error"}
+            assert set(reasons[i][j]) <= set(REASONS)
     assert any("reliability" in cell for row in reasons for cell in row)  # tau = 1
     ig = res["cost"]["ig"]
     assert ig["cached"] is False and "4 IG steps ride on the batch axis" in ig["note"]
