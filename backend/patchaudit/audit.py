@@ -294,10 +294,11 @@ def audit(
         trust = R.assess_calibrated(
             a1, shown, u, report.total_effect, cal, feasible, share, vanishes, sat=sat_v
         )
-        if tau > 0 and q is not None:  # the optional extra reason: rho below the caller's tau
-            trust.reasons["reliability"] = trust.material & (R.score(R.ratio(a1, q)) < tau)
+        rho = R.score(R.ratio(a1, q)) if q is not None else None
+        if tau > 0 and rho is not None:  # the optional extra reason: rho below the caller's tau
+            trust.reasons["reliability"] = trust.material & (rho < tau)
             trust.flags = R.any_reason(trust.reasons)
-        report.reliability = R.score(R.ratio(a1, q)) if q is not None else None
+        report.reliability = rho
         report.error_bound, report.flags = trust.error_bound, trust.flags
         report.material, report.flag_reasons = trust.material, trust.reasons
         report.interval = (trust.lower, trust.upper)

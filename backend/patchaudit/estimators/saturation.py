@@ -40,9 +40,6 @@ from .core import BaseCache, Problem, Tracker, chunks, skip_blocks, suffix_targe
 from .forward import _hooks
 from .sites import component_mask
 
-#: ``sat`` disagrees with A1 "materially" when |sat - A1| exceeds this share of |sat|.
-SATURATION_SHARE = 0.5
-
 
 @dataclass
 class Saturation:
