@@ -164,6 +164,11 @@ def graph(model) -> Graph:
     nkv = int(_cfg(model, "n_key_value_heads", None) or nh)
     has_mlp = not bool(_cfg(model, "attn_only", False))
     parallel = bool(_cfg(model, "parallel_attn_mlp", False))
+    return build_graph(nl, nh, nkv, has_mlp, parallel)
+
+
+def build_graph(nl: int, nh: int, nkv: int, has_mlp: bool, parallel: bool) -> Graph:
+    """The edge graph of a model of this shape (``graph``)."""
     senders = [Sender("emb", "blocks.0.hook_resid_pre", None, -1, -1)]
     receivers: list[Receiver] = []
     for layer in range(nl):
@@ -207,15 +212,20 @@ def graph(model) -> Graph:
 
 
 @contextlib.contextmanager
-def edge_mode(model) -> Iterator[None]:
-    """The bridge's per-head output (``hook_result``), split-qkv input fork and MLP-input
-    hook, switched on for the duration (and restored after)."""
+def edge_mode(
+    model, split: bool = True, result: bool = True, mlp_in: bool = True
+) -> Iterator[None]:
+    """The bridge's split-qkv input fork (every head's q and every KV head's k / v input its
+    own copy of the residual stream: ``split``), per-head output (``hook_result``: ``result``)
+    and MLP-input hook (``mlp_in``), switched on for the duration (and restored after). A
+    forward without a q / k / v receiver or sender capture leaves the first two off: they cost
+    a copy of the residual stream per head."""
     cfg = model.cfg
     names = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
     before = {n: bool(getattr(cfg, n, False)) for n in names}
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
+    model.set_use_split_qkv_input(bool(split))
+    model.set_use_attn_result(bool(result))
+    model.set_use_hook_mlp_in(bool(mlp_in))
     try:
         yield
     finally:
@@ -298,6 +308,51 @@ class EdgeBase:
         ts += list(self.resid or [])
         return sum(t.numel() * t.element_size() for t in ts)
 
+    def tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {
+            "out": self.out,
+            "delta": self.delta,
+            "f_base": self.f_base,
+            "f_src": self.f_src,
+        }
+        if self.grad is not None:
+            out["grad"] = self.grad
+        if self.ref_logprobs is not None:
+            out["ref_logprobs"] = self.ref_logprobs
+        for i, r in enumerate(self.resid or []):
+            out[f"resid.{i}"] = r
+        return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+    def save(self, path: str) -> None:
+        """Safetensors, as ``BaseCache.save`` (``BaseCache.load`` reads either kind back)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        g = self.graph
+        shape = [g.n_layers, g.n_heads, g.n_kv_heads, int(g.has_mlp), int(g.parallel)]
+        meta = {"key": self.key, "kind": "edges", "graph": json.dumps(shape), "n0": str(self.n0)}
+        save_file(self.tensors(), path, metadata=meta)
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor], meta: dict[str, str]) -> EdgeBase:
+        import json
+
+        nl, nh, nkv, mlp, par = json.loads(meta["graph"])
+        n = sum(1 for k in t if k.startswith("resid."))
+        return cls(
+            build_graph(int(nl), int(nh), int(nkv), bool(mlp), bool(par)),
+            t["out"],
+            t["delta"],
+            t.get("grad"),
+            t["f_base"],
+            t["f_src"],
+            t.get("ref_logprobs"),
+            resid=[t[f"resid.{i}"] for i in range(n)] if n else None,
+            n0=int(meta.get("n0", "0")),
+            key=meta.get("key", ""),
+        )
+
 
 def _eps(g: Graph, p: Problem, rows: int, like: Tensor) -> dict[str, Tensor]:
     """A zero perturbation (requires grad) for every receiver hook: [rows, pos, (heads,) d]."""
@@ -352,28 +407,36 @@ def edge_base(
     grad: bool = True,
     signs: Tensor | None = None,
 ) -> tuple[EdgeBase, Tensor | None]:
-    """The edge base pass: the source forward (sender outputs) and the base forward with a
-    zero perturbation at every receiver and one backward (dF/dx_v for all receivers at once).
-    With ``signs`` ([P, n_edges] Rademacher) the HVP probes ride on it (``edge_hvp``):
-    returns y [P, n_edges]. Without ``grad`` no backward: 2 forwards (through the shared
-    prefix where there is one)."""
+    """The edge base pass: the source forward (sender outputs) and the base forward with one
+    backward, which gives dF/dx_v for every receiver at once. With ``signs`` ([P, n_edges]
+    Rademacher) the HVP probes ride on its graph (``edge_hvp``): returns y [P, n_edges].
+    Without ``grad`` no backward: 2 forwards (through the shared prefix where there is one).
+
+    The receivers' gradients come from the plain forward (no per-head copy of the residual
+    stream through the network): a zero perturbation at every head's q / k / v
+    (``attn.hook_q|k|v``), every MLP input and the final norm's input; a q / k / v receiver's
+    gradient is then that head's projection and the block's first norm pulled back by hand at
+    the block's input (``_Local``: the same numbers as the split-qkv fork, at the cost of a
+    per-layer norm over [batch, pos, heads, d_model] instead of a forked network)."""
     tracker = tracker or Tracker()
     t0 = time.perf_counter()
-    with edge_mode(p.model):
-        if not grad:
+    if not grad:  # patching needs the sender outputs only: no split fork
+        with edge_mode(p.model, split=False, mlp_in=False):
             return _base_nograd(p, g, tracker, t0), None
+    with edge_mode(p.model, split=False):
         src: dict[str, Tensor] = {}
         with torch.no_grad():
             lg_src = run(p, p.src_tokens, extra_hooks=_capture_hooks(g, src))
         tracker.fwd(1)
         base: dict[str, Tensor] = {}
         resid: list[Tensor | None] = [None] * g.n_layers
-        eps = _eps(g, p, p.batch, src[g.senders[0].hook])
+        like = src[g.senders[0].hook]
+        eps = _site_eps(p, g, p.batch, like)
         with torch.enable_grad():
             lg = run(
                 p,
                 p.base_tokens,
-                resid_capture=resid if p.can_resume else None,
+                resid_capture=resid,
                 extra_hooks=_capture_hooks(g, base) + _add_hooks(eps),
             )
             tracker.fwd(1)
@@ -383,16 +446,17 @@ def edge_base(
             names = list(eps)
             gs = torch.autograd.grad(f, [eps[n] for n in names], create_graph=signs is not None)
             tracker.bwd(1)
+            gd = dict(zip(names, gs, strict=True))
+            local = [_Local(p.model, g, layer, resid[layer]) for layer in range(g.n_layers)]  # type: ignore[arg-type]
+            G = _receiver_grads(g, local, {n: x.detach() for n, x in gd.items()})
             out_src, out_base = _stack_senders(g, src), _stack_senders(g, base)
             delta = out_src - out_base
-            gd = {n: x for n, x in zip(names, gs, strict=True)}
-            G = _grads_to_receivers(g, {n: x.detach() for n, x in gd.items()}, slice(None))
             cost = Cost(2, 1, time.perf_counter() - t0, 2, 1)
             y = None
             probe_cost = Cost()
             if signs is not None:
                 t1 = time.perf_counter()
-                y = edge_hvp(p, g, gd, eps, delta, signs, tracker)
+                y = edge_hvp(g, gd, eps, local, delta, signs, tracker)
                 n = int(signs.shape[0])
                 probe_cost = Cost(0, n, time.perf_counter() - t1, 0, n)
         with torch.no_grad():
@@ -411,6 +475,94 @@ def edge_base(
         probe_cost=probe_cost,
     )
     return eb, y
+
+
+def _site_eps(p: Problem, g: Graph, rows: int, like: Tensor) -> dict[str, Tensor]:
+    """Zero perturbations (requiring grad) at the plain forward's gradient sites: every
+    layer's q, k, v ([rows, pos, heads, d_head]), MLP input and the final norm's input."""
+    pos = int(p.base_tokens.shape[1])
+    d = int(like.shape[-1])
+    dh = int(p.model.cfg.d_head)
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
+
+    out = {}
+    for layer in range(g.n_layers):
+        for kind in KINDS:
+            n = g.n_heads if kind == "q" else g.n_kv_heads
+            out[f"blocks.{layer}.attn.hook_{kind}"] = zeros(rows, pos, n, dh)
+        if g.has_mlp:
+            out[f"blocks.{layer}.hook_mlp_in"] = zeros(rows, pos, d)
+    out["ln_final.hook_in"] = zeros(rows, pos, d)
+    return out
+
+
+class _Local:
+    """One block's q / k / v receivers: z -> ln1(z) @ W_{Q|K|V}[r] for every receiver r at
+    once (z: [batch, pos, R, d_model], R = heads + 2 KV heads), at the block's input x."""
+
+    def __init__(self, model, g: Graph, layer: int, x: Tensor):
+        a = model.blocks[layer].attn
+        self.w = torch.cat([a.W_Q, a.W_K, a.W_V], 0).detach().to(x.dtype)  # [R, d, d_head]
+        self.ln = model.blocks[layer].ln1.original_component
+        self.layer, self.nh, self.nkv = layer, g.n_heads, g.n_kv_heads
+        self.r = g.n_heads + 2 * g.n_kv_heads
+        self.x = x.detach()
+
+    def fn(self, z: Tensor) -> Tensor:
+        return torch.einsum("bsrd,rde->bsre", self.ln(z), self.w)
+
+    def point(self) -> Tensor:
+        b, s, d = self.x.shape
+        return self.x[:, :, None, :].expand(b, s, self.r, d).clone().requires_grad_(True)
+
+    def sites(self, gd: dict[str, Tensor]) -> Tensor:
+        """The q / k / v sites' tensors of this layer side by side: [batch, pos, R, d_head]."""
+        L = self.layer
+        return torch.cat([gd[f"blocks.{L}.attn.hook_{k}"] for k in KINDS], 2)
+
+    def split(self, t: Tensor) -> dict[str, Tensor]:
+        L, nh, nkv = self.layer, self.nh, self.nkv
+        return {
+            f"blocks.{L}.attn.hook_q": t[:, :, :nh],
+            f"blocks.{L}.attn.hook_k": t[:, :, nh : nh + nkv],
+            f"blocks.{L}.attn.hook_v": t[:, :, nh + nkv :],
+        }
+
+    def vjp(self, gq: Tensor) -> Tensor:
+        """J^T gq: the receivers' gradients at the block's input, [batch, pos, R, d]."""
+        with torch.enable_grad():
+            z = self.point()
+            return torch.autograd.grad(self.fn(z), z, gq)[0]
+
+    def jvp(self, t: Tensor) -> Tensor:
+        """J t: the change of q / k / v when receiver r's input moves by t[:, :, r]."""
+        return torch.func.jvp(self.fn, (self.x[:, :, None, :].expand_as(t).contiguous(),), (t,))[1]
+
+    def hvp(self, gq: Tensor, h: Tensor, t: Tensor) -> Tensor:
+        """J^T h + the norm's own curvature along t weighted by gq: the receivers' part of
+        [Hess F t] (h: [Hess of F in q / k / v] applied to the pushed-forward tangent)."""
+        with torch.enable_grad():
+            z = self.point()
+            a = self.fn(z)
+            g1 = torch.autograd.grad(a, z, gq, create_graph=True)[0]
+            out = torch.autograd.grad(a, z, h, retain_graph=True)[0]
+            if g1.requires_grad:
+                out = out + torch.autograd.grad(g1, z, t)[0]
+        return out
+
+
+def _receiver_grads(g: Graph, local: list[_Local], gd: dict[str, Tensor]) -> Tensor:
+    """[n_receivers, batch, pos, d]: q / k / v receivers from their block's pull-back, MLP
+    inputs and the logits' input straight from their sites."""
+    parts: list[Tensor] = []
+    for layer in range(g.n_layers):
+        ga = local[layer].vjp(local[layer].sites(gd))  # [B, S, R, d]
+        parts.extend(ga.permute(2, 0, 1, 3).unbind(0))
+        if g.has_mlp:
+            parts.append(gd[f"blocks.{layer}.hook_mlp_in"])
+    parts.append(gd["ln_final.hook_in"])
+    return torch.stack(parts)
 
 
 def _base_nograd(p: Problem, g: Graph, tracker: Tracker, t0: float) -> EdgeBase:
@@ -500,18 +652,18 @@ def rademacher_edges(g: Graph, probes: int, seed: int) -> Tensor:
 
 
 def edge_hvp(
-    p: Problem,
     g: Graph,
     grads: dict[str, Tensor],
     eps: dict[str, Tensor],
+    local: list[_Local],
     delta: Tensor,
     signs: Tensor,
     tracker: Tracker,
 ) -> Tensor:
     """y[k, e] = s_k[e] <delta_u, [H T_k]_v> for the probe T_k: x_v moves by
-    sum_{u -> v} s_k[u -> v] delta_u at every receiver at once (one double backward per
-    probe on the graph of ``grads``, taken with create_graph). Unbiased for the edge's own
-    quadratic form delta_u^T H_v delta_u."""
+    sum_{u -> v} s_k[u -> v] delta_u at every receiver at once; one double backward per probe
+    on the graph of ``grads`` (taken with create_graph), plus each block's small pull-back.
+    Unbiased for the edge's own quadratic form delta_u^T H_v delta_u."""
     k_all = int(signs.shape[0])
     acc = torch.promote_types(delta.dtype, torch.float32)
     dev = delta.device
@@ -521,28 +673,47 @@ def edge_hvp(
     dm = delta.reshape(n_s, -1)
     y = torch.zeros(k_all, g.n_edges, device=dev, dtype=acc)
     names = list(eps)
+    # receiver index ranges of each block's q / k / v receivers, its MLP and the logits
+    per = g.n_heads + 2 * g.n_kv_heads + int(g.has_mlp)
+    gq = [loc.sites({n: x.detach() for n, x in grads.items()}) for loc in local]
     for k in range(k_all):
         tracker.check()
         s = torch.zeros(n_s, n_r, device=dev, dtype=delta.dtype)
         s[u, v] = signs[k].to(dev, delta.dtype)
         tang = (s.T @ dm).view(n_r, *delta.shape[1:])  # [n_receivers, batch, pos, d]
-        th = _to_hooks(g, tang, eps)
+        site_t: dict[str, Tensor] = {}
+        t_attn = []
+        for layer, loc in enumerate(local):
+            lo = layer * per
+            ta = tang[lo : lo + loc.r].permute(1, 2, 0, 3)  # [B, S, R, d]
+            t_attn.append(ta)
+            site_t.update(loc.split(loc.jvp(ta)))
+            if g.has_mlp:
+                site_t[f"blocks.{layer}.hook_mlp_in"] = tang[lo + loc.r]
+        site_t["ln_final.hook_in"] = tang[-1]
         inner = torch.zeros((), device=dev, dtype=acc)
         for n in names:
-            inner = inner + (grads[n].to(acc) * th[n].to(acc)).sum()
+            inner = inner + (grads[n].to(acc) * site_t[n].to(acc)).sum()
         hv: Sequence[Tensor | None]
         if inner.requires_grad:
             hv = torch.autograd.grad(
                 inner, [eps[n] for n in names], retain_graph=k < k_all - 1, allow_unused=True
             )
-        else:  # F is linear in the receivers' inputs
+        else:  # F is linear in the sites
             hv = [None] * len(names)
         tracker.bwd(1)
         hd = {
             n: (h.detach() if h is not None else torch.zeros_like(eps[n]))
             for n, h in zip(names, hv, strict=True)
         }
-        HT = _grads_to_receivers(g, hd, slice(None))
+        parts: list[Tensor] = []
+        for layer, loc in enumerate(local):
+            ht = loc.hvp(gq[layer], loc.sites(hd), t_attn[layer])  # [B, S, R, d]
+            parts.extend(ht.permute(2, 0, 1, 3).unbind(0))
+            if g.has_mlp:
+                parts.append(hd[f"blocks.{layer}.hook_mlp_in"])
+        parts.append(hd["ln_final.hook_in"])
+        HT = torch.stack(parts)
         y[k] = signs[k].to(dev, acc) * edge_scores(g, delta, HT)
         tracker.report((k + 1) / k_all)
     return y
@@ -559,7 +730,7 @@ def eap_ig(p: Problem, eb: EdgeBase, steps: int, tracker: Tracker) -> Tensor:
     n0 = eb.n0
     acc_g: Tensor | None = None
     parts = chunks(steps, p.max_copies)
-    with edge_mode(p.model):
+    with edge_mode(p.model, result=False):
         for j, (lo, hi) in enumerate(parts):
             tracker.check()
             k = hi - lo
@@ -652,7 +823,9 @@ def patch_edges(
     pre = _prefix(p, eb, tracker)
     n0 = pre.length if pre is not None else eb.n0
     zero = (eb.delta.flatten(1) == 0).all(1).tolist() if p.shortcuts else [False] * len(g.senders)
-    by_layer: dict[int, list[int]] = {}
+    # one group per receiver layer and kind of input (q / k / v take the split fork, which
+    # the MLP inputs and the logits do not need)
+    by_layer: dict[tuple[int, str], list[int]] = {}
     for e in edge_idx:
         u, v = g.edges[int(e)]
         if zero[u]:
@@ -660,14 +833,16 @@ def patch_edges(
             if per_pair is not None:
                 per_pair[int(e)] = torch.zeros(p.batch, dtype=eb.f_base.dtype)
             continue
-        by_layer.setdefault(g.receivers[v].layer, []).append(int(e))
+        r = g.receivers[v]
+        kind = "attn" if r.kind in KINDS else r.kind
+        by_layer.setdefault((r.layer, kind), []).append(int(e))
     work = [
-        (layer, es[lo:hi])
-        for layer, es in sorted(by_layer.items())
+        (layer, kind, es[lo:hi])
+        for (layer, kind), es in sorted(by_layer.items())
         for lo, hi in chunks(len(es), p.max_copies)
     ]
-    with edge_mode(p.model):
-        for j, (layer, es) in enumerate(work):
+    for j, (layer, kind, es) in enumerate(work):
+        with edge_mode(p.model, split=kind == "attn", result=False, mlp_in=kind == "mlp"):
             tracker.check()
             k = len(es)
             plan: dict[str, list[tuple[int, int | None, int]]] = {}
