@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from ..store import keys
+    from ..store import AnalysisStore, keys
     from ..store.redis_conn import redacted
+    from ..store.retention import pruner
     from .queue import get_queue
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         maintenance_interval=settings.maintenance_interval_s,
         execution_ttl=settings.execution_ttl_s,
         default_result_ttl=7 * 24 * 3600,
+        retention=pruner(AnalysisStore(conn), rt.cache, settings),
     )
     log.info(
         "worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, redacted(settings.redis_url)
