@@ -31,7 +31,7 @@ def test_mismatched_token_lengths(tiny_model):
 def test_empty_strings():
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text(["a b"], [""], [" x"], [" y"])
-    assert "pair 0" in one_line(e) and "empty" in str(e.value)
+    assert "pair 1:" in one_line(e) and "empty" in str(e.value)  # numbered from 1, as on the page
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text([], [], [], [])
     one_line(e)
@@ -45,14 +45,14 @@ def test_text_problems_named_per_pair(tiny_model):
     with pytest.raises(ValueError) as e:
         pairs.tokenize(tiny_model)
     msg = one_line(e)
-    assert msg.startswith("pair 1:") and "same length" in msg
+    assert msg.startswith("pair 2:") and "same length" in msg
 
 
 def test_multi_token_answer(tiny_model):
     pairs = pa.PromptPairs.from_text(["<1> <2>"], ["<1> <3>"], ["<5> <6>"], ["<7>"])
     with pytest.raises(ValueError) as e:
         pairs.tokenize(tiny_model)
-    assert "not one" in one_line(e) and "pair 0" in str(e.value)
+    assert "not one" in one_line(e) and "pair 1:" in str(e.value)
 
 
 def test_check_pairs_reports_without_raising(tiny_model):
@@ -280,4 +280,4 @@ def test_unknown_words_are_named_before_they_reach_the_model():
     assert any("vocabulary lacks" in p for p in out[1]["problems"])
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text([ok], [bad], [" Mary"], [" John"]).tokenize(model)
-    assert one_line(e).startswith("pair 0: the corrupted prompt has words")
+    assert one_line(e).startswith("pair 1: the corrupted prompt has words")
