@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import expect
 from scipy.stats import spearmanr
 from test_e2e_component import finished_analysis
+
 from tests.waits import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -181,9 +182,10 @@ def test_compare_aligns_signs_ranks_and_verified_view_at_1280(
     assert rho > 0.3  # aligned, the two directions agree on which heads matter
     # a colour bar on every map (A, B, difference and the flags)
     for div in ("map-a", "map-b", "map-diff", "map-flags"):
-        assert page.evaluate(
-            f"document.querySelector('#{div}').querySelectorAll('.colorbar').length"
-        ) == 1, div
+        assert (
+            page.evaluate(f"document.querySelector('#{div}').querySelectorAll('.colorbar').length")
+            == 1
+        ), div
 
     # raw signs: each analysis in its own convention, with the warning, and rho follows
     page.locator("#cmp-raw").check()
@@ -213,9 +215,7 @@ def test_compare_aligns_signs_ranks_and_verified_view_at_1280(
     expect(page.locator("#cmp-verified")).to_contain_text("Verified in both")
     both = sorted(set(va) & set(vb))
     assert len(both) == 3
-    rho_v = float(
-        spearmanr([-va[k] for k in both], [vb[k] for k in both]).statistic
-    )
+    rho_v = float(spearmanr([-va[k] for k in both], [vb[k] for k in both]).statistic)
     assert float(card.get_attribute("data-spearman")) == pytest.approx(rho_v, abs=1e-9)
     ring = page.evaluate("document.querySelector('#map-a').data[1]")
     assert sorted(f"{y}.{x}" for x, y in zip(ring["x"], ring["y"], strict=True)) == both
