@@ -88,10 +88,14 @@ def _hub_offline() -> bool:
 
 
 def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache (HF_HUB_CACHE, else HF_HOME/hub, read now) holds its config."""
+    hub = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+    )
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+        return isinstance(try_to_load_from_cache(name, "config.json", cache_dir=hub), str)
     except (ImportError, ValueError, OSError):
         return False
 
