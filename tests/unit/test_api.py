@@ -185,9 +185,9 @@ def test_memory_budget_chunks_give_the_same_numbers(tiny_model, tiny_pairs):
     methods = ["ap", "hvp", "hvp_exact", "ig", "mhvp"]
     kw = dict(methods=methods, hvp_probes=5, ig_steps=5, mhvp_steps=3, hvp_mode="tile")
     big = pa.audit(tiny_model, tiny_pairs, **kw)
-    small = pa.audit(
-        tiny_model, tiny_pairs, memory_budget_mb=one_copy_budget(tiny_model, tiny_pairs), **kw
-    )  # one copy per forward
+    one = one_copy_budget(tiny_model, tiny_pairs, methods=methods, hvp_mode="tile")
+    small = pa.audit(tiny_model, tiny_pairs, memory_budget_mb=one, **kw)  # one copy per forward
+    assert small.cost["plan"]["max_copies"] == 1
     for m in methods:
         assert torch.allclose(big.scores[m], small.scores[m], rtol=1e-4, atol=1e-7), m
     assert small.cost["hvp_exact"]["forward"] > big.cost["hvp_exact"]["forward"]
