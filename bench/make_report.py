@@ -869,6 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
     trust = _load(res / "trust.json")
+    atps = _load(res / "atpstar.json") or _load(res / "atpstar_quick.json")
 
     sections = []
     if acc:
@@ -930,6 +931,12 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(circuits_md(circ))
     if trust:
         sections.append(trust_md(trust))
+    if atps:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from report_atpstar import atpstar_md
+
+        (res / "atpstar.md").write_text(atpstar_md(atps))
+        sections.append(atpstar_md(atps))
     if scale:
         sections.append("\n".join(scale_md(scale)))
     if lane:
@@ -951,6 +958,10 @@ def main(argv: list[str] | None = None) -> int:
         from report_trust import mhvp_claim
 
         body = trust_headline(trust) + "\n" + mhvp_claim(trust) + "\n\n" + body
+    if atps:
+        from report_atpstar import wins
+
+        body = body + "\n\n" + wins(atps)
     readme = Path(args.readme)
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     text = readme.read_text() if readme.exists() else ""

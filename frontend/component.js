@@ -84,6 +84,12 @@ function name(key) {
   if (site === "heads") return `head L${i}H${j}`;
   if (site === "mlp") return `MLP L${i}`;
   if (site === "resid") return `resid L${i} position ${j}`;
+  if (site === "q") return `query of head L${i}H${j}`;
+  if (site === "k" || site === "v") {
+    const what = site === "k" ? "key" : "value";
+    const kv = st.result?.labels?.col_name === "kv head" ? "key/value head" : "head";
+    return `${what} of ${kv} L${i}H${j}`;
+  }
   return String(key);
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MIN_TOKEN_LENGTH = 16
 
+log = logging.getLogger(__name__)
+
 #: A member's name in the tokens file: letters, digits and ``_ . @ -``, at most 64 characters.
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 #: The owner of everything on a token-less server (every local user is this one client).
@@ -41,6 +44,8 @@ def read_tokens_file(path: Path) -> dict[str, str]:
     malformed, a name repeats, or a token is short or shared by two names."""
     try:
         text = Path(path).read_text(encoding="utf-8")
+        if Path(path).stat().st_mode & 0o077:
+            log.warning("the tokens file %s is readable by other users: chmod 600 it", path)
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read the tokens file {path}: {e.__class__.__name__}") from None
     members: dict[str, str] = {}
@@ -271,7 +276,13 @@ class Settings(BaseSettings):
     def _preload(cls, v: list[str] | None) -> list[str]:
         return list(v or [])
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("tokens_file", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # absolute: the workers `serve` starts read the same file whatever their directory
+        return None if v is None else v.expanduser().absolute()
+
+    @field_validator("redis_url", "tokens_file", mode="before")
     @classmethod
     def _empty_url(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

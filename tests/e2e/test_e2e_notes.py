@@ -114,6 +114,19 @@ def test_a_note_written_by_one_member_shows_for_another(new_context, team_server
     expect(row).to_have_count(0)
     expect(home.locator("#history-member")).to_have_text("signed in as bob")
     expect(home.locator("#open-server-banner")).to_have_count(0)  # this server has members
+    home.click("#history-team")
+    expect(row.locator("button", has_text="Delete")).to_have_count(0)  # not bob's to delete
+
+    # alice deletes it from her list: gone for everyone, with its notes
+    mine = pa.context.new_page()
+    mine.goto("/")
+    mine.on("dialog", lambda d: d.accept())
+    own = mine.locator(f"#history-server tr[data-id='{aid}']")
+    expect(own.locator("td.owner")).to_have_text("alice (you)")
+    own.locator("button", has_text="Delete").click()
+    expect(own).to_have_count(0)
+    assert bob.api("GET", f"/api/analyses/{aid}")[0] == 404
+    assert bob.api("GET", f"/api/analyses/{aid}/notes")[0] == 404
 
 
 def test_a_tokenless_server_says_it_is_open_on_every_page(page, server, model_name) -> None:
