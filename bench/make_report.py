@@ -902,6 +902,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if circ:
         (res / "circuits.md").write_text(circuits_md(circ))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_lane import lane_md, target_rows
+
+    lane = _load(res / "lane.json")
+    rows.extend(target_rows(lane))
     t_md = targets_md(rows)
     (res / "targets.md").write_text(t_md)
     made = plots(acc, plot_dir)
@@ -934,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(atpstar_md(atps))
     if scale:
         sections.append("\n".join(scale_md(scale)))
+    if lane:
+        sections.append(lane_md(lane))
     if made:
         sections.append("\n".join(f"![{p.stem}](../bench/plots/{p.name})" for p in made) + "\n")
     # the long tables go to docs/BENCHMARKS.md; the README keeps a few headline numbers

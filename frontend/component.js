@@ -12,6 +12,7 @@ import { METHOD_LABELS, fmt } from "./flags.js";
 import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
 import { parseKey } from "./keys.js";
+import { verifyPosted } from "./verify.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
 let wanted = null; // the key being fetched
@@ -56,6 +57,8 @@ async function load() {
   wanted = key;
   clear();
   setStatus(`Computing ${name(key)} (per pair, per position, attention)…`);
+  await verifyPosted(); // the click's verify first: the drill-down goes after it
+  if (wanted !== key) return;
   let res;
   try {
     res = await api(`/api/analyses/${encodeURIComponent(st.id)}/components/${encodeURIComponent(key)}?wait=2`, { write: true });
