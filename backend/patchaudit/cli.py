@@ -29,7 +29,17 @@ def print_table(report, top: int = 15) -> None:
 
     cols = [
         m
-        for m in ("atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp")
+        for m in (
+            "atp",
+            "hvp",
+            "hvp_joint",
+            "hvp_exact",
+            "sat",
+            "ig",
+            "mhvp",
+            "atp_star",
+            "graddrop",
+        )
         if m in report.scores
     ]
     header = ["component", *cols, "reliability", "bound", "flag", "verified (ap)"]
@@ -110,7 +120,11 @@ def cmd_audit(argv: list[str]) -> int:
     )
     ap.add_argument("--n", type=int, default=16, help="number of prompt pairs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--site", default="heads")
+    ap.add_argument(
+        "--site",
+        default="heads",
+        help="heads, mlp, resid, or q / k / v (each head's queries, keys, values)",
+    )
     ap.add_argument("--metric", default="logit_diff")
     ap.add_argument("--direction", default="noising")
     ap.add_argument("--methods", default="atp,hvp,sat,ap")

@@ -27,6 +27,8 @@ from ..service.contract import (
     Matrix,
     Method,
     Metric,
+    Note,
+    NoteIn,
     PairIn,
     Screen,
     Site,
@@ -52,6 +54,8 @@ __all__ = [
     "Labels",
     "Matrix",
     "Metric",
+    "Note",
+    "NoteIn",
     "PairIn",
     "Screen",
     "Site",
@@ -142,6 +146,30 @@ class Progress(BaseModel):
     phase: str = "queued"
     fraction: float = 0.0
     passes: int = 0
+    passes_total: int | None = Field(
+        default=None, description="estimated passes in all (passes / fraction so far)"
+    )
+    eta_s: float | None = Field(default=None, description="estimated seconds left")
+    elapsed_s: float | None = None
+
+
+class JobState(BaseModel):
+    """One job of an analysis not finished yet (analysis, verify, fix, circuit, inspect, ...)."""
+
+    id: str
+    kind: str
+    status: str = Field(
+        description="queued, running, retrying (its worker stopped: it runs once more), "
+        "or worker_lost (its worker stopped and it will not run again)"
+    )
+    interactive: bool = False
+    phase: str = "queued"
+    fraction: float = 0.0
+    passes: int = 0
+    passes_total: int | None = None
+    eta_s: float | None = None
+    attempt: int = 1
+    what: str = Field(default="", description="what it works on: components, key, ranking")
 
 
 class Analysis(BaseModel):
@@ -154,6 +182,15 @@ class Analysis(BaseModel):
     error: ErrorInfo | None = None
     pending: list[str] = Field(default_factory=list, description='"layer.head" being verified')
     verifications: list[Verification] = Field(default_factory=list)
+    owner: str | None = Field(
+        default=None, description="the member who created it (null: made before members)"
+    )
+    notes: dict[str, Note] = Field(
+        default_factory=dict, description='"L.C" (as in verified) -> the note on that component'
+    )
+    jobs: list[JobState] = Field(
+        default_factory=list, description="its jobs not finished yet, with their state"
+    )
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -275,6 +312,9 @@ class ServerConfig(BaseModel):
 class WhoAmI(BaseModel):
     auth_required: bool
     token_ok: bool
+    member: str | None = Field(
+        default=None, description='the member this token names ("local" on a token-less server)'
+    )
 
 
 class PairsParsed(BaseModel):
@@ -316,6 +356,7 @@ class AnalysisSummary(BaseModel):
     direction: str | None = None
     n_pairs: int | None = None
     methods: list[str] = Field(default_factory=list)
+    owner: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -326,3 +367,9 @@ class AnalysisList(BaseModel):
     page: int
     per_page: int
     pages: int
+    scope: Literal["team", "mine"] = "team"
+    member: str | None = Field(default=None, description="who asked (the 'mine' in scope)")
+
+
+class NoteList(BaseModel):
+    notes: dict[str, Note]

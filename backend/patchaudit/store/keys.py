@@ -10,6 +10,11 @@ PREFIX = "pa"
 
 #: RQ queue the API enqueues on and workers listen to.
 QUEUE_NAME = "patchaudit"
+#: RQ queue of the interactive job kinds (verify, inspect, ...: ``JobKind.interactive``), served
+#: by each worker's interactive lane so they never wait behind long jobs.
+INTERACTIVE_QUEUE_NAME = "patchaudit-interactive"
+#: ... and of the interactive kinds the lane serves first (``JobKind.first``: a click's verify).
+FIRST_QUEUE_NAME = "patchaudit-first"
 
 #: Hash per analysis: request, status, progress, result, error, job ids, timestamps.
 ANALYSIS = f"{PREFIX}:analysis:"
@@ -107,3 +112,21 @@ def admission_lock(client: str) -> str:
 
 def circuits(analysis_id: str) -> str:
     return CIRCUITS + analysis_id
+
+
+# -- members, notes, retention (issue 20) ------------------------------------------------------
+
+#: Sorted set per member: the ids of the analyses they own, by creation time.
+OWNED = f"{PREFIX}:analyses:owner:"
+#: Hash per analysis: "L.C" -> JSON note {label, text, author, created_at, updated_at}.
+NOTES = f"{PREFIX}:notes:"
+#: Short lock taken by the retention prune (one worker prunes at a time).
+PRUNE_LOCK = f"{PREFIX}:prune:lock"
+
+
+def owned(member: str) -> str:
+    return OWNED + member
+
+
+def notes(analysis_id: str) -> str:
+    return NOTES + analysis_id

@@ -92,6 +92,8 @@ def method_passes(request: dict[str, Any], n_components: int = COMPONENTS_GUESS)
         "hvp_exact": 3 * n_components,
         "ig": 2 * steps,
         "ap": n_components,
+        "atp_star": 2 + n_components,  # dm/dA, then one block per q / k component
+        "graddrop": 2 * 12,  # one backward per layer (a layer count guess) and its forward
     }
     return 3 + sum(per.get(m, 1) for m in request.get("methods") or [])
 
@@ -192,7 +194,11 @@ class Admission:
 
     def record(self, client: str, job_id: str, cost: int) -> None:
         self.conn.zadd(keys.admission(client), {job_id: cost})
+        from .queue import lane_queue_key
+
+        # an interactive job (verify, inspect, ...) takes its fair place in its own queue
+        qkey = lane_queue_key(self.queue, job_id) or self.queue.key
         self._place(
-            keys=[self.queue.key, keys.FAIR_TAGS, keys.FAIR_LAST, keys.FAIR_VTIME],
+            keys=[qkey, keys.FAIR_TAGS, keys.FAIR_LAST, keys.FAIR_VTIME],
             args=[job_id, client, cost],
         )
