@@ -154,7 +154,9 @@ def graph(model) -> Graph:
             "edges need a TransformerBridge model (its split-qkv fork gives every head's "
             "query, key and value input its own copy of the residual stream)"
         )
-    if _cfg(model, "use_normalization_before_and_after", False):
+    blocks = list(getattr(model, "blocks", []))
+    post = bool(blocks) and any(hasattr(blocks[0], n) for n in ("ln1_post", "ln2_post"))
+    if post or _cfg(model, "use_normalization_before_and_after", False):
         raise ValueError(
             "edges are not supported on models that normalise each block's output before "
             "adding it to the residual stream (Gemma-2's post-norms): a head's output there is "
@@ -483,6 +485,7 @@ def _site_eps(p: Problem, g: Graph, rows: int, like: Tensor) -> dict[str, Tensor
     pos = int(p.base_tokens.shape[1])
     d = int(like.shape[-1])
     dh = int(p.model.cfg.d_head)
+
     def zeros(*shape: int) -> Tensor:
         return torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
 
