@@ -59,6 +59,7 @@ bench: install
 	$(PY) bench/bench_inspect_latency.py
 	$(VENV)/bin/patchaudit bench circuits --out bench/results/circuits.json
 	$(VENV)/bin/patchaudit bench scale --out bench/results/scale.json
+	$(VENV)/bin/patchaudit bench diagnose --out bench/results/diagnose.json
 	$(PY) bench/bench_load_bundled.py
 	$(PY) bench/make_report.py
 	$(MAKE) docs

@@ -869,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
     trust = _load(res / "trust.json")
+    diag = _load(res / "diagnose.json")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_diagnose import diagnose_md, finding
 
     sections = []
     if acc:
@@ -925,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(circuits_md(circ))
     if trust:
         sections.append(trust_md(trust))
+    if diag:
+        sections.append(diagnose_md(diag))
     if scale:
         sections.append("\n".join(scale_md(scale)))
     if made:
@@ -944,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         from report_trust import mhvp_claim
 
         body = trust_headline(trust) + "\n" + mhvp_claim(trust) + "\n\n" + body
+    if diag and finding(diag):
+        body = finding(diag) + "\n" + body
     readme = Path(args.readme)
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     text = readme.read_text() if readme.exists() else ""

@@ -18,6 +18,7 @@ import { renderTable } from "./table.js";
 import { fixAll, renderControls, verify } from "./verify.js";
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
+import "./why.js"; // the "why" views (issue 21): follow st.c / st.why
 import { initCompareBox, remember } from "./history.js";
 
 // A small read-only handle for tests and the browser console.
@@ -119,6 +120,7 @@ function initResult() {
     c: url.c,
     pair: url.pair,
     k: url.k,
+    why: url.why,
   }, { url: false });
   sel.value = st.view;
   $("tau").value = String(st.tau);

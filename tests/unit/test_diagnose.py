@@ -230,3 +230,39 @@ def test_diagnose_refuses_bad_components():
         pa.diagnose(model, pairs, [])
     with pytest.raises(ValueError, match="site"):
         pa.diagnose(model, pairs, [(0, 0)], site="nope")
+
+
+# --- the paper's table (bench) ---------------------------------------------------------------
+
+
+def test_bench_table_rows_and_the_readme_sentence():
+    import sys
+    from pathlib import Path
+
+    from patchaudit.bench.diagnose import measure
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from report_diagnose import diagnose_md, finding
+
+    model = random_model("gpt2")
+    pairs = random_pairs(n=2, pos=6)
+    rows = [
+        {"model": "random gpt2", "task": "random tokens", **measure(model, pairs, site, "noising")}
+        for site in ("heads", "resid")
+    ]
+    heads, resid = rows
+    for r in rows:
+        assert r["local_share"] + r["downstream_share"] == pytest.approx(1.0)
+        assert sum(r["kinds"].values()) == pytest.approx(1.0)
+        assert r["top_kinds"] and r["n_with_q"] > 0
+    # a head's output meets only W_O in its own layer: no local curvature at all
+    assert heads["local_share"] == 0.0 and heads["holds"] is True
+    # the residual stream entering a block meets that block's norms, attention and MLP
+    assert resid["local_share"] > 0.0
+    md = diagnose_md({"rows": rows, "n_pairs": 2})
+    assert md.count("| random gpt2 | random tokens |") == 2
+    sentence = finding({"rows": rows})
+    n_held = sum(r["holds"] for r in rows)
+    assert f"holds in {n_held} of 2" in sentence
+    if n_held < 2:
+        assert "does not hold for the resid site" in sentence

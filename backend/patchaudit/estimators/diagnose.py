@@ -42,7 +42,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .core import BaseCache, Problem, Tracker, chunks, run, tile
+from ..tasks.metrics import per_copy
+from .core import BaseCache, Problem, Tracker, chunks, run, suffix_targets, tile
 from .sites import component_mask
 
 #: Calls linear (or affine) jointly in all their tensor arguments: no second derivative.
@@ -364,10 +365,11 @@ def gradient_at_operations(p: Problem, base: BaseCache, tracker: Tracker) -> tup
     try:
         with torch.enable_grad():
             eps = _eps_zero(p, base)
+            targets, last = suffix_targets(p, 1, 0)  # unembed the metric's position only
             with mode:
-                logits = run(p, p.base_tokens, eps=eps)
+                logits = run(p, p.base_tokens, eps=eps, last_only=last)
                 mode.metric = True
-                f = p.copies_metric(logits).sum()
+                f = per_copy(p.metric, logits, targets).sum()
             tracker.fwd(1)
             live = [(i, o) for i, o in enumerate(mode.outputs) if o is not None]
             grads = torch.autograd.grad(f, [o for _, o in live], allow_unused=True)
@@ -376,7 +378,8 @@ def gradient_at_operations(p: Problem, base: BaseCache, tracker: Tracker) -> tup
         mode.remove()
     gbar: list[Tensor | None] = [None] * len(mode.outputs)
     for (i, _), gi in zip(live, grads, strict=True):
-        gbar[i] = None if gi is None else gi.detach()
+        # (an operation the metric does not depend on contributes nothing)
+        gbar[i] = None if gi is None or not bool(gi.any()) else gi.detach()
     return gbar, mode.seen
 
 
@@ -412,10 +415,11 @@ def split_second_order(
             with torch.no_grad(), fwAD.dual_level():
                 for layer, t in tangents.items():
                     eps[layer] = fwAD.make_dual(torch.zeros_like(t), t)
+                targets, last = suffix_targets(p, k, 0)
                 with mode:
-                    logits = run(p, tile(p.base_tokens, k), eps=eps)
+                    logits = run(p, tile(p.base_tokens, k), eps=eps, last_only=last)
                     mode.metric = True
-                    p.copies_metric(logits)
+                    per_copy(p.metric, logits, targets)
         finally:
             mode.remove()
         tracker.fwd(k)

@@ -713,6 +713,78 @@ def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     return {"status": "done", "seconds": detail.cost["seconds"]}
 
 
+#: The most flagged components the model-wide "why" view diagnoses (least reliable first).
+WHY_FLAGGED_MAX = 24
+
+
+def _flagged_all(result: dict[str, Any]) -> list[list[int]]:
+    """Every flagged component of a stored result (verified or not), least reliable first."""
+    flags = result.get("flags") or []
+    rel = result.get("reliability") or []
+    out = []
+    for i, row in enumerate(flags):
+        for j, f in enumerate(row):
+            if f:
+                r = rel[i][j] if i < len(rel) and j < len(rel[i]) else None
+                out.append((1.0 if r is None else float(r), [i, j]))
+    return [c for _, c in sorted(out)]
+
+
+@job_kind(K.WHY)
+def run_why(ctx: JobContext, key: str) -> dict[str, Any]:
+    """Why AtP is wrong for one component ("L.C"), or for the flagged components of the
+    analysis ("flagged"): ``pa.diagnose`` on the cached base pass, stored with the analysis
+    under "why:<key>" so later requests and share links read it without recomputing."""
+    import patchaudit as pa
+
+    rt, store, analysis_id = ctx.rt, ctx.store, ctx.analysis_id
+    skey = K.why_key(key)
+    rec = ctx.analysis("why")
+    running = ComponentRecord(status=JobStatus.RUNNING, job_id=ctx.job_id)
+    store.set_component(analysis_id, skey, running.stored())
+    req = NormalisedRequest.model_validate(rec.request)
+    progress = ctx.progress()
+    progress("diagnose", 0.0, 0)
+    model, tp, ckey = _prepare(rt, req)
+    comps = (
+        _flagged_all(rec.result or {})[:WHY_FLAGGED_MAX]
+        if key == "flagged"
+        else [list(parse_component_key(key))]
+    )
+    out: dict[str, Any]
+    if comps:
+        base = _load_base(rt, rec.cache_key or ckey)
+        d = pa.diagnose(
+            model,
+            tp,
+            comps,
+            site=req.site,
+            metric=req.metric,
+            direction=req.direction,
+            base=base,
+            progress=progress,
+            should_stop=progress.should_stop,
+            memory_budget_mb=rt.config.memory_budget_mb,
+        )
+        out = d.to_dict()
+        seconds = float(d.cost.get("seconds", 0.0))
+    else:
+        out = {
+            "site": req.site,
+            "metric": req.metric,
+            "direction": req.direction,
+            "components": [],
+            "cost": {},
+        }
+        seconds = 0.0
+    out["key"] = key
+    out["n_layers"] = len((rec.result or {}).get("labels", {}).get("rows") or [])
+    done = ComponentRecord(status=JobStatus.DONE, detail=out)
+    store.set_component(analysis_id, skey, done.stored())
+    log.info("diagnosed %s of %s in %.2f s", key, analysis_id, seconds)
+    return {"status": "done", "seconds": seconds}
+
+
 # ----------------------------------------------------------------------------------------
 # abandoned jobs
 # ----------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ...service.contract import (
     result_view,
     stored,
 )
-from ...service.kinds import kind_of
+from ...service.kinds import kind_of, why_key
 from ...store import JobStatus
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
@@ -589,9 +589,10 @@ def _component_failed(store: Any, analysis_id: str, key: str, record: dict[str, 
     store.drop_component(analysis_id, key)  # the next request tries again
     err = record.get("error") or {}
     status = {"ValueError": 422, "WorkerLost": 503}.get(str(err.get("type")), 500)
+    what = f"diagnosing {key[4:]}" if key.startswith("why:") else f"inspecting {key}"
     return ApiError(
         status,
-        f"inspecting {key} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
+        f"{what} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
     )
 
 
@@ -619,12 +620,15 @@ def _start_component(
     gate: Any,
     authorization: str | None,
     x_api_token: str | None,
+    kind: str = "inspect",
 ) -> tuple[str, Any]:
     """(stored key, answer or None): the answer when the component is stored already, else
-    its job queued (unless one is live) and None."""
+    its job queued (unless one is live) and None. ``kind`` "why": the component's diagnosis
+    (stored under "why:L.C"; key "flagged": the flagged components of the analysis)."""
     rec = load(store, analysis_id)
-    _require_done(rec, "inspect components")
-    ckey = _component_of(rec, key)
+    _require_done(rec, "inspect components" if kind == "inspect" else "diagnose components")
+    job_key = key if kind == "why" and key == "flagged" else _component_of(rec, key)
+    ckey = why_key(job_key) if kind == "why" else job_key
     record = store.get_component(analysis_id, ckey)
     if record is not None and record.get("status") in (
         JobStatus.DONE.value,
@@ -636,7 +640,7 @@ def _start_component(
         require_write_token(settings, authorization, x_api_token)
         if record is not None:
             store.drop_component(analysis_id, ckey)
-        job_id = new_job_id("inspect", analysis_id)
+        job_id = new_job_id(kind, analysis_id)
         if store.claim_component(analysis_id, ckey, job_id):
             cost = estimate_cost(rec.request or {}, "inspect", n_components=1)
             try:
@@ -644,9 +648,9 @@ def _start_component(
                     enqueue(
                         queue,
                         store,
-                        "inspect",
+                        kind,
                         analysis_id,
-                        key=ckey,
+                        key=job_key,
                         job_timeout_s=settings.job_timeout_s,
                         job_id=job_id,
                     )
@@ -684,6 +688,26 @@ async def get_component(
     """Async: a request that waits for the worker holds no thread. Each Redis call runs in the
     threadpool for the few milliseconds it takes; between calls the handler sleeps on the
     event loop, so other requests (/healthz) are served while many of these wait."""
+    return await _component_request(
+        request, analysis_id, key, settings, store, queue, gate, wait, authorization, x_api_token
+    )
+
+
+async def _component_request(
+    request: Request,
+    analysis_id: str,
+    key: str,
+    settings: Any,
+    store: Any,
+    queue: Any,
+    gate: Any,
+    wait: float,
+    authorization: str | None,
+    x_api_token: str | None,
+    kind: str = "inspect",
+) -> Any:
+    """A component's stored record (detail or diagnosis), its job started where needed, waited
+    for up to ``wait`` seconds on the event loop (202 with the job after that)."""
     ckey, answer = await run_in_threadpool(
         _start_component,
         analysis_id,
@@ -694,6 +718,7 @@ async def get_component(
         gate,
         authorization,
         x_api_token,
+        kind,
     )
     if answer is not None:
         return answer
@@ -722,4 +747,81 @@ async def get_component(
     )
     return JSONResponse(
         pending.model_dump(mode="json"), status_code=202, headers={"Retry-After": "1"}
+    )
+
+
+_WHY_WAIT = Query(ge=0, le=30, description="seconds to wait for a first computation")
+
+
+@router.get(
+    "/{analysis_id}/components/{key}/why",
+    responses={
+        200: {"description": "the diagnosis (pa.diagnose's to_dict() for this component)"},
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="Why AtP is wrong for one component: its second-order term split by layer and "
+    "kind of operation, local against downstream, the remainder and the saturation estimate "
+    "(computed once by a worker, then stored with the analysis)",
+)
+async def get_component_why(
+    request: Request,
+    analysis_id: str,
+    key: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[float, _WHY_WAIT] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    return await _component_request(
+        request,
+        analysis_id,
+        key,
+        settings,
+        store,
+        queue,
+        gate,
+        wait,
+        authorization,
+        x_api_token,
+        kind="why",
+    )
+
+
+@router.get(
+    "/{analysis_id}/why",
+    responses={
+        200: {"description": "the diagnosis of the analysis's flagged components"},
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="Model-wide: for the flagged components of an analysis (the 24 least reliable), "
+    "their second-order terms split by operation: which downstream layers carry their error",
+)
+async def get_analysis_why(
+    request: Request,
+    analysis_id: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[float, _WHY_WAIT] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    return await _component_request(
+        request,
+        analysis_id,
+        "flagged",
+        settings,
+        store,
+        queue,
+        gate,
+        wait,
+        authorization,
+        x_api_token,
+        kind="why",
     )
