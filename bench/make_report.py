@@ -872,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     diag = _load(res / "diagnose.json")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report_diagnose import diagnose_md, finding
+    atps = _load(res / "atpstar.json") or _load(res / "atpstar_quick.json")
 
     sections = []
     if acc:
@@ -904,6 +905,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if circ:
         (res / "circuits.md").write_text(circuits_md(circ))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_lane import lane_md, target_rows
+
+    lane = _load(res / "lane.json")
+    rows.extend(target_rows(lane))
     t_md = targets_md(rows)
     (res / "targets.md").write_text(t_md)
     made = plots(acc, plot_dir)
@@ -930,8 +936,16 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(trust_md(trust))
     if diag:
         sections.append(diagnose_md(diag))
+    if atps:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from report_atpstar import atpstar_md
+
+        (res / "atpstar.md").write_text(atpstar_md(atps))
+        sections.append(atpstar_md(atps))
     if scale:
         sections.append("\n".join(scale_md(scale)))
+    if lane:
+        sections.append(lane_md(lane))
     if made:
         sections.append("\n".join(f"![{p.stem}](../bench/plots/{p.name})" for p in made) + "\n")
     # the long tables go to docs/BENCHMARKS.md; the README keeps a few headline numbers
@@ -951,6 +965,10 @@ def main(argv: list[str] | None = None) -> int:
         body = trust_headline(trust) + "\n" + mhvp_claim(trust) + "\n\n" + body
     if diag and finding(diag):
         body = finding(diag) + "\n" + body
+    if atps:
+        from report_atpstar import wins
+
+        body = body + "\n\n" + wins(atps)
     readme = Path(args.readme)
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     text = readme.read_text() if readme.exists() else ""

@@ -46,7 +46,7 @@ def _positive_int(name: str, v) -> int:
 
 
 def _problem(
-    model, pairs, site, metric, direction, memory_budget_mb, hvp_mode=None
+    model, pairs, site, metric, direction, memory_budget_mb, hvp_mode=None, methods=None
 ) -> tuple[Problem, TokenPairs]:
     _check_choice("site", site, SITES)
     _check_choice("metric", metric, METRICS)
@@ -62,6 +62,7 @@ def _problem(
         direction,
         None if memory_budget_mb is None else float(memory_budget_mb),  # 512 is a budget too
         hvp_mode,
+        methods=methods,  # the memory plan is per method (what each pass really holds)
     )
     return p, tp
 
@@ -149,7 +150,7 @@ def audit(
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
-    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode)
+    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode, methods)
     torch.manual_seed(seed)
 
     steps = ["base", *methods]
@@ -202,6 +203,10 @@ def audit(
                 ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
             elif m == "ap":
                 ests[m] = M.ap(p, b, tracker=tracker)
+            elif m == "atp_star":
+                ests[m] = M.atp_star(p, b, tracker)
+            elif m == "graddrop":
+                ests[m] = M.graddrop(p, b, tracker)
             tracker.report(1.0)
     except Cancelled as exc:  # keep the methods that completed: exc.partial is their report
         if "atp" in methods and "atp" not in ests and b.has_grad:
@@ -459,6 +464,17 @@ def cost_note(
             f"{mhvp_steps + 1} nodes ride on the batch axis: {f} batched forward(s) + {bw} "
             f"backward(s) (gradients and the HVP at both ends); {base}"
         )
+    if method == "atp_star":
+        return (
+            f"the QK fix: 1 forward + 1 backward for dm/dA, then one block per layer with the "
+            f"components on the batch axis: {f} forward(s) + {bw} backward(s) in all "
+            f"(AtP, no pass of its own, outside the q / k sites); {base}"
+        )
+    if method == "graddrop":
+        return (
+            f"one backward per layer with its residual contribution dropped, the layers on the "
+            f"batch axis: {f} forward(s) + {bw} backward(s); {base}"
+        )
     if method == "ap":
         return (
             f"{n_components} patched component-forwards, batched into {f} forward pass(es) "
@@ -527,7 +543,8 @@ def verify(
     ``base`` each layer's components cost one batched patched forward and nothing else.
     Without one, the fresh base pass skips the backward (patching needs no gradient), unless
     ``keep_gradient``: then the returned base can serve later screens (the service caches it)."""
-    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    planned = ("ap", "atp") if keep_gradient and base is None else ("ap",)
+    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb, methods=planned)
     comps = []
     for c in components:
         if len(c) != 2:
