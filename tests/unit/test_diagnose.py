@@ -21,7 +21,7 @@ from patchaudit.estimators.diagnose import kind_of, split_second_order
 
 from .conftest import ARCHS, random_model, random_pairs
 
-SITES_SPLIT = ("heads", "mlp", "resid")
+SITES_SPLIT = ("heads", "mlp", "resid", "q", "k", "v")
 
 
 def _problem(model, pairs, site, metric="logit_diff", direction="noising"):
@@ -78,6 +78,29 @@ def test_shares_add_up_to_hvp_exact(models64, arch, site, direction, metric):
     assert {"attn.qk", "attn.softmax", "attn.pv"} & kinds
     if metric in ("kl", "logprob"):
         assert "metric" in kinds
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_q_and_k_sites_meet_their_own_softmax_locally(models64, site):
+    """A head's query / key meets its own QK^T (linear in one factor: no share) and its own
+    softmax: local curvature, counted as local; a value meets pattern x V linearly (none)."""
+    d = pa.diagnose(models64("gpt2"), random_pairs(n=2, pos=6), [(0, 1)], site=site)
+    sh = d.shares[0]
+    assert "L0.attn.softmax" in sh and "L0.attn.qk" not in sh
+    assert "L0.attn.softmax" in d.to_dict()["components"][0]["local_keys"]
+    assert d.local(0) == pytest.approx(sum(v for k, v in sh.items() if k.startswith("L0.attn.")))
+    assert set(d.heads[0]) >= {"L0H1.attn.softmax"}
+    assert all(not k.startswith("L0H") or k.startswith("L0H1.") for k in d.heads[0])
+    v = split_second_order(*_problem(models64("gpt2"), random_pairs(n=2, pos=6), "v"), [(0, 1)])
+    assert not any(k.startswith("L0.") and kind_of(k).startswith("attn.") for k in v.shares[0])
+
+
+@pytest.mark.slow
+def test_gemma2_soft_caps_and_sandwich_norms_are_their_own_keys(models64):
+    s = _check_sum(models64("gemma2"), "heads", "noising", "logprob")
+    keys = {k for sh in s.shares for k in sh}
+    assert {"L1.attn.softcap", "logits.softcap", "L0.ln1_post", "L0.ln2_post"} <= keys
+    assert kind_of("L1.attn.softcap") == "attn.softcap" and kind_of("L0.ln2_post") == "norm"
 
 
 def test_attention_shares_split_by_head_add_up(models64):

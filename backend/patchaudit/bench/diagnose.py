@@ -76,6 +76,51 @@ def measure(model, pairs, site: str, direction: str, metric: str = "logit_diff")
     }
 
 
+def random_model(arch: str, layers: int, heads: int = 4, width: int = 64, vocab: int = 128):
+    """``common.random_arch``, or (for the Gemma-2 and Qwen2 families where that version does
+    not build them) the same recipe here: standard init, 2-D weights x3, float32."""
+    try:
+        return C.random_arch(arch, layers=layers, heads=heads, width=width, vocab=vocab)
+    except ValueError:
+        if arch not in ("gemma2", "qwen2"):
+            raise
+    import transformers as tr
+
+    import patchaudit as pa
+
+    torch.manual_seed(0)
+    kw: dict[str, Any] = {
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "vocab_size": vocab,
+        "max_position_embeddings": 128,
+        "attention_dropout": 0.0,
+    }
+    hf: Any
+    if arch == "gemma2":
+        hf = tr.Gemma2ForCausalLM(
+            tr.Gemma2Config(  # type: ignore[call-arg]  # soft-caps, sandwich norms, GQA, window
+                head_dim=width // heads,
+                attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0,
+                query_pre_attn_scalar=width // heads,
+                sliding_window=4,
+                attn_implementation="eager",
+                **kw,
+            )
+        )
+    else:
+        hf = tr.Qwen2ForCausalLM(tr.Qwen2Config(**kw))
+    with torch.no_grad():
+        for prm in hf.parameters():
+            if prm.dim() == 2:
+                prm.mul_(3.0)
+    return pa.load_model(hf.float(), device="cpu", dtype=torch.float32)
+
+
 def _sites() -> list[str]:
     return [s for s in ("heads", "mlp", "resid", "q", "k", "v") if s in SITES]
 
@@ -105,7 +150,7 @@ def run(out: str, quick: bool = False) -> dict[str, Any]:
 
     for arch in ARCHS:
         try:
-            m = C.random_arch(arch, layers=2 if quick else 3, heads=4, width=64, vocab=128)
+            m = random_model(arch, layers=2 if quick else 3)
         except ValueError as e:  # an architecture this version's random_arch does not build
             log.warning("skipping %s: %s", arch, e)
             continue
