@@ -76,6 +76,9 @@ def finding(d: dict) -> str:
         f"{len(rows)} task x site x direction settings here (median downstream share of |q| "
         f"{_pct(med)})"
     )
+    if not d.get("complete", True):
+        models = sorted({r["model"] for r in rows})
+        s += f" [a partial run so far: {', '.join(models)}; `make bench` completes it]"
     if not fails:
         return s + "; it holds in every setting measured.\n"
     parts = []
