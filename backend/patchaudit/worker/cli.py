@@ -9,12 +9,16 @@ import os
 import signal
 import socket
 import sys
+import time
 
 log = logging.getLogger("patchaudit.worker")
 
 
 #: Set for the workers `serve` starts: they ask Linux for SIGTERM when `serve` dies.
 PARENT_ENV = "_PATCHAUDIT_PARENT_PID"
+
+#: The longest pause between two attempts to reach a lost store (the worker never gives up).
+MAX_RECONNECT_WAIT_S = 4.0
 
 
 def exit_with_parent() -> None:
@@ -81,14 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    import redis
-
     from ..store import keys
-    from ..store.redis_conn import redacted
+    from ..store.redis_conn import connect, outage, redacted
     from .queue import get_queue
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
 
+    os.umask(0o077)  # cache files and logs this worker writes are the user's only
     config = WorkerConfig.from_settings(settings)
     rt = Runtime(config)
     set_runtime(rt)
@@ -98,26 +101,45 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             log.error("could not preload %s: %s", name, e)
 
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     queue = get_queue(conn, settings.job_timeout_s)
-    worker = PatchauditWorker(
-        [queue],
-        connection=conn,
-        name=args.name or f"{socket.gethostname()}.{os.getpid()}",
-        worker_ttl=settings.worker_ttl_s,
-        maintenance_interval=settings.maintenance_interval_s,
-        execution_ttl=settings.execution_ttl_s,
-        default_result_ttl=7 * 24 * 3600,
-    )
-    log.info(
-        "worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, redacted(settings.redis_url)
-    )
-    worker.work(
-        burst=args.burst,
-        max_jobs=args.max_jobs,
-        logging_level=settings.log_level.upper(),
-    )
-    return 0
+    base_name = args.name or f"{socket.gethostname()}.{os.getpid()}"
+    attempt = 0
+    while True:
+        worker = PatchauditWorker(
+            [queue],
+            connection=conn,
+            # a fresh name after a lost store: the old registration may still be there
+            name=base_name if attempt == 0 else f"{base_name}.r{attempt}",
+            worker_ttl=settings.worker_ttl_s,
+            maintenance_interval=settings.maintenance_interval_s,
+            execution_ttl=settings.execution_ttl_s,
+            default_result_ttl=7 * 24 * 3600,
+        )
+        worker.max_connection_wait_time = MAX_RECONNECT_WAIT_S  # RQ's idle loop: 60 s
+        log.info(
+            "worker %s listening on %s (%s)",
+            worker.name,
+            keys.QUEUE_NAME,
+            redacted(settings.redis_url),
+        )
+        try:
+            worker.work(
+                burst=args.burst,
+                max_jobs=args.max_jobs,
+                logging_level=settings.log_level.upper(),
+            )
+            return 0
+        except Exception as e:
+            reason = outage(e)
+            if reason is None:
+                raise
+            # the store is down or the disk is full: wait and start again, for as long as it
+            # takes (a restarted store or freed space brings the worker back by itself)
+            wait = min(MAX_RECONNECT_WAIT_S, 0.5 * 2**attempt)
+            attempt += 1
+            log.error("%s; reconnecting in %.1f s (attempt %d)", reason, wait, attempt)
+            time.sleep(wait)
 
 
 if __name__ == "__main__":  # python -m patchaudit.worker.cli

@@ -40,6 +40,8 @@ class WorkerConfig:
     max_model_params: int = 3_000_000_000
     dtype: str = "auto"
     memory_budget_mb: float | None = None
+    #: models this worker may load (the API's allowlist, checked again here); None: any
+    allowed_models: frozenset[str] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> WorkerConfig:
@@ -60,6 +62,7 @@ class WorkerConfig:
             test_job_delay_s=s.test_job_delay_s,
             max_tokens=s.max_tokens,
             max_model_params=s.max_model_params,
+            allowed_models=s.allowed_models,
         )
 
 
@@ -143,11 +146,30 @@ def resolve_dtype(dtype: str, device: str | None) -> Any:
     return getattr(torch, dtype)
 
 
+def check_model_allowed(name: str, allowed: frozenset[str] | None) -> None:
+    """Refuse a model the server's allowlist does not name (the API checks it at submission;
+    the worker checks again before loading anything: a job written into the queue by other
+    means does not load a model of its choice). Raises ModelLoadError."""
+    if allowed is None or name in allowed:
+        return
+    from ..models import ModelLoadError
+
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    raise ModelLoadError(
+        f"model {shown!r} is not enabled on this worker (PATCHAUDIT_MODEL_ALLOWLIST): not loaded"
+    )
+
+
 def _load_model(
-    name: str, device: str | None, max_params: int = 3_000_000_000, dtype: str = "auto"
+    name: str,
+    device: str | None,
+    max_params: int = 3_000_000_000,
+    dtype: str = "auto",
+    allowed: frozenset[str] | None = None,
 ) -> Any:
     import patchaudit as pa
 
+    check_model_allowed(name, allowed)
     check_model_size(name, max_params)
     dt = resolve_dtype(dtype, device)
     log.info("loading model %s (%s)", name, str(dt).replace("torch.", ""))
@@ -166,7 +188,9 @@ class Runtime:
         )
         self.models = ModelLRU(
             config.max_loaded_models,
-            lambda name: _load_model(name, config.device, config.max_model_params, config.dtype),
+            lambda name: _load_model(
+                name, config.device, config.max_model_params, config.dtype, config.allowed_models
+            ),
         )
 
 
