@@ -10,6 +10,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("patchaudit.worker")
 
@@ -85,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    from ..store import keys
-    from ..store.redis_conn import connect, outage, redacted
-    from .queue import get_queue
+    from ..store.redis_conn import connect, redacted
+    from .queue import get_queue, lane_queues
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
 
     os.umask(0o077)  # cache files and logs this worker writes are the user's only
     config = WorkerConfig.from_settings(settings)
+    from .lane import cap_torch_threads, start_lane, torch_threads
+
+    threads = torch_threads(config.torch_threads, config.workers)
+    cap_torch_threads(threads)  # N workers never oversubscribe the cores
     rt = Runtime(config)
     set_runtime(rt)
     for name in args.preload or settings.preload_models:
@@ -103,42 +108,71 @@ def main(argv: list[str] | None = None) -> int:
 
     conn = connect(settings.redis_url)
     queue = get_queue(conn, settings.job_timeout_s)
-    base_name = args.name or f"{socket.gethostname()}.{os.getpid()}"
+    name = args.name or f"{socket.gethostname()}.{os.getpid()}"
+    common: dict[str, Any] = {
+        "worker_ttl": settings.worker_ttl_s,
+        "maintenance_interval": settings.maintenance_interval_s,
+        "execution_ttl": settings.execution_ttl_s,
+        "default_result_ttl": 7 * 24 * 3600,
+    }
+    queues = [queue]
+    lane = None
+    if config.interactive_lane and not args.burst:
+        # the interactive lane (worker.lane): verify / drill-down never wait behind long jobs
+        lane = start_lane(
+            connect(settings.redis_url),
+            settings.job_timeout_s,
+            f"{name}.lane",
+            **common,
+        )
+    else:  # no lane thread: interactive jobs first, from the same loop
+        queues = [*lane_queues(conn, settings.job_timeout_s), queue]
+    log.info(
+        "worker %s listening on %s (%s), %d torch threads, interactive lane %s",
+        name,
+        ", ".join(q.name for q in queues),
+        redacted(settings.redis_url),
+        threads,
+        "on" if lane is not None else "off",
+    )
+    try:
+        work_forever(
+            lambda n: PatchauditWorker(queues, connection=conn, name=n, **common),
+            name,
+            burst=args.burst,
+            max_jobs=args.max_jobs,
+            logging_level=settings.log_level.upper(),
+        )
+    finally:
+        if lane is not None:
+            try:
+                lane.register_death()
+            except Exception:  # Redis away: its registration expires by itself
+                log.debug("could not unregister the lane worker", exc_info=True)
+    return 0
+
+
+def work_forever(make: Callable[[str], Any], name: str, **work_kwargs: Any) -> None:
+    """Run the RQ worker ``make(name)`` until it ends normally. When it stops because the
+    store is unreachable or the disk is full, wait (0.5 s doubling to MAX_RECONNECT_WAIT_S) and
+    start a fresh one (``<name>.r<n>``: the old registration may still be there), for as long
+    as it takes: a restarted store or freed space brings the worker back by itself."""
+    from ..store.redis_conn import outage
+
     attempt = 0
     while True:
-        worker = PatchauditWorker(
-            [queue],
-            connection=conn,
-            # a fresh name after a lost store: the old registration may still be there
-            name=base_name if attempt == 0 else f"{base_name}.r{attempt}",
-            worker_ttl=settings.worker_ttl_s,
-            maintenance_interval=settings.maintenance_interval_s,
-            execution_ttl=settings.execution_ttl_s,
-            default_result_ttl=7 * 24 * 3600,
-        )
+        worker = make(name if attempt == 0 else f"{name}.r{attempt}")
         worker.max_connection_wait_time = MAX_RECONNECT_WAIT_S  # RQ's idle loop: 60 s
-        log.info(
-            "worker %s listening on %s (%s)",
-            worker.name,
-            keys.QUEUE_NAME,
-            redacted(settings.redis_url),
-        )
         try:
-            worker.work(
-                burst=args.burst,
-                max_jobs=args.max_jobs,
-                logging_level=settings.log_level.upper(),
-            )
-            return 0
+            worker.work(**work_kwargs)
+            return
         except Exception as e:
             reason = outage(e)
             if reason is None:
                 raise
-            # the store is down or the disk is full: wait and start again, for as long as it
-            # takes (a restarted store or freed space brings the worker back by itself)
             wait = min(MAX_RECONNECT_WAIT_S, 0.5 * 2**attempt)
             attempt += 1
-            log.error("%s; reconnecting in %.1f s (attempt %d)", reason, wait, attempt)
+            log.error("%s: %s; again in %.1f s (attempt %d)", worker.name, reason, wait, attempt)
             time.sleep(wait)
 
 

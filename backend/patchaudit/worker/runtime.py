@@ -42,6 +42,9 @@ class WorkerConfig:
     memory_budget_mb: float | None = None
     #: models this worker may load (the API's allowlist, checked again here); None: any
     allowed_models: frozenset[str] | None = None
+    torch_threads: int | None = None
+    workers: int = 1
+    interactive_lane: bool = True
 
     @classmethod
     def from_settings(cls, s: Settings) -> WorkerConfig:
@@ -63,6 +66,9 @@ class WorkerConfig:
             max_tokens=s.max_tokens,
             max_model_params=s.max_model_params,
             allowed_models=s.allowed_models,
+            torch_threads=s.torch_threads,
+            workers=s.workers,
+            interactive_lane=s.interactive_lane,
         )
 
 
@@ -186,6 +192,10 @@ class Runtime:
         self.cache = ActivationCache(
             self.redis, Path(config.data_dir) / "cache", config.cache_budget_bytes
         )
+        from .lane import Lane
+
+        #: who runs on the models now: the long job or the interactive lane (worker.lane)
+        self.lane = Lane()
         self.models = ModelLRU(
             config.max_loaded_models,
             lambda name: _load_model(
