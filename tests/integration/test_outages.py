@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import RedisServer, Stack, free_port, tiny_model_dir, token_request, wait_for
+from .conftest import (
+    RedisServer,
+    Stack,
+    free_port,
+    tiny_model_dir,
+    token_request,
+    wait_for,
+    wait_verified,
+)
 from .test_hardening import Served, finished, valkeys_on
 from .test_serve import alive, children_of
 
@@ -124,6 +132,10 @@ def test_valkey_kill9_heals_within_10s_nothing_lost_no_tcp_port_private_files(
                 "healthz ok with a worker",
             )
             assert h["workers"] >= 1 and h["redis"] is True
+            # the interactive lane came back too: a click is verified
+            r = c.post(f"/api/analyses/{done}/verify", json={"components": [[0, 0]]})
+            assert r.status_code == 202, r.text
+            wait_verified(c, done, ["0.0"], timeout=60)
         for f in (data / "redis").glob("appendonlydir/*"):
             assert mode(f) & 0o077 == 0, f
         assert "starting it again" in "".join(s.lines)
