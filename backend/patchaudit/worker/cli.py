@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    from ..store import AnalysisStore
     from ..store.redis_conn import connect, redacted
+    from ..store.retention import pruner
     from .queue import get_queue, lane_queues
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
@@ -137,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         work_forever(
-            lambda n: PatchauditWorker(queues, connection=conn, name=n, **common),
+            lambda n: PatchauditWorker(
+                queues,
+                connection=conn,
+                name=n,
+                retention=pruner(AnalysisStore(conn), rt.cache, settings),
+                **common,
+            ),
             name,
             burst=args.burst,
             max_jobs=args.max_jobs,
@@ -153,27 +161,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def work_forever(make: Callable[[str], Any], name: str, **work_kwargs: Any) -> None:
-    """Run the RQ worker ``make(name)`` until it ends normally. When it stops because the
-    store is unreachable or the disk is full, wait (0.5 s doubling to MAX_RECONNECT_WAIT_S) and
-    start a fresh one (``<name>.r<n>``: the old registration may still be there), for as long
-    as it takes: a restarted store or freed space brings the worker back by itself."""
+    """Run the RQ worker ``make(name)`` until it ends as asked (a stop request, ``burst``,
+    ``max_jobs``). When it stops otherwise -- the store unreachable, the disk full, RQ's loop
+    quitting on an error -- wait (0.5 s doubling to MAX_RECONNECT_WAIT_S) and start a fresh one
+    (``<name>.r<n>``: the old registration may still be there), for as long as it takes: a
+    restarted store or freed space brings the worker back by itself."""
     from ..store.redis_conn import outage
 
-    attempt = 0
+    attempt = 0  # names the fresh workers
+    pause = 0.5
     while True:
         worker = make(name if attempt == 0 else f"{name}.r{attempt}")
         worker.max_connection_wait_time = MAX_RECONNECT_WAIT_S  # RQ's idle loop: 60 s
+        t0 = time.monotonic()
         try:
             worker.work(**work_kwargs)
-            return
+            if (
+                getattr(worker, "_stop_requested", False)
+                or work_kwargs.get("burst")
+                or work_kwargs.get("max_jobs")
+            ):
+                return
+            reason = "its loop quit (the error is logged above)"
         except Exception as e:
-            reason = outage(e)
-            if reason is None:
+            found = outage(e)
+            if found is None:
                 raise
-            wait = min(MAX_RECONNECT_WAIT_S, 0.5 * 2**attempt)
-            attempt += 1
-            log.error("%s: %s; again in %.1f s (attempt %d)", worker.name, reason, wait, attempt)
-            time.sleep(wait)
+            reason = found
+        if time.monotonic() - t0 > 60:  # it ran a while: a new outage starts the pauses again
+            pause = 0.5
+        attempt += 1
+        log.error("%s: %s; again in %.1f s (attempt %d)", worker.name, reason, pause, attempt)
+        time.sleep(pause)
+        pause = min(MAX_RECONNECT_WAIT_S, pause * 2)
 
 
 if __name__ == "__main__":  # python -m patchaudit.worker.cli

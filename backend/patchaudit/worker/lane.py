@@ -169,12 +169,27 @@ def start_lane(conn: Any, job_timeout_s: int, name: str, **worker_kwargs: Any) -
         return worker if n == name else cls(worker.queues, connection=conn, name=n, **worker_kwargs)
 
     def run() -> None:
+        # an outage, or RQ's loop quitting on an error: cli.work_forever starts a fresh lane
+        # worker (a new name: the old registration may linger) with backoff; anything else
+        # it raises: start again here, with backoff, for as long as the process lives
         from .cli import work_forever
 
-        try:
-            work_forever(make, name, logging_level=None)
-        except Exception:  # pragma: no cover - logged; the process's main worker goes on
-            log.exception("the interactive lane stopped")
+        backoff = 1.0
+        restarts = 0
+        while True:
+            t0 = time.monotonic()
+            try:
+                work_forever(
+                    make, name if not restarts else f"{name}.x{restarts}", logging_level=None
+                )
+            except Exception:  # logged; the process's main worker goes on
+                log.exception("the interactive lane stopped")
+            restarts += 1
+            if time.monotonic() - t0 > 60:
+                backoff = 1.0
+            log.warning("the interactive lane restarts in %.0f s", backoff)
+            time.sleep(backoff)
+            backoff = min(30.0, backoff * 2)
 
     threading.Thread(target=run, name="pa-lane", daemon=True).start()
     return worker
