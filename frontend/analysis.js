@@ -16,6 +16,7 @@ import { renderScatter } from "./scatter.js";
 import { ACTIVE, $, METHOD_ORDER, assign, dropLocalPending, emit, errorText, on, parseUrl, pendKey, pendingKeys, recordRender, st, syncUrl, update } from "./state.js";
 import { renderTable } from "./table.js";
 import { fixAll, renderControls, verify } from "./verify.js";
+import { initGraph, renderGraph } from "./graph.js"; // the graph view of an edge analysis (issue 22)
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
 import { initCompareBox, remember } from "./history.js";
@@ -95,6 +96,17 @@ function render() {
   if (said) showMessage(said);
 
   renderRequest();
+  if (d.result?.edges) {
+    // an edge analysis: the graph view (graph.js) instead of the map panels
+    const first = !st.result;
+    assign({ result: d.result });
+    if (first) {
+      initGraph(parseUrl());
+      syncUrl();
+    }
+    renderGraph();
+    return;
+  }
   if (d.result) {
     const first = !st.result;
     assign({ result: d.result });
@@ -246,12 +258,12 @@ function init() {
   poll();
 }
 
-on("render", (opts) => st.result && renderResult(opts));
+on("render", (opts) => st.result && (st.result.edges ? renderGraph() : renderResult(opts)));
 on("poll", (ms) => pollSoon(ms));
 on("verify", (components) => verify(components)); // a cell clicked (heatmap), Enter (keyboard), a table row
 on("readonly", (ro) => {
   renderControls();
-  if (st.result) renderTable();
+  if (st.result) (st.result.edges ? renderGraph() : renderTable());
   if (st.data) $("cancel").disabled = !ACTIVE.has(st.data.status) || ro;
 });
 
