@@ -16,7 +16,7 @@ import { renderScatter } from "./scatter.js";
 import { ACTIVE, $, METHOD_ORDER, assign, dropLocalPending, emit, errorText, on, parseUrl, pendKey, pendingKeys, recordRender, st, syncUrl, update } from "./state.js";
 import { renderTable } from "./table.js";
 import { fixAll, renderControls, verify } from "./verify.js";
-import { initGraph, renderGraph } from "./graph.js"; // the graph view of an edge analysis (issue 22)
+import { graphHandle, initGraph, renderGraph } from "./graph.js"; // the graph view of an edge analysis (issue 22)
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
 import { initCompareBox, remember } from "./history.js";
@@ -30,6 +30,7 @@ window.__patchaudit = Object.assign(st.stats, {
     return out;
   },
   cellCenter,
+  graph: graphHandle,
   state: () => ({ view: st.view, tau: st.tau, readOnly: st.readOnly, id: st.id }),
 });
 

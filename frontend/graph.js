@@ -77,7 +77,7 @@ function buildLayout() {
   const cols = H + (mlp ? 1 : 0);
   const width = Math.max(480, Math.min(1200, ($("graph-wrap")?.clientWidth || 1000) - 8));
   const rowH = Math.max(34, Math.min(64, 640 / (L + 2)));
-  const pad = { l: 64, r: 20, t: 22, b: 22 };
+  const pad = { l: 64, r: 20, t: 22, b: 40 }; // b: the column labels under the embedding
   const colW = (width - pad.l - pad.r) / Math.max(1, cols);
   const height = pad.t + pad.b + rowH * (L + 1);
   const y = (layer) => pad.t + rowH * (L - layer); // logits (layer L) on top, emb (-1) at the bottom
@@ -287,6 +287,18 @@ function openNode(key) {
   $("component-card")?.scrollIntoView({ block: "nearest" });
 }
 
+/** For tests and the console (window.__patchaudit.graph): the top k keys, the drawn ones,
+ * and the page coordinates of an edge's midpoint (where a click lands on it). */
+export const graphHandle = {
+  topEdges: () => topEdges(),
+  drawn: () => [...document.querySelectorAll("#graph g.edge")].map((g) => g.dataset.key),
+  point: (key) => {
+    const p = geometry.get(key);
+    const box = document.querySelector("#graph svg")?.getBoundingClientRect();
+    return p && box ? { x: box.left + p.mx, y: box.top + p.my } : null;
+  },
+};
+
 let frame = 0;
 function onK() {
   update({ k: Number($("graph-k").value) });
@@ -329,17 +341,6 @@ function init() {
   host.addEventListener("keydown", (ev) => {
     if (ev.key !== "Enter" && ev.key !== " ") return;
     if (act(ev.target) !== null) ev.preventDefault();
-  });
-  window.__patchaudit = Object.assign(window.__patchaudit || {}, {
-    graph: {
-      topEdges: () => topEdges(),
-      drawn: () => [...host.querySelectorAll("g.edge")].map((g) => g.dataset.key),
-      point: (key) => {
-        const p = geometry.get(key);
-        const box = host.querySelector("svg")?.getBoundingClientRect();
-        return p && box ? { x: box.left + p.mx, y: box.top + p.my } : null;
-      },
-    },
   });
 }
 
