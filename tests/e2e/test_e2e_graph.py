@@ -103,6 +103,8 @@ def test_the_graph_draws_top_k_verifies_a_clicked_edge_and_restores_from_the_lin
         "data-verified", str(label.get_attribute("data-value"))
     )
 
+    page.locator("#graph-card").screenshot(path=str(shots / "graph-view.png"))
+
     # a click on a node opens its component panel
     page.locator('#graph g.node[data-node="1.0"]').click()
     card = page.locator("#component-card")
@@ -117,7 +119,6 @@ def test_the_graph_draws_top_k_verifies_a_clicked_edge_and_restores_from_the_lin
     expect(graph).to_have_attribute("data-k", "7")
     expect(graph).to_have_attribute("data-rank", "atp")
     assert set(drawn(page)) == top_k(result, "atp", 7)[0]
-    page.locator("#graph-card").screenshot(path=str(shots / "graph_view.png"))
     link = page.url
     assert "view=graph" in link and "k=7" in link and "rank=atp" in link and "e=" in link
 
