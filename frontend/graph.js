@@ -11,7 +11,7 @@ import { api, ApiError, el } from "./api.js";
 import { pulseReadOnly, setReadOnly } from "./banner.js";
 import { METHOD_LABELS, correctedMethod, fmt } from "./flags.js";
 import { edgeName, nodeName, parseEdge, parseNode } from "./keys.js";
-import { showNotice } from "./notices.js";
+import { noticeText, showNotice } from "./notices.js";
 import { $, METHOD_ORDER, addLocalPending, pendingKeys, pollSoon, st, update } from "./state.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -218,6 +218,7 @@ export function renderGraph() {
   host.dataset.selected = st.e || "";
   host.dataset.verified = String(Object.keys(verified).length);
   host.dataset.ms = String(Math.round(performance.now() - t0));
+  if (!pend.size && /^Verifying /.test(noticeText())) showNotice(""); // the value is on the edge now
   renderInfo();
 }
 

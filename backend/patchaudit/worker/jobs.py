@@ -277,6 +277,8 @@ def _load_base(rt: Runtime, key: str | None) -> Any:
 def _save_base(rt: Runtime, key: str, base: Any) -> None:
     if base is None or not base.has_grad:  # a patching-only base: the screens need the gradient
         return
+    if not hasattr(base, "save"):  # an edge analysis's base stays in its job
+        return
     try:
         rt.cache.put(key, lambda path: base.save(str(path)))
     except Exception:  # the cache is an optimisation: never fail a job on it
