@@ -11,7 +11,7 @@ def _f(x, nd: int = 3) -> str:
         return "–"
     if isinstance(x, int):
         return str(x)
-    if abs(x) and (abs(x) < 10**-nd or abs(x) >= 1e5):
+    if abs(x) and (abs(x) < 10 ** -nd or abs(x) >= 1e5):
         return f"{x:.1e}"
     return f"{x:.{nd}f}"
 
@@ -74,10 +74,8 @@ def accuracy_md(t: dict) -> str:
     ]
     for k, c in held.items():
         acc = c["accuracy"]
-        cells = [
-            f"{_f(acc[m]['spearman'], 2)} / {_f(acc[m]['nmae'], 2)}"
-            for m in ("atp", "hvp", "sat", "shown")
-        ]
+        cells = [f"{_f(acc[m]['spearman'], 2)} / {_f(acc[m]['nmae'], 2)}" for m in
+                 ("atp", "hvp", "sat", "shown")]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -154,46 +152,26 @@ def mhvp_claim(t: dict) -> str:
                 first = int(k)
         wins.append((task, first))
         k_small = ks[1] if len(ks) > 1 else ks[0]
-        ties.append(
-            (
-                task,
-                k_small,
-                c["k"][k_small]["mhvp"]["integration_error"],
-                c["k"][k_small]["ig"]["integration_error"],
-            )
-        )
-        gaps.append(
-            (
-                task,
-                c["joint_path_nmae_vs_ap"],
-                c["k"][ks[-1]]["mhvp"]["nmae_vs_ap"],
-                c["k"][ks[-1]]["ig"]["nmae_vs_ap"],
-            )
-        )
+        ties.append((task, k_small, c["k"][k_small]["mhvp"]["integration_error"],
+                     c["k"][k_small]["ig"]["integration_error"]))
+        gaps.append((task, c["joint_path_nmae_vs_ap"], c["k"][ks[-1]]["mhvp"]["nmae_vs_ap"],
+                     c["k"][ks[-1]]["ig"]["nmae_vs_ap"]))
     won = [f"{task} from K = {k}" for task, k in wins if k is not None]
     lost = [task for task, k in wins if k is None]
     out = "**mhvp vs IG** (the same joint-path integral; the integration-error table is in docs/BENCHMARKS.md). "
     if won:
-        out += (
-            "Per copy of the batch (rows), mhvp's integration error is below IG's with at "
-            f"least as many rows on {', '.join(won)}"
-        )
+        out += ("Per copy of the batch (rows), mhvp's integration error is below IG's with at "
+                f"least as many rows on {', '.join(won)}")
         out += f"; on {', '.join(lost)} never at the K measured. " if lost else ". "
     else:
         out += "At no K measured does mhvp beat IG with as many rows. "
-    out += (
-        "At K = "
-        + ", ".join(f"{k} ({task}: mhvp {_f(m, 2)} vs IG {_f(i, 2)})" for task, k, m, i in ties)
-        + ". "
-    )
-    out += (
-        "Against activation patching neither can beat the joint path's own gap: NMAE "
-        + ", ".join(
-            f"{task} {_f(g, 2)} (mhvp {_f(m, 2)}, IG {_f(i, 2)} at K = 32)"
-            for task, g, m, i in gaps
-        )
-        + ", so more steps buy integration accuracy, not accuracy against ap."
-    )
+    out += "At K = " + ", ".join(
+        f"{k} ({task}: mhvp {_f(m, 2)} vs IG {_f(i, 2)})" for task, k, m, i in ties
+    ) + ". "
+    out += ("Against activation patching neither can beat the joint path's own gap: NMAE "
+            + ", ".join(f"{task} {_f(g, 2)} (mhvp {_f(m, 2)}, IG {_f(i, 2)} at K = 32)"
+                        for task, g, m, i in gaps)
+            + ", so more steps buy integration accuracy, not accuracy against ap.")
     return out
 
 
@@ -219,9 +197,8 @@ def calibration_md(t: dict) -> str:
 
 
 def trust_md(t: dict) -> str:
-    return "\n".join(
-        [flag_quality_md(t), saturation_md(t), accuracy_md(t), integration_md(t), calibration_md(t)]
-    )
+    return "\n".join([flag_quality_md(t), saturation_md(t), accuracy_md(t), integration_md(t),
+                      calibration_md(t)])
 
 
 def headline(t: dict) -> str:

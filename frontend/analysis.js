@@ -64,12 +64,12 @@ async function poll() {
   if (st.data?.status !== data.status || data.status === "failed") showMessage("");
   reportVerificationErrors(data);
   // Redraw only when something changed (a redraw under the pointer disturbs hover and click).
-  const sig = JSON.stringify([data.status, data.progress, data.pending, data.result?.verified, data.result?.fix, (data.verifications || []).length, data.error, [...st.localPending.keys()]]);
+  const sig = JSON.stringify([data.status, data.progress, data.jobs, data.pending, data.result?.verified, data.result?.fix, (data.verifications || []).length, data.error, [...st.localPending.keys()]]);
   const changed = sig !== st.dataSig || !st.data;
   assign({ dataSig: sig, data });
   remember(data); // "My analyses" (history.js)
   if (changed) render();
-  const waiting = ACTIVE.has(data.status) || serverPending.size > 0 || st.localPending.size > 0;
+  const waiting = ACTIVE.has(data.status) || serverPending.size > 0 || st.localPending.size > 0 || (data.jobs || []).length > 0;
   if (waiting) pollSoon(ACTIVE.has(data.status) && !data.result ? 700 : 500);
 }
 

@@ -5,11 +5,67 @@ import { setReadOnly } from "./banner.js";
 import { noticeText, showNotice } from "./notices.js";
 import { $, ACTIVE, errorText, pollSoon, st } from "./state.js";
 
-/** What a phase is called on the page (the engine's own name otherwise). */
+/** What a phase is called on the page (the engine's own name otherwise: a method). */
 const PHASES = {
+  queued: "queued",
+  starting: "starting",
   load_model: "loading the model (a large one takes minutes, once per worker)",
   base: "base pass",
+  requeued: "retrying: its worker stopped, another run starts",
+  retrying: "retrying: its worker stopped, another run starts",
+  worker_lost: "its worker stopped: retrying",
+  verify: "patching",
+  fix: "patching the flagged components",
+  circuit: "circuit curve",
 };
+
+/** A phase in words: "base + hvp" is the base pass carrying hvp's tangents. */
+export function phaseText(phase) {
+  if (PHASES[phase]) return PHASES[phase];
+  const m = /^base \+ (.+)$/.exec(phase || "");
+  if (m) return `base pass + ${m[1]}`;
+  return phase ? `computing ${phase}` : "";
+}
+
+/** "12 / ~40 passes · about 8 s left" from a progress record (what is known so far). */
+export function progressDetail(p) {
+  const parts = [];
+  if (p?.passes) parts.push(p.passes_total ? `${p.passes} / ~${Math.max(p.passes, p.passes_total)} passes` : `${p.passes} passes`);
+  if (p?.eta_s != null && Number.isFinite(Number(p.eta_s))) {
+    const s = Math.round(Number(p.eta_s));
+    parts.push(s < 1 ? "less than a second left" : s < 90 ? `about ${s} s left` : `about ${Math.round(s / 60)} min left`);
+  }
+  return parts.join(" · ");
+}
+
+/** What each kind of job is called on the page. */
+const KIND_NAMES = { analysis: "analysis", verify: "verify", fix: "Fix", circuit: "circuit curve", inspect: "drill-down", why: "why", edge_verify: "edge check" };
+
+/** One line per job of this analysis not finished yet: its kind, state, phase and estimate
+ * (verify, fix, circuit, drill-down ...; "retrying" as soon as its worker is gone). */
+export function renderJobs() {
+  const box = $("jobs");
+  if (!box) return;
+  const jobs = (st.data?.jobs || []).filter((j) => j.kind !== "analysis");
+  box.replaceChildren();
+  for (const j of jobs) {
+    const li = document.createElement("li");
+    li.className = `job ${j.status}`;
+    li.dataset.kind = j.kind;
+    li.dataset.status = j.status;
+    const name = KIND_NAMES[j.kind] || j.kind;
+    let state = j.status;
+    if (j.status === "running") {
+      const pct = Math.round(100 * Math.max(0, Math.min(1, Number(j.fraction) || 0)));
+      state = [`${phaseText(j.phase)} ${pct}%`, progressDetail(j)].filter(Boolean).join(" · ");
+    } else if (j.status === "retrying") state = "retrying: its worker stopped, it runs once more";
+    else if (j.status === "worker_lost") state = "failed: its worker stopped twice";
+    else if (j.status === "queued" && j.interactive) state = "queued (interactive lane)";
+    li.textContent = `${name}${j.what ? ` ${j.what}` : ""}: ${state}`;
+    box.append(li);
+  }
+  box.classList.toggle("hidden", jobs.length === 0);
+}
 
 /** Status badge, progress bar and the Cancel button for the last poll's answer. */
 export function renderProgress() {
@@ -28,8 +84,10 @@ export function renderProgress() {
     bar.firstElementChild.style.width = `${(frac * 100).toFixed(1)}%`;
     bar.setAttribute("aria-valuenow", (frac * 100).toFixed(0));
     const phase = d.progress?.phase || status;
-    $("progress-text").textContent = `${PHASES[phase] || phase} · ${(frac * 100).toFixed(0)}%`;
+    const detail = progressDetail(d.progress);
+    $("progress-text").textContent = `${phaseText(phase)} · ${(frac * 100).toFixed(0)}%${detail ? ` · ${detail}` : ""}`;
   }
+  renderJobs();
   $("cancel").disabled = !active || st.readOnly;
   if (!active && noticeText() === "Cancelling…") showNotice("");
   // A cancelled or failed analysis can be run again as it was (a fresh job on the server).

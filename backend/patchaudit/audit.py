@@ -94,6 +94,7 @@ def _get_base(
         attach_base(p, base)
         return base, None, True
     tracker.phase = phase
+    tracker.report(0.0)  # the base pass is under way (it can be the longest phase)
     if not need_grad and signs is None:
         b, y = compute_base(p, tracker, grad=False), None
     else:
@@ -203,6 +204,10 @@ def audit(
                 ests[m] = M.ap(p, b, tracker=tracker)
             tracker.report(1.0)
     except Cancelled as exc:  # keep the methods that completed: exc.partial is their report
+        if "atp" in methods and "atp" not in ests and b.has_grad:
+            # AtP is the base pass's gradient itself (no pass of its own): keep it with the
+            # second-order method computed in the same (fused) pass
+            ests["atp"] = M.atp(p, b, Tracker())
         methods = [m for m in methods if m in ests]
         if not methods:
             raise

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
         description="A job whose worker stops heart-beating this long is abandoned.",
     )
     maintenance_interval_s: int = Field(default=15, ge=1)
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Torch threads of each worker (PATCHAUDIT_TORCH_THREADS, intra-op; inter-op "
+        "at most 2); default the CPU cores shared evenly among PATCHAUDIT_WORKERS workers, so "
+        "workers never oversubscribe the cores.",
+    )
+    interactive_lane: bool = Field(
+        default=True,
+        description="Each worker serves the interactive queue (verify, drill-down, ...) in a "
+        "lane of its own, pausing a long job between two passes (docs/SERVICE.md).",
+    )
     worker_ttl_s: int = Field(default=35, ge=16)
     test_job_delay_s: float = Field(
         default=0.0,

@@ -85,6 +85,7 @@ def base_env(redis_url: str, data_dir: Path, **extra: Any) -> dict[str, str]:
             "PATCHAUDIT_WORKER_TTL_S": "20",
             "PATCHAUDIT_LOG_LEVEL": "INFO",
             "OMP_NUM_THREADS": "1",
+            "PATCHAUDIT_TORCH_THREADS": "1",
             "MKL_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -301,14 +302,15 @@ def wait_idle(stack: Stack, timeout: float = 60.0) -> None:
     import redis
     from rq import Worker
 
-    from patchaudit.worker.queue import get_queue
+    from patchaudit.worker.queue import get_queue, lane_queues
 
     conn = redis.Redis.from_url(stack.redis.url)
-    q = get_queue(conn)
+    qs = [get_queue(conn), *lane_queues(conn)]
 
     def idle() -> bool:
         workers = Worker.all(connection=conn)
-        return q.count == 0 and bool(workers) and all(w.get_state() == "idle" for w in workers)
+        queued = sum(q.count for q in qs)
+        return queued == 0 and bool(workers) and all(w.get_state() == "idle" for w in workers)
 
     try:
         wait_for(idle, timeout, "an empty queue and idle workers", interval=0.1)

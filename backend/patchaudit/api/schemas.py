@@ -145,6 +145,30 @@ class Progress(BaseModel):
     phase: str = "queued"
     fraction: float = 0.0
     passes: int = 0
+    passes_total: int | None = Field(
+        default=None, description="estimated passes in all (passes / fraction so far)"
+    )
+    eta_s: float | None = Field(default=None, description="estimated seconds left")
+    elapsed_s: float | None = None
+
+
+class JobState(BaseModel):
+    """One job of an analysis not finished yet (analysis, verify, fix, circuit, inspect, ...)."""
+
+    id: str
+    kind: str
+    status: str = Field(
+        description="queued, running, retrying (its worker stopped: it runs once more), "
+        "or worker_lost (its worker stopped and it will not run again)"
+    )
+    interactive: bool = False
+    phase: str = "queued"
+    fraction: float = 0.0
+    passes: int = 0
+    passes_total: int | None = None
+    eta_s: float | None = None
+    attempt: int = 1
+    what: str = Field(default="", description="what it works on: components, key, ranking")
 
 
 class Analysis(BaseModel):
@@ -157,6 +181,9 @@ class Analysis(BaseModel):
     error: ErrorInfo | None = None
     pending: list[str] = Field(default_factory=list, description='"layer.head" being verified')
     verifications: list[Verification] = Field(default_factory=list)
+    jobs: list[JobState] = Field(
+        default_factory=list, description="its jobs not finished yet, with their state"
+    )
     created_at: float = 0.0
     updated_at: float = 0.0
 

@@ -8,6 +8,10 @@ Each ``JobKind`` declares
 - ``cancelled`` / ``failed`` / ``lost`` / ``requeued`` / ``released``: the store writes for a
   cancelled job (queued or running), an error raised by the job, a job abandoned by its worker
   twice, a job abandoned once (RQ retries it), and the clean-up every job ends with.
+- ``interactive``: a job a person waits for at the page (a click's verify, a drill-down, a
+  "why", an edge check). Such jobs go to the interactive queue, which every worker serves in a
+  lane of its own: they never wait behind analyses, fixes or circuits (docs/SERVICE.md, "The
+  interactive lane"). A new kind opts in with ``interactive=True``.
 
 The API reads it to enqueue and to cancel queued jobs; the worker to run jobs and in its failure
 callback. Nothing here imports the worker.
@@ -46,6 +50,11 @@ class JobKind:
     requeued: StoreWrite = _nothing
     released: StoreWrite = _nothing
     lost_error: dict[str, str] = field(default_factory=lambda: dict(WORKER_LOST))
+    #: served by the interactive lane (short jobs a person waits for; see the module doc)
+    interactive: bool = False
+    #: an interactive kind the lane serves before the other interactive ones (a click's value,
+    #: which the page shows in the cell, goes ahead of drill-downs queued before it)
+    first: bool = False
 
     def arguments(
         self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None
@@ -109,7 +118,15 @@ VERIFY = JobKind(
     "patchaudit.worker.jobs.run_verify",
     ("components",),
     failed=_verify_failed,
+    lost=_verify_failed,  # its pending cells end visibly failed, never silently dropped
     released=_release_pending,
+    lost_error={
+        "type": "WorkerLost",
+        "message": "the worker verifying these components stopped twice; click them again",
+        "traceback": "",
+    },
+    interactive=True,
+    first=True,
 )
 
 
@@ -182,7 +199,13 @@ INSPECT = JobKind(
     ("key",),
     cancelled=_drop_component,
     failed=_inspect_failed,
-    lost=_drop_component,
+    lost=_inspect_failed,  # shown in the panel (the next request computes it again)
+    lost_error={
+        "type": "WorkerLost",
+        "message": "the worker computing this detail stopped twice; open it again",
+        "traceback": "",
+    },
+    interactive=True,
 )
 
 #: Every job kind by name.
@@ -190,6 +213,17 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (ANALYSIS, VERIFY, FIX, CIRCUIT,
 
 #: The failure callback every job carries (RQ calls it for a job abandoned by its worker).
 ON_FAILURE = "patchaudit.worker.jobs.on_job_failure"
+
+
+def interactive_kinds() -> list[str]:
+    """The names of the kinds served by the interactive lane."""
+    return [k.name for k in KINDS.values() if k.interactive]
+
+
+def register(kind: JobKind) -> JobKind:
+    """Add a job kind defined elsewhere (a module of another feature) to the registry."""
+    KINDS[kind.name] = kind
+    return kind
 
 
 def kind_of(job: Any) -> JobKind | None:

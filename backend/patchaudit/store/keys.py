@@ -10,6 +10,11 @@ PREFIX = "pa"
 
 #: RQ queue the API enqueues on and workers listen to.
 QUEUE_NAME = "patchaudit"
+#: RQ queue of the interactive job kinds (verify, inspect, ...: ``JobKind.interactive``), served
+#: by each worker's interactive lane so they never wait behind long jobs.
+INTERACTIVE_QUEUE_NAME = "patchaudit-interactive"
+#: ... and of the interactive kinds the lane serves first (``JobKind.first``: a click's verify).
+FIRST_QUEUE_NAME = "patchaudit-first"
 
 #: Hash per analysis: request, status, progress, result, error, job ids, timestamps.
 ANALYSIS = f"{PREFIX}:analysis:"

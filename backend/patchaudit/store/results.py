@@ -195,9 +195,11 @@ class AnalysisStore:
         self.update(analysis_id, status=status, **fields)
 
     def set_progress(
-        self, analysis_id: str, phase: str, fraction: float, passes: int = 0
+        self, analysis_id: str, phase: str, fraction: float, passes: int = 0, **extra: Any
     ) -> dict[str, Any]:
+        """Progress {phase, fraction, passes} and any estimate (passes_total, eta_s, ...)."""
         progress = {
+            **extra,
             "phase": phase,
             "fraction": float(max(0.0, min(1.0, fraction))),
             "passes": passes,

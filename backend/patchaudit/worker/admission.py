@@ -192,7 +192,11 @@ class Admission:
 
     def record(self, client: str, job_id: str, cost: int) -> None:
         self.conn.zadd(keys.admission(client), {job_id: cost})
+        from .queue import lane_queue_key
+
+        # an interactive job (verify, inspect, ...) takes its fair place in its own queue
+        qkey = lane_queue_key(self.queue, job_id) or self.queue.key
         self._place(
-            keys=[self.queue.key, keys.FAIR_TAGS, keys.FAIR_LAST, keys.FAIR_VTIME],
+            keys=[qkey, keys.FAIR_TAGS, keys.FAIR_LAST, keys.FAIR_VTIME],
             args=[job_id, client, cost],
         )

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 log = logging.getLogger("patchaudit.worker")
 
@@ -83,13 +84,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from ..store import keys
     from ..store.redis_conn import redacted
-    from .queue import get_queue
+    from .queue import get_queue, lane_queues
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
 
     config = WorkerConfig.from_settings(settings)
+    from .lane import cap_torch_threads, start_lane, torch_threads
+
+    threads = torch_threads(config.torch_threads, config.workers)
+    cap_torch_threads(threads)  # N workers never oversubscribe the cores
     rt = Runtime(config)
     set_runtime(rt)
     for name in args.preload or settings.preload_models:
@@ -100,23 +104,46 @@ def main(argv: list[str] | None = None) -> int:
 
     conn = redis.Redis.from_url(settings.redis_url)
     queue = get_queue(conn, settings.job_timeout_s)
-    worker = PatchauditWorker(
-        [queue],
-        connection=conn,
-        name=args.name or f"{socket.gethostname()}.{os.getpid()}",
-        worker_ttl=settings.worker_ttl_s,
-        maintenance_interval=settings.maintenance_interval_s,
-        execution_ttl=settings.execution_ttl_s,
-        default_result_ttl=7 * 24 * 3600,
-    )
+    name = args.name or f"{socket.gethostname()}.{os.getpid()}"
+    common: dict[str, Any] = {
+        "worker_ttl": settings.worker_ttl_s,
+        "maintenance_interval": settings.maintenance_interval_s,
+        "execution_ttl": settings.execution_ttl_s,
+        "default_result_ttl": 7 * 24 * 3600,
+    }
+    queues = [queue]
+    lane = None
+    if config.interactive_lane and not args.burst:
+        # the interactive lane (worker.lane): verify / drill-down never wait behind long jobs
+        lane = start_lane(
+            redis.Redis.from_url(settings.redis_url),
+            settings.job_timeout_s,
+            f"{name}.lane",
+            **common,
+        )
+    else:  # no lane thread: interactive jobs first, from the same loop
+        queues = [*lane_queues(conn, settings.job_timeout_s), queue]
+    worker = PatchauditWorker(queues, connection=conn, name=name, **common)
     log.info(
-        "worker %s listening on %s (%s)", worker.name, keys.QUEUE_NAME, redacted(settings.redis_url)
+        "worker %s listening on %s (%s), %d torch threads, interactive lane %s",
+        worker.name,
+        ", ".join(q.name for q in queues),
+        redacted(settings.redis_url),
+        threads,
+        "on" if lane is not None else "off",
     )
-    worker.work(
-        burst=args.burst,
-        max_jobs=args.max_jobs,
-        logging_level=settings.log_level.upper(),
-    )
+    try:
+        worker.work(
+            burst=args.burst,
+            max_jobs=args.max_jobs,
+            logging_level=settings.log_level.upper(),
+        )
+    finally:
+        if lane is not None:
+            try:
+                lane.register_death()
+            except Exception:  # Redis away: its registration expires by itself
+                log.debug("could not unregister the lane worker", exc_info=True)
     return 0
 
 

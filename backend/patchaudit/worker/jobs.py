@@ -14,6 +14,7 @@ error raised by the job is not retried.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -99,9 +100,18 @@ class JobCancelled(Cancelled):
 # ----------------------------------------------------------------------------------------
 
 
+#: Phases that are not computation on the model (no estimate of the time left from them).
+SETUP_PHASES = frozenset({"queued", "requeued", "starting", "load_model"})
+
+
 class JobProgress:
     """``progress(phase, fraction, passes)`` for the engine: writes the job meta and (for the
-    analysis job) the analysis's progress, at most every ``min_interval_s`` within a phase.
+    analysis job) the analysis's progress, at most every ``min_interval_s`` within a phase:
+    {phase, fraction, passes, passes_total (an estimate: passes / fraction), eta_s (the
+    computation's time so far scaled by what is left), elapsed_s}.
+
+    A long job's ``should_stop`` and progress calls (between two passes) are also where it gives
+    the model to the interactive lane (``lane_yield``, see ``worker.lane``).
     When ``PATCHAUDIT_TEST_JOB_DELAY_S`` is set it sleeps that long at each new phase (tests
     use it to kill or cancel a job mid-way); production keeps it 0."""
 
@@ -112,6 +122,7 @@ class JobProgress:
         job_id: str | None,
         mirror: bool,
         min_interval_s: float = 0.25,
+        lane_yield: Callable[[], None] | None = None,
     ) -> None:
         self.rt = rt
         self.analysis_id = analysis_id
@@ -119,11 +130,17 @@ class JobProgress:
         self.mirror = mirror
         self.min_interval_s = min_interval_s
         self.delay_s = float(rt.config.test_job_delay_s)
+        self.lane_yield = lane_yield
         self._phase: str | None = None
         self._last = 0.0
         self.passes = 0
+        self.phase: str | None = None  # the phase now (a timeout names it)
+        self._t0: float | None = None  # when the computation (after set-up) started
+        self._f0 = 0.0
 
     def should_stop(self) -> bool:
+        if self.lane_yield is not None:
+            self.lane_yield()
         return bool(self.job_id) and self.rt.store.cancel_requested(self.job_id)  # type: ignore[arg-type]
 
     def check(self) -> None:
@@ -140,9 +157,14 @@ class JobProgress:
             time.sleep(min(0.1, left))
 
     def __call__(self, phase: str, fraction: float, passes: int = 0) -> None:
+        if self.lane_yield is not None and phase not in SETUP_PHASES:
+            self.lane_yield()
         now = time.monotonic()
         new_phase = phase != self._phase
         self.passes = int(passes)
+        self.phase = phase
+        if self._t0 is None and phase not in SETUP_PHASES:
+            self._t0, self._f0 = now, float(fraction)
         if not new_phase and fraction < 1.0 and now - self._last < self.min_interval_s:
             return
         self._phase, self._last = phase, now
@@ -150,8 +172,30 @@ class JobProgress:
         if new_phase and self.delay_s > 0 and phase != "done":
             self.sleep(self.delay_s)
 
+    def estimate(self, fraction: float, passes: int) -> dict[str, Any]:
+        """passes_total and eta_s (None until a little of the computation is done)."""
+        if self._t0 is None or fraction >= 1.0:
+            return {
+                "passes_total": passes if fraction >= 1.0 else None,
+                "eta_s": 0.0 if fraction >= 1.0 else None,
+            }
+        done = float(fraction) - self._f0
+        spent = time.monotonic() - self._t0
+        if done < 0.02 or spent < 0.2:
+            return {"passes_total": None, "eta_s": None}
+        left = max(0.0, 1.0 - float(fraction))
+        total = int(round(passes / fraction)) if fraction > 0.05 and passes else None
+        return {"passes_total": total, "eta_s": round(spent * left / done, 1)}
+
     def _write(self, phase: str, fraction: float, passes: int) -> None:
-        progress = {"phase": phase, "fraction": float(fraction), "passes": int(passes)}
+        progress: dict[str, Any] = {
+            "phase": phase,
+            "fraction": float(fraction),
+            "passes": int(passes),
+            **self.estimate(fraction, passes),
+            "elapsed_s": round(time.monotonic() - self._t0, 1) if self._t0 is not None else 0.0,
+            "updated_at": time.time(),
+        }
         job = get_current_job()
         if job is not None:
             try:
@@ -160,7 +204,8 @@ class JobProgress:
             except Exception:  # progress is best effort
                 log.debug("could not save job meta", exc_info=True)
         if self.mirror:
-            self.rt.store.set_progress(self.analysis_id, phase, fraction, passes)
+            extra = {k: v for k, v in progress.items() if k not in ("phase", "fraction", "passes")}
+            self.rt.store.set_progress(self.analysis_id, phase, fraction, passes, **extra)
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,14 +213,18 @@ class JobProgress:
 # ----------------------------------------------------------------------------------------
 
 
-def error_info(exc: BaseException, rt: Runtime | None = None) -> dict[str, str]:
-    """{type, message, traceback} of an exception, with a message a person can act on."""
+def error_info(
+    exc: BaseException, rt: Runtime | None = None, phase: str | None = None
+) -> dict[str, str]:
+    """{type, message, traceback} of an exception, with a message a person can act on (a
+    timeout names the phase the job was in)."""
     if isinstance(exc, JobTimeoutException):
         limit = rt.config.job_timeout_s if rt else "the"
+        during = f" (stopped during {phase})" if phase else ""
         return {
             "type": "JobTimeout",
-            "message": f"the job ran longer than its {limit} s limit (PATCHAUDIT_JOB_TIMEOUT_S): "
-            "use fewer pairs or methods, or raise the limit",
+            "message": f"the job ran longer than its {limit} s limit{during} "
+            "(PATCHAUDIT_JOB_TIMEOUT_S): use fewer pairs or methods, or raise the limit",
             "traceback": traceback.format_exc(),
         }
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -333,13 +382,24 @@ class JobContext:
     job_id: str | None
     args: dict[str, Any]
     keep_partial: Callable[[Any], None] | None = None
+    interactive: bool = False
+    last_progress: JobProgress | None = None
 
     @property
     def store(self) -> Any:
         return self.rt.store
 
     def progress(self, mirror: bool = False) -> JobProgress:
-        return JobProgress(self.rt, self.analysis_id, self.job_id, mirror=mirror)
+        lane = getattr(self.rt, "lane", None)
+        give_way = lane.yield_point if lane is not None and not self.interactive else None
+        self.last_progress = JobProgress(
+            self.rt, self.analysis_id, self.job_id, mirror=mirror, lane_yield=give_way
+        )
+        return self.last_progress
+
+    @property
+    def phase(self) -> str | None:
+        return self.last_progress.phase if self.last_progress is not None else None
 
     def analysis(self, what: str) -> Any:
         """The finished analysis this job works on (ValueError when it has no result)."""
@@ -362,9 +422,18 @@ def job_kind(kind: K.JobKind) -> Callable[[_F], _F]:
         def run(analysis_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
             a = kind.arguments((analysis_id, *args), kwargs)
             rt = get_runtime()
-            ctx = JobContext(rt, analysis_id, _current_job_id(), a)
+            ctx = JobContext(rt, analysis_id, _current_job_id(), a, interactive=kind.interactive)
+            lane = getattr(rt, "lane", None)
+            turn = (
+                contextlib.nullcontext()
+                if lane is None
+                else lane.interactive()
+                if kind.interactive
+                else lane.long_job()
+            )
             try:
-                return body(ctx, **{k: a[k] for k in kind.params if k in a})
+                with turn:  # the models are this job's (see worker.lane)
+                    return body(ctx, **{k: a[k] for k in kind.params if k in a})
             except Cancelled as exc:  # JobCancelled too
                 partial = getattr(exc, "partial", None)
                 if partial is not None and ctx.keep_partial is not None:
@@ -379,7 +448,7 @@ def job_kind(kind: K.JobKind) -> Callable[[_F], _F]:
                 )
                 return {"status": "cancelled"}
             except Exception as exc:  # JobTimeoutException too
-                kind.failed(rt.store, analysis_id, a, error_info(exc, rt))
+                kind.failed(rt.store, analysis_id, a, error_info(exc, rt, ctx.phase))
                 log.exception("%s job of %s failed", kind.name, analysis_id)
                 _no_retry()
                 raise
@@ -417,7 +486,7 @@ def run_analysis(ctx: JobContext) -> dict[str, Any]:
     req = NormalisedRequest.model_validate(rec.request)
     progress.check()
     store.set_status(analysis_id, JobStatus.RUNNING, error=None)
-    progress("load_model", 0.0, 0)
+    progress("starting", 0.0, 0)  # "load_model" only while a model actually loads (_prepare)
     model, tp, key = _prepare(rt, req, progress)
     base = _load_base(rt, key)
     ctx.keep_partial = lambda partial: store.set_partial(
@@ -627,6 +696,8 @@ def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     running = ComponentRecord(status=JobStatus.RUNNING, job_id=ctx.job_id)
     store.set_component(analysis_id, key, running.stored())
     req = NormalisedRequest.model_validate(rec.request)
+    progress = ctx.progress()
+    progress("inspect", 0.0, 0)  # the page's job list shows it running
     component: tuple[int, int] = (0, 0)
     if req.site == "edges":  # a graph node: its own site's detail ("L.H" a head, "mL" an MLP)
         site = "mlp" if key.startswith("m") else "heads"
@@ -704,6 +775,11 @@ def on_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb:
         "retrying" if retrying else "giving up",
     )
     if retrying:
+        try:  # the page shows "retrying" for this job until a worker takes it again
+            job.meta.update({"phase": "retrying", "fraction": 0.0, "attempt": 2})
+            job.save_meta()
+        except Exception:
+            log.debug("could not mark job %s retrying", job.id, exc_info=True)
         kind.requeued(store, analysis_id, args)
         return
     kind.lost(store, analysis_id, args, kind.lost_error)

@@ -40,6 +40,9 @@ class WorkerConfig:
     max_model_params: int = 3_000_000_000
     dtype: str = "auto"
     memory_budget_mb: float | None = None
+    torch_threads: int | None = None
+    workers: int = 1
+    interactive_lane: bool = True
 
     @classmethod
     def from_settings(cls, s: Settings) -> WorkerConfig:
@@ -60,6 +63,9 @@ class WorkerConfig:
             test_job_delay_s=s.test_job_delay_s,
             max_tokens=s.max_tokens,
             max_model_params=s.max_model_params,
+            torch_threads=s.torch_threads,
+            workers=s.workers,
+            interactive_lane=s.interactive_lane,
         )
 
 
@@ -164,6 +170,10 @@ class Runtime:
         self.cache = ActivationCache(
             self.redis, Path(config.data_dir) / "cache", config.cache_budget_bytes
         )
+        from .lane import Lane
+
+        #: who runs on the models now: the long job or the interactive lane (worker.lane)
+        self.lane = Lane()
         self.models = ModelLRU(
             config.max_loaded_models,
             lambda name: _load_model(name, config.device, config.max_model_params, config.dtype),

@@ -100,13 +100,72 @@ class PatchauditWorker(SimpleWorker):
 
     def sweep_abandoned(self) -> None:
         """Retry (once) or fail the jobs of dead workers. Runs at start-up and at every
-        maintenance tick; a short lock keeps two workers from requeueing the same job."""
-        if not self.connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=10):
+        maintenance tick; a short lock keeps two workers from requeueing the same job. A job
+        whose worker was a process of this machine that is gone (kill -9) is abandoned now,
+        without waiting for its execution to expire: a restarted worker retries it at once."""
+        lock = f"{keys.SWEEP_LOCK}:{','.join(q.name for q in self.queues)}"
+        if not self.connection.set(lock, self.name, nx=True, ex=10):
             return
         try:
+            from rq.registry import StartedJobRegistry
+
             for queue in self.queues:
-                queue.started_job_registry.cleanup(exception_handlers=self._exc_handlers)
+                # the failure callbacks run under this worker's death penalty (the lane thread
+                # times them with a timer: SIGALRM reaches the main thread only)
+                registry = StartedJobRegistry(
+                    queue=queue,
+                    job_class=queue.job_class,
+                    serializer=queue.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+                expire_dead_local(self.connection, registry)
+                registry.cleanup(exception_handlers=self._exc_handlers)
         except Exception:
             log.warning("sweep of abandoned jobs failed", exc_info=True)
         finally:
-            self.connection.delete(keys.SWEEP_LOCK)
+            self.connection.delete(lock)
+
+
+def pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def dead_local_worker(conn: Any, worker_name: str | None) -> bool:
+    """Whether ``worker_name`` was a worker process of this machine that no longer exists
+    (its Redis record names this host and a pid that is gone)."""
+    import os
+    import socket
+
+    if not worker_name:
+        return False
+    raw = conn.hmget(f"rq:worker:{worker_name}", ["hostname", "pid"])
+    host, pid = (v.decode() if isinstance(v, bytes) else v for v in raw)
+    if not host or not pid or host != socket.gethostname():
+        return False
+    try:
+        n = int(pid)
+    except ValueError:
+        return False
+    return n != os.getpid() and not pid_alive(n)
+
+
+def expire_dead_local(conn: Any, registry: Any) -> list[str]:
+    """Mark the started executions of dead local workers as expired (so ``cleanup`` handles
+    them now); returns their job ids."""
+    out = []
+    for member, _ in conn.zscan_iter(registry.key):
+        m = member.decode() if isinstance(member, bytes) else str(member)
+        job_id = m.split(":", 1)[0]
+        name = conn.hget(f"rq:job:{job_id}", "worker_name")
+        if dead_local_worker(conn, name.decode() if isinstance(name, bytes) else name):
+            conn.zadd(registry.key, {member: 1}, xx=True)
+            out.append(job_id)
+    return out

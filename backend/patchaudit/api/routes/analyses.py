@@ -43,7 +43,7 @@ from ...service.kinds import kind_of
 from ...store import JobStatus
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
-from ...worker.queue import enqueue, new_job_id
+from ...worker.queue import enqueue, job_states, new_job_id
 from ..deps import (
     GateDep,
     ListAccess,
@@ -66,6 +66,7 @@ from ..schemas import (
     ComponentDetailOut,
     ComponentPending,
     ErrorResponse,
+    JobState,
     VerifyAccepted,
     VerifyRequest,
 )
@@ -114,6 +115,7 @@ def to_schema(rec: StoredAnalysis) -> Analysis:
             "status": rec.status,
             "url": page_url(rec.id),
             "progress": {
+                **{k: progress.get(k) for k in ("passes_total", "eta_s", "elapsed_s")},
                 "phase": progress.get("phase", rec.status.value),
                 "fraction": progress.get("fraction", 0.0),
                 "passes": progress.get("passes", 0),
@@ -223,10 +225,18 @@ def list_analyses(
 )
 def get_analysis(analysis_id: str, store: StoreDep, queue: QueueDep) -> Analysis:
     rec = load(store, analysis_id)
-    if rec.status == JobStatus.RUNNING and rec.job_id and not worker_alive(queue, rec.job_id):
+    jobs = job_states(queue.connection, store, analysis_id)
+    lost = any(j["id"] == rec.job_id and j["status"] in ("retrying", "worker_lost") for j in jobs)
+    if (
+        rec.status == JobStatus.RUNNING
+        and rec.job_id
+        and (lost or not worker_alive(queue, rec.job_id))
+    ):
         # its worker stopped heart-beating: say so now, not when the retry starts
         rec.progress = {**(rec.progress or {}), "phase": "worker_lost", "fraction": 0.0}
-    return to_schema(rec)
+    out = to_schema(rec)
+    out.jobs = [JobState.model_validate(j) for j in jobs]
+    return out
 
 
 def worker_alive(queue: Any, job_id: str) -> bool:
@@ -672,7 +682,7 @@ def _node_of(edges: list[str], key: str) -> str:
 def _component_failed(store: Any, analysis_id: str, key: str, record: dict[str, Any]) -> ApiError:
     store.drop_component(analysis_id, key)  # the next request tries again
     err = record.get("error") or {}
-    status = 422 if err.get("type") == "ValueError" else 500
+    status = {"ValueError": 422, "WorkerLost": 503}.get(str(err.get("type")), 500)
     return ApiError(
         status,
         f"inspecting {key} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
@@ -789,9 +799,13 @@ async def get_component(
             answer, record = await run_in_threadpool(_component_answer, store, analysis_id, ckey)
             if answer is not None:
                 return answer
-            if time.monotonic() >= end:
+            now = time.monotonic()
+            if now >= end:
                 break
-            await asyncio.sleep(COMPONENT_POLL_S)
+            # every 50 ms for the first second (a drill-down takes about that), then 200 ms:
+            # many long waits cost the event loop and the threadpool little
+            slow = now - (end - wait) > 1.0
+            await asyncio.sleep(min(end - now, 4 * COMPONENT_POLL_S if slow else COMPONENT_POLL_S))
     finally:
         state.waiting_components -= 1
     pending = ComponentPending(

@@ -1,0 +1,89 @@
+"""The interactive lane's turnstile (worker.lane.Lane) with real threads, the per-worker torch
+thread cap, and the job kinds' lane attributes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from patchaudit.service import kinds as K
+from patchaudit.worker.lane import Lane, cpu_cores, torch_threads
+
+
+def test_an_interactive_job_runs_between_two_passes_of_a_long_job() -> None:
+    lane = Lane(linger_s=0.05)
+    events: list[str] = []
+    started = threading.Event()
+    stop = threading.Event()
+
+    def long_job() -> None:
+        with lane.long_job():
+            started.set()
+            while not stop.is_set():
+                events.append("pass")  # one pass on the model: the lane must not run now
+                time.sleep(0.01)
+                lane.yield_point()
+
+    t = threading.Thread(target=long_job)
+    t.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    with lane.interactive():
+        waited = time.monotonic() - t0
+        n = len(events)
+        time.sleep(0.1)  # the long job is parked meanwhile: no pass runs
+        assert len(events) == n
+        events.append("interactive")
+    time.sleep(0.2)  # after the linger the long job resumes
+    stop.set()
+    t.join(5)
+    assert waited < 0.5  # at most the rest of one pass (10 ms) and the wake-up
+    i = events.index("interactive")
+    assert "pass" in events[:i] and "pass" in events[i + 1 :]
+    assert lane.parks >= 1
+
+
+def test_a_long_job_waits_for_a_running_interactive_job_before_it_starts() -> None:
+    lane = Lane(linger_s=0.0)
+    order: list[str] = []
+    inside = threading.Event()
+
+    def interactive() -> None:
+        with lane.interactive():
+            inside.set()
+            time.sleep(0.1)
+            order.append("interactive")
+
+    t = threading.Thread(target=interactive)
+    t.start()
+    assert inside.wait(5)
+    with lane.long_job():
+        order.append("long")
+    t.join(5)
+    assert order == ["interactive", "long"]
+
+
+def test_without_interactive_work_a_yield_point_returns_at_once() -> None:
+    lane = Lane()
+    with lane.long_job():
+        t0 = time.monotonic()
+        for _ in range(1000):
+            lane.yield_point()
+        assert time.monotonic() - t0 < 0.5
+    assert lane.parks == 0
+
+
+def test_torch_threads_share_the_cores_among_workers() -> None:
+    cores = cpu_cores()
+    assert torch_threads(None, 1) == cores
+    assert torch_threads(None, cores * 4) == 1  # never 0
+    assert torch_threads(None, 2) == max(1, cores // 2)
+    assert torch_threads(3, 8) == 3  # the setting wins
+
+
+def test_verify_and_inspect_are_interactive_long_kinds_are_not() -> None:
+    assert K.VERIFY.interactive and K.VERIFY.first
+    assert K.INSPECT.interactive and not K.INSPECT.first
+    for kind in (K.ANALYSIS, K.FIX, K.CIRCUIT):
+        assert not kind.interactive
+    assert set(K.interactive_kinds()) >= {"verify", "inspect"}
