@@ -173,7 +173,7 @@ export function renderGraph() {
     const cls = ["edge", flagged ? "flagged" : "", key === st.e ? "selected" : "", ver != null ? "verified" : "", pend.has(key) ? "pending" : ""].filter(Boolean).join(" ");
     const group = svg("g", { class: cls, "data-key": key, "data-rank": t, tabindex: 0, role: "button", "aria-label": `${edgeName(key)}: ${fmt(v)}${flagged ? ", flagged" : ""}${ver != null ? `, verified ${fmt(ver)}` : ""}` });
     if (key === st.e) group.append(svg("path", { d: g.d, class: "edge-halo", "stroke-width": w + 6 }));
-    group.append(svg("path", { d: g.d, class: "edge-line", stroke: (v ?? 0) < 0 ? NEG : POS, "stroke-width": w.toFixed(2), "stroke-dasharray": flagged ? "6 4" : null }));
+    group.append(svg("path", { d: g.d, class: "edge-line", stroke: (v ?? 0) < 0 ? NEG : POS, "stroke-width": w.toFixed(2), "stroke-dasharray": flagged ? `${(2 * w + 4).toFixed(1)} ${(1.5 * w + 3).toFixed(1)}` : null }));
     group.append(svg("path", { d: g.d, class: "edge-hit", "stroke-width": Math.max(10, w + 6) }));
     group.append(svg("title", {}, `${edgeName(key)}\n${key}\n${METHOD_LABELS[ranking] || ranking}: ${fmt(v)}${flagged ? "\nflagged: " + reasonsOf(idx).join(", ") : ""}${ver != null ? `\nverified (edge patching): ${fmt(ver)}` : ""}`));
     edgeLayer.append(group);
