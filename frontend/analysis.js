@@ -19,6 +19,7 @@ import { fixAll, renderControls, verify } from "./verify.js";
 import { graphHandle, initGraph, renderGraph } from "./graph.js"; // the graph view of an edge analysis (issue 22)
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
+import "./notes.js"; // labels and notes on components (issue 20): map, hover, panel
 import { initCompareBox, remember } from "./history.js";
 
 // A small read-only handle for tests and the browser console.
@@ -64,7 +65,7 @@ async function poll() {
   if (st.data?.status !== data.status || data.status === "failed") showMessage("");
   reportVerificationErrors(data);
   // Redraw only when something changed (a redraw under the pointer disturbs hover and click).
-  const sig = JSON.stringify([data.status, data.progress, data.jobs, data.pending, data.result?.verified, data.result?.fix, (data.verifications || []).length, data.error, [...st.localPending.keys()]]);
+  const sig = JSON.stringify([data.status, data.progress, data.jobs, data.pending, data.result?.verified, data.result?.fix, (data.verifications || []).length, data.error, [...st.localPending.keys()], data.notes]);
   const changed = sig !== st.dataSig || !st.data;
   assign({ dataSig: sig, data });
   remember(data); // "My analyses" (history.js)

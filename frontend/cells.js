@@ -1,5 +1,7 @@
 // Per-component numbers and names shared by the heatmap hover, the table and the verify notices.
 import { correctedMethod, fmt, verifiedAt, METHOD_LABELS } from "./flags.js";
+import { componentKey } from "./keys.js";
+import { escapeHtml, noteAt } from "./notes.js";
 import { METHOD_ORDER, st } from "./state.js";
 
 export function cellInfo(i, j) {
@@ -88,6 +90,8 @@ export function hoverText(i, j, pending) {
   } else {
     lines.push(pending ? "verifying…" : "not verified: click to verify");
   }
+  const note = noteAt(componentKey(i, j)); // a member's label and note (notes.js)
+  if (note) lines.push(`<b>label: ${escapeHtml(note.label)}</b> (${escapeHtml(note.author)})${note.text ? `: ${escapeHtml(note.text.length > 80 ? `${note.text.slice(0, 79)}…` : note.text)}` : ""}`);
   if (c.material === false) lines.push("not material");
   lines.push(c.flagged ? `FLAGGED (${c.codes.join(", ")}): ${c.reasons.join("; ")}` : "not flagged");
   if (c.serverCodes?.length) lines.push(`server's flag reasons at τ ${fmt(st.result.tau, 2)}: ${c.serverCodes.join(", ")}`);

@@ -2,6 +2,7 @@
 // path for the flags, markers for verified and pending cells; a click on a cell is emitted ("verify"); the page POSTs.
 /* global Plotly */
 import { hoverText, positionTokens } from "./cells.js";
+import { noteLabels } from "./notes.js";
 import { correctedMethod, fmt, mapMatrix, maxAbs, shapeOf, verifiedAt } from "./flags.js";
 import { keyboardCell } from "./keyboard.js";
 import { metricLabel } from "./meaning.js";
@@ -261,6 +262,7 @@ export function renderHeatmap() {
     showlegend: false,
     name: "pending",
   });
+  traces.push(noteLabels(R, C, g.cellW)); // members' labels on their components (notes.js)
   // The circuit panel's top-k members (circuit.js sets st.circuitCells and restyles this trace).
   const circ = outlinePath(st.circuitCells || [], 0.32);
   traces.push({ type: "scatter", mode: "lines", ...circ, line: { color: "#00a651", width: 2.5 }, hoverinfo: "skip", showlegend: false, name: "circuit" });

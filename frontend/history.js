@@ -1,7 +1,9 @@
 // "My analyses": the browser remembers the analyses it created or opened (localStorage:
 // id, model, task, site, metric, when, status) and the home page lists them, next to the
 // server's own list (GET /api/analyses, paginated) where the server allows it (API-token
-// holders; everyone on a token-less loopback server).
+// holders; everyone on a token-less loopback server), as "Team" (everyone's) or "Mine" (the
+// caller's: GET /api/analyses?scope=mine), with each analysis's owner; the owner may delete
+// one (DELETE /api/analyses/<id>).
 import { api, ApiError, el } from "./api.js";
 
 const KEY = "patchaudit.history";
@@ -62,20 +64,29 @@ function when(t) {
   return Number.isNaN(d.getTime()) ? "" : d.toLocaleString();
 }
 
-function rowsTable(rows, { serverTimes = false, onForget = null } = {}) {
-  const head = el("tr", {}, ...["When", "Model", "Task", "Site", "Metric", "Status", "Analysis", ""].map((h) => el("th", { scope: "col", text: h })));
+function rowsTable(rows, { serverTimes = false, onForget = null, member = null, onDelete = null } = {}) {
+  const owners = member != null;
+  const cols = ["When", ...(owners ? ["Owner"] : []), "Model", "Task", "Site", "Metric", "Status", "Analysis", ""];
+  const head = el("tr", {}, ...cols.map((h) => el("th", { scope: "col", text: h })));
+  const mayDelete = (r) => onDelete && (!r.owner || r.owner === member || r.owner === "local");
   const body = rows.map((r) =>
     el(
       "tr",
-      { "data-id": r.id },
+      { "data-id": r.id, "data-owner": r.owner ?? "", class: owners && r.owner === member ? "mine" : null },
       el("td", { text: when(serverTimes ? (r.created_at || 0) * 1000 : r.when) }),
+      owners ? el("td", { class: "owner", text: r.owner ? (r.owner === member && member !== "local" ? `${r.owner} (you)` : r.owner) : "" }) : null,
       el("td", { text: r.model ?? "" }),
       el("td", { text: r.task ?? "" }),
       el("td", { text: r.site ?? "" }),
       el("td", { text: [r.metric, r.direction].filter(Boolean).join(" ") }),
       el("td", { text: r.status ?? "" }),
       el("td", {}, el("a", { href: `/a/${encodeURIComponent(r.id)}`, class: "mono", text: r.id.slice(0, 12) })),
-      el("td", {}, onForget ? el("button", { type: "button", class: "small", text: "Forget", "aria-label": `Forget ${r.id}`, onclick: () => onForget(r.id) }) : ""),
+      el(
+        "td",
+        {},
+        onForget ? el("button", { type: "button", class: "small", text: "Forget", "aria-label": `Forget ${r.id}`, onclick: () => onForget(r.id) }) : "",
+        mayDelete(r) ? el("button", { type: "button", class: "small danger", text: "Delete", "aria-label": `Delete ${r.id} from the server`, onclick: () => onDelete(r) }) : "",
+      ),
     ),
   );
   return el("table", { class: "comp history" }, el("thead", {}, head), el("tbody", {}, ...body));
@@ -98,13 +109,27 @@ function renderLocal() {
 }
 
 let page = 1;
+let scope = "team"; // "team": everyone's analyses; "mine": the caller's
+
+async function deleteAnalysis(r) {
+  if (!window.confirm(`Delete analysis ${r.id.slice(0, 12)} with its results and notes, for everyone?`)) return;
+  const note = document.getElementById("history-server-note");
+  try {
+    await api(`/api/analyses/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+    forget(r.id);
+    renderLocal();
+    await renderServer();
+  } catch (err) {
+    if (note) note.textContent = err.message;
+  }
+}
 
 async function renderServer() {
   const box = document.getElementById("history-server");
   if (!box) return;
   let data;
   try {
-    data = await api(`/api/analyses?page=${page}&per_page=${PER_PAGE}`, { write: true });
+    data = await api(`/api/analyses?page=${page}&per_page=${PER_PAGE}&scope=${scope}`, { write: true });
   } catch (err) {
     const why =
       err instanceof ApiError && err.isAuth
@@ -121,7 +146,26 @@ async function renderServer() {
     el("span", { class: "small", id: "history-page", text: `page ${data.page} of ${data.pages} (${data.total} analyses)` }),
     el("button", { type: "button", class: "small", id: "history-next", disabled: page >= data.pages, text: "Older", onclick: () => ((page += 1), renderServer()) }),
   );
-  box.replaceChildren(items.length ? rowsTable(items, { serverTimes: true }) : el("p", { class: "muted small", text: "The server has no analyses yet." }), nav);
+  const pick = (which) => () => {
+    scope = which;
+    page = 1;
+    renderServer();
+  };
+  const tabs = el(
+    "div",
+    { class: "row", role: "group", "aria-label": "whose analyses" },
+    el("button", { type: "button", class: "small", id: "history-team", "aria-pressed": String(scope === "team"), text: "Team", onclick: pick("team") }),
+    el("button", { type: "button", class: "small", id: "history-mine", "aria-pressed": String(scope === "mine"), text: "Mine", onclick: pick("mine") }),
+    el("span", { class: "small muted", id: "history-member", text: data.member && data.member !== "local" ? `signed in as ${data.member}` : "no members on this server: every local user is one" }),
+  );
+  const empty = scope === "mine" ? "You have no analyses on this server yet." : "The server has no analyses yet.";
+  box.dataset.scope = scope;
+  box.replaceChildren(
+    tabs,
+    items.length ? rowsTable(items, { serverTimes: true, member: data.member ?? null, onDelete: deleteAnalysis }) : el("p", { class: "muted small", text: empty }),
+    el("p", { class: "small bad", id: "history-server-note", role: "status" }),
+    nav,
+  );
 }
 
 export function initHistory() {

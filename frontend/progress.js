@@ -128,7 +128,7 @@ export async function cancel() {
     await api(`/api/analyses/${encodeURIComponent(st.id)}/cancel`, { method: "POST", write: true });
     showNotice("Cancelling…");
   } catch (err) {
-    if (err instanceof ApiError && err.isAuth) setReadOnly(true);
+    if (err instanceof ApiError && err.status === 401) setReadOnly(true); // 403: another member's
     showNotice(`Could not cancel: ${err.message}`, { error: true });
   }
   pollSoon(300);

@@ -5,7 +5,7 @@ import { $, st } from "./state.js";
 export function renderRequest() {
   const d = st.data;
   const req = d.request || {};
-  const key = JSON.stringify(req) + JSON.stringify(d.result?.pairs || d.result?.prompts || null);
+  const key = JSON.stringify(req) + JSON.stringify(d.result?.pairs || d.result?.prompts || null) + (d.owner || "");
   if (renderRequest.key === key) return;
   renderRequest.key = key;
   const dl = $("request");
@@ -19,6 +19,7 @@ export function renderRequest() {
     ["Methods", (req.methods || []).join(", ")],
     ["HVP probes", req.hvp_probes],
     ["IG steps", req.ig_steps],
+    ["Owner", d.owner && d.owner !== "local" ? d.owner : null], // the member who ran it (issue 20)
   ];
   for (const [k, v] of Object.entries(req)) {
     if (["model", "task", "corruption", "tokens", "n_pairs", "seed", "pairs", "site", "metric", "direction", "methods", "hvp_probes", "ig_steps"].includes(k)) continue;

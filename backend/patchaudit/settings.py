@@ -9,17 +9,71 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where ``frontend/`` sits in a source checkout: backend/patchaudit -> repo root.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MIN_TOKEN_LENGTH = 16
+
+log = logging.getLogger(__name__)
+
+#: A member's name in the tokens file: letters, digits and ``_ . @ -``, at most 64 characters.
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+#: The owner of everything on a token-less server (every local user is this one client).
+LOCAL_MEMBER = "local"
+
+
+def read_tokens_file(path: Path) -> dict[str, str]:
+    """The members of a tokens file: one ``name: token`` per line; blank lines and ``#``
+    comments are skipped. Raises ValueError naming the line (never the token) when a line is
+    malformed, a name repeats, or a token is short or shared by two names."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        if Path(path).stat().st_mode & 0o077:
+            log.warning("the tokens file %s is readable by other users: chmod 600 it", path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the tokens file {path}: {e.__class__.__name__}") from None
+    members: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, token = (part.strip() for part in line.partition(":"))
+        where = f"tokens file {path}, line {n}"
+        if not sep or not name or not token:
+            raise ValueError(f"{where}: expected 'name: token'")
+        if not _MEMBER_NAME.match(name) or name == LOCAL_MEMBER:
+            raise ValueError(
+                f"{where}: the name {name[:64]!r} must be letters, digits or _.@- (at most 64), "
+                f"and not {LOCAL_MEMBER!r}"
+            )
+        if name in members:
+            raise ValueError(f"{where}: the name {name!r} appears twice")
+        if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+            raise ValueError(
+                f"{where}: {name}'s token is shorter than {MIN_TOKEN_LENGTH} characters or holds "
+                "spaces: use a random one (`python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)"
+            )
+        if token in members.values():
+            raise ValueError(f"{where}: {name}'s token is the same as another member's")
+        members[name] = token
+    return members
 
 
 def _split_list(value: Any) -> Any:
@@ -84,6 +138,17 @@ class Settings(BaseSettings):
         default=None,
         description="Required for writes (Authorization: Bearer / X-API-Token) when set. "
         "Mandatory when binding a non-loopback address.",
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Team members (PATCHAUDIT_TOKENS_FILE): one 'name: token' per line. Each "
+        "token works like the API token and names its holder: analyses carry their owner, "
+        "only the owner cancels or deletes, admission counts each member apart. Keep it 0600.",
+    )
+    api_token_name: str = Field(
+        default="operator",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+        description="The member name PATCHAUDIT_API_TOKEN stands for (it is one member).",
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger bodies: 413.")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -183,6 +248,18 @@ class Settings(BaseSettings):
 
     # -- storage --------------------------------------------------------------------------
     cache_budget_bytes: int = Field(default=2 * 1024**3, ge=1)
+    retention_max_age_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delete analyses older than this many days (never a queued or running "
+        "one); unset: keep them. Pruned by the workers' maintenance tick.",
+    )
+    retention_max_analyses: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many analyses: the oldest finished ones are deleted "
+        "first (never a queued or running one); unset: no limit.",
+    )
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
     log_level: str = "INFO"
 
@@ -199,23 +276,43 @@ class Settings(BaseSettings):
     def _preload(cls, v: list[str] | None) -> list[str]:
         return list(v or [])
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("tokens_file", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # absolute: the workers `serve` starts read the same file whatever their directory
+        return None if v is None else v.expanduser().absolute()
+
+    @field_validator("redis_url", "tokens_file", mode="before")
     @classmethod
     def _empty_url(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
+    _members: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         token = self.api_token.get_secret_value() if self.api_token else ""
+        members = read_tokens_file(self.tokens_file) if self.tokens_file else {}
+        if token:
+            if self.api_token_name in members:
+                raise ValueError(
+                    f"PATCHAUDIT_API_TOKEN_NAME {self.api_token_name!r} is also a member in the "
+                    "tokens file: give one of them another name"
+                )
+            if token in members.values():
+                raise ValueError("PATCHAUDIT_API_TOKEN is also a member's token in the tokens file")
+            members = {self.api_token_name: token, **members}
+        self._members = members
         if self.api_token is not None and len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"PATCHAUDIT_API_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters: use a "
                 "random one, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
-        if not is_loopback(self.host) and not token:
+        if not is_loopback(self.host) and not members:
             raise ValueError(
                 f"refusing to bind {self.host} without an API token: anyone who reaches it "
-                "could start computations. Set PATCHAUDIT_API_TOKEN, or bind 127.0.0.1."
+                "could start computations. Set PATCHAUDIT_API_TOKEN (or PATCHAUDIT_TOKENS_FILE), "
+                "or bind 127.0.0.1."
             )
         if self.worker_ttl_s <= 15:
             raise ValueError("PATCHAUDIT_WORKER_TTL_S must exceed 15 seconds")
@@ -240,6 +337,17 @@ class Settings(BaseSettings):
     @property
     def token(self) -> str | None:
         return self.api_token.get_secret_value() if self.api_token else None
+
+    @property
+    def members(self) -> dict[str, str]:
+        """Member name -> token: PATCHAUDIT_API_TOKEN (as ``api_token_name``) and the tokens
+        file; empty on a token-less server."""
+        return dict(self._members)
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether writes need a member's token (any token is configured)."""
+        return bool(self._members)
 
     @cached_property
     def named_models(self) -> tuple[str, ...]:

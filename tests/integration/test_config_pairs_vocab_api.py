@@ -47,12 +47,20 @@ def test_request_without_probes_uses_the_engine_default(stack: Stack) -> None:
 
 
 def test_whoami_accepts_the_right_token_and_says_a_wrong_one_is_wrong(stack: Stack) -> None:
-    assert stack.client.get("/api/whoami").json() == {"auth_required": False, "token_ok": True}
+    assert stack.client.get("/api/whoami").json() == {
+        "auth_required": False,
+        "token_ok": True,
+        "member": "local",
+    }
     token = "s" * 32
     client = stack.make_client(api_token=token)
     try:
         ok = client.get("/api/whoami", headers={"Authorization": f"Bearer {token}"})
-        assert ok.status_code == 200 and ok.json() == {"auth_required": True, "token_ok": True}
+        assert ok.status_code == 200 and ok.json() == {
+            "auth_required": True,
+            "token_ok": True,
+            "member": "operator",
+        }
         bad = client.get("/api/whoami", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and "token is wrong" in bad.json()["message"]
         missing = client.get("/api/whoami")

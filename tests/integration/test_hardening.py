@@ -259,10 +259,36 @@ def test_job_functions_are_one_registry() -> None:
 # -- 3. admission control: per-client limits, 429 + Retry-After, fair scheduling -------------
 
 
-def test_one_client_flooding_gets_429_and_another_client_is_not_starved(served: Served) -> None:
+@pytest.fixture(scope="module")
+def served_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``patchaudit serve`` with two members (a token-less server is one local client)."""
+    tmp = tmp_path_factory.mktemp("served-team")
+    tokens = tmp / "members.txt"
+    tokens.write_text(f"flooder: {FLOODER}\nother: {OTHER}\n")
+    s = Served(
+        tmp / "data",
+        PATCHAUDIT_MAX_CLIENT_JOBS=MAX_CLIENT_JOBS,
+        PATCHAUDIT_TEST_JOB_DELAY_S="0.4",
+        PATCHAUDIT_TOKENS_FILE=str(tokens),
+    )
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+FLOODER = "flooder-token-0123456789abcdef"
+OTHER = "other-token-0123456789abcdefgh"
+
+
+def test_one_client_flooding_gets_429_and_another_client_is_not_starved(
+    served_team: Served,
+) -> None:
+    served = served_team
     tiny = str(tiny_model_dir())
-    flooder = served.client()
-    other = served.client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    flooder = served.client(headers={"X-API-Token": FLOODER})
+    other = served.client(headers={"X-API-Token": OTHER})
     accepted: list[str] = []
     refused = []
     try:

@@ -15,7 +15,7 @@ from ..store.redis_conn import connect, redacted
 from ..worker.admission import Admission
 from ..worker.queue import get_queue
 from . import errors, security
-from .routes import analyses, frontend, health, meta
+from .routes import analyses, frontend, health, meta, team
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     security.install(app, settings.host_names)
 
     app.include_router(analyses.router)
+    app.include_router(team.router)
     app.include_router(meta.router)
     app.include_router(health.router)
     app.include_router(frontend.router)  # /static/plotly.min.js before the /static mount

@@ -12,7 +12,7 @@ import redis
 from fastapi import Depends, Header, Request
 from rq import Queue
 
-from ..settings import Settings
+from ..settings import LOCAL_MEMBER, Settings
 from ..store import ActivationCache, AnalysisStore
 from ..worker.admission import Admission, Refused
 from .errors import ApiError
@@ -56,12 +56,26 @@ def presented_token(authorization: str | None = None, x_api_token: str | None = 
     return given
 
 
-def check_token(settings: Settings, given: str | None) -> None:
-    """Raise 401 unless no token is configured or ``given`` is the right one; the message says
-    whether the token is missing or wrong."""
-    expected = settings.token
-    if not expected:
-        return
+def member_of(settings: Settings, given: str | None) -> str | None:
+    """The member whose token ``given`` is, else None. Every member's token is compared, in
+    constant time over SHA-256 digests (equal lengths), whichever matches: the time taken says
+    nothing about which token, or how much of one, was right."""
+    if not given:
+        return None
+    digest = hashlib.sha256(given.encode()).digest()
+    found: str | None = None
+    for name, token in settings.members.items():
+        if secrets.compare_digest(digest, hashlib.sha256(token.encode()).digest()):
+            found = name
+    return found
+
+
+def check_token(settings: Settings, given: str | None) -> str:
+    """The member ``given`` belongs to; ``LOCAL_MEMBER`` on a token-less server (every local
+    user is one client there, whatever token they send). Raises 401 when a token is needed and
+    missing or wrong; the message says which."""
+    if not settings.auth_required:
+        return LOCAL_MEMBER
     if not given:
         raise ApiError(
             401,
@@ -69,34 +83,43 @@ def check_token(settings: Settings, given: str | None) -> None:
             "'Authorization: Bearer <token>' or 'X-API-Token: <token>')",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    member = member_of(settings, given)
+    if member is None:
         raise ApiError(
             401,
             "the API token is wrong: check it with whoever runs this server",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    return member
 
 
 def require_write_token(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_token: Annotated[str | None, Header()] = None,
-) -> None:
-    """Writes need the API token when one is configured (``Authorization: Bearer <token>`` or
-    ``X-API-Token: <token>``); reads by link stay open."""
-    check_token(settings, presented_token(authorization, x_api_token))
+) -> str:
+    """Writes need a member's token when any is configured (``Authorization: Bearer <token>``
+    or ``X-API-Token: <token>``); reads by link stay open. Returns the member (the writer)."""
+    return check_token(settings, presented_token(authorization, x_api_token))
 
 
-WriteAccess = Annotated[None, Depends(require_write_token)]
+WriteAccess = Annotated[str, Depends(require_write_token)]
+"""The member making a write (``LOCAL_MEMBER`` on a token-less server)."""
 
 
 def client_id(request: Request) -> str:
-    """Who a request counts against for admission: its token (hashed), else its address."""
+    """Who a request counts against for admission: its member ("m:<name>"); on a token-less
+    server every request is the one local client (a made-up token changes nothing); a request
+    with no valid token on a server with members counts against its address."""
+    settings: Settings = request.app.state.settings
+    if not settings.auth_required:
+        return "m:" + LOCAL_MEMBER
     token = presented_token(
         request.headers.get("authorization"), request.headers.get("x-api-token")
     )
-    if token:
-        return "t:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    member = member_of(settings, token)
+    if member is not None:
+        return "m:" + member
     return "a:" + (request.client.host if request.client else "unknown")
 
 
@@ -134,17 +157,28 @@ def require_list_access(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_token: Annotated[str | None, Header()] = None,
-) -> None:
-    """Listing every analysis reveals their ids (capabilities): API-token holders only, or
-    everyone when the server runs without a token on a loopback address."""
+) -> str:
+    """Listing every analysis reveals their ids (capabilities): members only, or everyone
+    (as the one local member) when the server runs without a token on a loopback address.
+    Returns the member."""
     from .settings import is_loopback
 
-    if settings.token:
-        require_write_token(settings, authorization, x_api_token)
-    elif not is_loopback(settings.host):
+    if settings.auth_required:
+        return require_write_token(settings, authorization, x_api_token)
+    if not is_loopback(settings.host):
         raise ApiError(
             403, "listing analyses needs an API token on a server reachable beyond this machine"
         )
+    return LOCAL_MEMBER
 
 
-ListAccess = Annotated[None, Depends(require_list_access)]
+ListAccess = Annotated[str, Depends(require_list_access)]
+
+
+def require_owner(settings: Settings, owner: str | None, member: str, what: str) -> None:
+    """403 unless ``member`` may ``what`` (cancel, delete) an analysis of ``owner``: its owner,
+    anyone on a token-less server, any member for an analysis with no owner (made before
+    members existed, or on a token-less server)."""
+    if not settings.auth_required or not owner or owner == LOCAL_MEMBER or owner == member:
+        return
+    raise ApiError(403, f"this analysis belongs to {owner}: only its owner can {what} it")

@@ -27,6 +27,8 @@ from ..service.contract import (
     Matrix,
     Method,
     Metric,
+    Note,
+    NoteIn,
     PairIn,
     Screen,
     Site,
@@ -52,6 +54,8 @@ __all__ = [
     "Labels",
     "Matrix",
     "Metric",
+    "Note",
+    "NoteIn",
     "PairIn",
     "Screen",
     "Site",
@@ -181,6 +185,12 @@ class Analysis(BaseModel):
     error: ErrorInfo | None = None
     pending: list[str] = Field(default_factory=list, description='"layer.head" being verified')
     verifications: list[Verification] = Field(default_factory=list)
+    owner: str | None = Field(
+        default=None, description="the member who created it (null: made before members)"
+    )
+    notes: dict[str, Note] = Field(
+        default_factory=dict, description='"L.C" (as in verified) -> the note on that component'
+    )
     jobs: list[JobState] = Field(
         default_factory=list, description="its jobs not finished yet, with their state"
     )
@@ -305,6 +315,9 @@ class ServerConfig(BaseModel):
 class WhoAmI(BaseModel):
     auth_required: bool
     token_ok: bool
+    member: str | None = Field(
+        default=None, description='the member this token names ("local" on a token-less server)'
+    )
 
 
 class PairsParsed(BaseModel):
@@ -346,6 +359,7 @@ class AnalysisSummary(BaseModel):
     direction: str | None = None
     n_pairs: int | None = None
     methods: list[str] = Field(default_factory=list)
+    owner: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -356,3 +370,9 @@ class AnalysisList(BaseModel):
     page: int
     per_page: int
     pages: int
+    scope: Literal["team", "mine"] = "team"
+    member: str | None = Field(default=None, description="who asked (the 'mine' in scope)")
+
+
+class NoteList(BaseModel):
+    notes: dict[str, Note]

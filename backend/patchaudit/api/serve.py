@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a host name clients use to reach this server, besides loopback (repeatable; "
         "PATCHAUDIT_ALLOWED_HOSTS)",
     )
+    p.add_argument(
+        "--tokens-file",
+        default=None,
+        metavar="PATH",
+        help="team members, one 'name: token' per line (PATCHAUDIT_TOKENS_FILE)",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
     return p
 
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             model_allowlist=args.allow_model,
             allow_hub_models=args.allow_hub_models,
             allowed_hosts=args.allowed_host,
+            tokens_file=args.tokens_file,
         )
     except ValueError as e:
         sys.stderr.write(f"patchaudit serve: {e}\n")

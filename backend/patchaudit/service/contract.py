@@ -18,7 +18,7 @@ from ..serial import json_safe
 from ..store.status import JobStatus
 from ..tasks import TASKS as _TASKS
 
-Site = Literal["heads", "mlp", "resid", "edges"]
+Site = Literal["heads", "mlp", "resid", "q", "k", "v", "edges"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
 Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]
@@ -364,3 +364,29 @@ def flagged_components(result: dict[str, Any], verified: Any) -> list[str]:
 def circuit_key(ranking: str, absolute: bool = True) -> str:
     """Where a curve is stored in ``result.circuits``: the ranking ("hvp"), or "hvp:signed"."""
     return ranking if absolute else f"{ranking}:signed"
+
+
+# -- notes on components (issue 20) -------------------------------------------------------------
+
+#: Longest label (shown on the map cell) and note text, in characters.
+NOTE_LABEL_MAX = 40
+NOTE_TEXT_MAX = 2000
+
+
+class NoteIn(_Strict):
+    """``PUT /api/analyses/{id}/notes/{key}``: a short label (on the map) and a note (in the
+    component panel)."""
+
+    label: str = Field(min_length=1, max_length=NOTE_LABEL_MAX, description="e.g. 'name mover'")
+    text: str = Field(default="", max_length=NOTE_TEXT_MAX)
+
+
+class Note(BaseModel):
+    """A stored note (``Analysis.notes["L.C"]``); ``key`` is the component's API key."""
+
+    key: str
+    label: str
+    text: str = ""
+    author: str
+    created_at: float
+    updated_at: float

@@ -112,3 +112,21 @@ def admission_lock(client: str) -> str:
 
 def circuits(analysis_id: str) -> str:
     return CIRCUITS + analysis_id
+
+
+# -- members, notes, retention (issue 20) ------------------------------------------------------
+
+#: Sorted set per member: the ids of the analyses they own, by creation time.
+OWNED = f"{PREFIX}:analyses:owner:"
+#: Hash per analysis: "L.C" -> JSON note {label, text, author, created_at, updated_at}.
+NOTES = f"{PREFIX}:notes:"
+#: Short lock taken by the retention prune (one worker prunes at a time).
+PRUNE_LOCK = f"{PREFIX}:prune:lock"
+
+
+def owned(member: str) -> str:
+    return OWNED + member
+
+
+def notes(analysis_id: str) -> str:
+    return NOTES + analysis_id

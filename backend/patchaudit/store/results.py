@@ -65,11 +65,20 @@ class Analysis:
     circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_key: str | None = None
     job_id: str | None = None
+    owner: str | None = None
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
 
 
 _JSON_FIELDS = ("request", "progress", "result", "error", "fix")
+
+
+#: Delete KEYS[1] when it holds ARGV[1] (a dedup pointer to the analysis being deleted).
+_DEL_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class AnalysisStore:
@@ -80,11 +89,13 @@ class AnalysisStore:
 
     # -- creation / dedup -------------------------------------------------------------
 
-    def create_or_get(self, request: dict[str, Any], model_id: str = "") -> tuple[str, bool]:
-        """Return (id, existed). A new analysis starts ``queued``; the same request returns the
-        id of the analysis that already holds it, unless that one failed or was cancelled.
-        ``model_id`` (the weights' fingerprint) enters the key, not the stored request: the
-        same request on replaced weights is a new analysis."""
+    def create_or_get(
+        self, request: dict[str, Any], model_id: str = "", owner: str | None = None
+    ) -> tuple[str, bool]:
+        """Return (id, existed). A new analysis starts ``queued``, owned by ``owner``; the same
+        request returns the id of the analysis that already holds it (whoever owns it), unless
+        that one failed or was cancelled. ``model_id`` (the weights' fingerprint) enters the
+        key, not the stored request: the same request on replaced weights is a new analysis."""
         h = request_hash({"request": request, "model_id": model_id} if model_id else request)
         dedup_key = keys.dedup(h)
         current = self._text(self.r.get(dedup_key))
@@ -107,9 +118,12 @@ class AnalysisStore:
                     "progress": canonical_json({"phase": "queued", "fraction": 0.0, "passes": 0}),
                     "created_at": repr(now),
                     "updated_at": repr(now),
+                    "owner": owner or "",
                 },
             )
             p.zadd(keys.ANALYSES_INDEX, {analysis_id: now})
+            if owner:
+                p.zadd(keys.owned(owner), {analysis_id: now})
             p.execute()
         winner = self._text(self.r.eval(_CAS_DEDUP, 1, dedup_key, replace, analysis_id))
         if winner != analysis_id:  # another request won the race: drop ours
@@ -118,12 +132,22 @@ class AnalysisStore:
         return analysis_id, False
 
     def delete(self, analysis_id: str) -> None:
+        """Remove every key of an analysis: record, verified values, components, circuits,
+        notes, its place in the indexes and its dedup pointer (when it points here)."""
+        owner, h = (
+            self._text(v) for v in self.r.hmget(keys.analysis(analysis_id), "owner", "request_hash")
+        )
         with self.r.pipeline() as p:
             p.delete(keys.analysis(analysis_id), keys.verified(analysis_id))
             p.delete(keys.pending(analysis_id), keys.jobs(analysis_id))
             p.delete(keys.verifications(analysis_id), keys.circuits(analysis_id))
             p.delete(keys.components(analysis_id), keys.verified_pairs(analysis_id))
+            p.delete(keys.notes(analysis_id))
             p.zrem(keys.ANALYSES_INDEX, analysis_id)
+            if owner:
+                p.zrem(keys.owned(owner), analysis_id)
+            if h:
+                p.eval(_DEL_IF, 1, keys.dedup(h), analysis_id)
             p.execute()
 
     # -- reads ------------------------------------------------------------------------
@@ -142,7 +166,8 @@ class AnalysisStore:
             p.smembers(keys.pending(analysis_id))
             p.lrange(keys.verifications(analysis_id), 0, -1)
             p.hgetall(keys.circuits(analysis_id))
-            raw, verified, pending, runs, circuits = p.execute()
+            p.hgetall(keys.notes(analysis_id))
+            raw, verified, pending, runs, circuits, notes = p.execute()
         if not raw:
             return None
         d = {self._text(k): self._text(v) for k, v in raw.items()}
@@ -171,6 +196,13 @@ class AnalysisStore:
             },
             cache_key=d.get("cache_key") or None,
             job_id=d.get("job_id") or None,
+            owner=d.get("owner") or None,
+            notes={
+                self._text(k): json.loads(self._text(v))
+                for k, v in sorted(
+                    notes.items(), key=lambda kv: parse_component_key(self._text(kv[0]))
+                )
+            },
             created_at=float(d.get("created_at") or 0.0),
             updated_at=float(d.get("updated_at") or 0.0),
         )
@@ -294,26 +326,29 @@ class AnalysisStore:
 
     # -- listing ------------------------------------------------------------------------
 
-    def list_summaries(self, offset: int, limit: int) -> list[dict[str, Any]]:
-        """Newest first: id, status, request fields a list shows, timestamps (no results)."""
-        ids = [
-            self._text(x) for x in self.r.zrevrange(keys.ANALYSES_INDEX, offset, offset + limit - 1)
-        ]
+    def list_summaries(
+        self, offset: int, limit: int, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first: id, status, owner, request fields a list shows, timestamps (no
+        results); only ``owner``'s analyses when given."""
+        index = keys.owned(owner) if owner else keys.ANALYSES_INDEX
+        ids = [self._text(x) for x in self.r.zrevrange(index, offset, offset + limit - 1)]
         if not ids:
             return []
-        fields = ("status", "request", "created_at", "updated_at")
+        fields = ("status", "request", "created_at", "updated_at", "owner")
         with self.r.pipeline() as p:
             for i in ids:
                 p.hmget(keys.analysis(i), *fields)
             rows = p.execute()
         out = []
         for analysis_id, row in zip(ids, rows, strict=True):
-            status, request, created, updated = (self._text(v) for v in row)
+            status, request, created, updated, owner_ = (self._text(v) for v in row)
             if status is None:  # deleted meanwhile
                 continue
             out.append(
                 {
                     "id": analysis_id,
+                    "owner": owner_ or None,
                     "status": JobStatus(status),
                     "request": json.loads(request) if request else {},
                     "created_at": float(created or 0.0),
@@ -341,8 +376,43 @@ class AnalysisStore:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def count(self) -> int:
-        return int(self.r.zcard(keys.ANALYSES_INDEX))
+    def count(self, owner: str | None = None) -> int:
+        return int(self.r.zcard(keys.owned(owner) if owner else keys.ANALYSES_INDEX))
+
+    # -- notes on components (issue 20) ---------------------------------------------------
+
+    def set_note(self, analysis_id: str, key: str, note: dict[str, Any]) -> None:
+        self.r.hset(keys.notes(analysis_id), key, canonical_json(note))
+
+    def get_note(self, analysis_id: str, key: str) -> dict[str, Any] | None:
+        raw = self.r.hget(keys.notes(analysis_id), key)
+        return None if raw is None else json.loads(self._text(raw))
+
+    def delete_note(self, analysis_id: str, key: str) -> None:
+        self.r.hdel(keys.notes(analysis_id), key)
+
+    # -- retention (issue 20) -------------------------------------------------------------
+
+    def prune_candidates(
+        self, now: float, max_age_s: float | None, max_analyses: int | None
+    ) -> list[str]:
+        """The analyses a retention limit removes, oldest first: every one created more than
+        ``max_age_s`` ago, then the oldest until at most ``max_analyses`` remain. Queued and
+        running analyses (or any with a live job) are never removed; they still count."""
+        rows: Any = self.r.zrange(keys.ANALYSES_INDEX, 0, -1, withscores=True)
+        total = len(rows)
+        out: list[str] = []
+        for raw, created in rows:
+            old = max_age_s is not None and float(created) <= now - max_age_s
+            over = max_analyses is not None and total - len(out) > max_analyses
+            if not (old or over):
+                break  # the rest are newer
+            analysis_id = self._text(raw)
+            live = self.status(analysis_id) in (JobStatus.QUEUED, JobStatus.RUNNING)
+            if live or self.r.scard(keys.jobs(analysis_id)):
+                continue
+            out.append(analysis_id)
+        return out
 
     @staticmethod
     def _text(value: Any) -> Any:

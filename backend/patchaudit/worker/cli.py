@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
+    from ..store import AnalysisStore
     from ..store.redis_conn import redacted
+    from ..store.retention import pruner
     from .queue import get_queue, lane_queues
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
@@ -123,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:  # no lane thread: interactive jobs first, from the same loop
         queues = [*lane_queues(conn, settings.job_timeout_s), queue]
-    worker = PatchauditWorker(queues, connection=conn, name=name, **common)
+    worker = PatchauditWorker(
+        queues,
+        connection=conn,
+        name=name,
+        retention=pruner(AnalysisStore(conn), rt.cache, settings),
+        **common,
+    )
     log.info(
         "worker %s listening on %s (%s), %d torch threads, interactive lane %s",
         worker.name,

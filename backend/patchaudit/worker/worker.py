@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -47,10 +48,17 @@ class PatchauditWorker(SimpleWorker):
     ``maintenance_interval``), retries the job once (``Retry(max=1)``) or fails it.
     """
 
-    def __init__(self, *args: Any, execution_ttl: int = 30, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        execution_ttl: int = 30,
+        retention: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.execution_ttl = max(2, int(execution_ttl))
+        self.retention = retention  # prunes old analyses at each maintenance tick
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.execution_ttl
@@ -97,6 +105,11 @@ class PatchauditWorker(SimpleWorker):
     def clean_registries(self) -> None:
         self.sweep_abandoned()
         super().clean_registries()
+        if self.retention is not None:
+            try:
+                self.retention()
+            except Exception:
+                log.warning("retention prune failed", exc_info=True)
 
     def sweep_abandoned(self) -> None:
         """Retry (once) or fail the jobs of dead workers. Runs at start-up and at every

@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -52,6 +52,7 @@ from ..deps import (
     SettingsDep,
     StoreDep,
     WriteAccess,
+    require_owner,
     require_write_token,
 )
 from ..errors import ApiError
@@ -81,6 +82,7 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed request (e.g. not UTF-8 JSON)"},
     401: {"model": ErrorResponse, "description": "API token missing or wrong"},
+    403: {"model": ErrorResponse, "description": "only the owner (or the note's author) may"},
     404: {"model": ErrorResponse, "description": "no analysis with this id"},
     409: {"model": ErrorResponse, "description": "the analysis is not in a state that allows this"},
     413: {"model": ErrorResponse, "description": "request body too large"},
@@ -125,6 +127,8 @@ def to_schema(rec: StoredAnalysis) -> Analysis:
             "error": error,
             "pending": rec.pending,
             "verifications": rec.verifications,
+            "owner": rec.owner,
+            "notes": rec.notes,
             "created_at": rec.created_at,
             "updated_at": rec.updated_at,
         }
@@ -141,7 +145,7 @@ def to_schema(rec: StoredAnalysis) -> Analysis:
 def create_analysis(
     body: AnalysisRequest,
     response: Response,
-    _: WriteAccess,
+    member: WriteAccess,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -149,7 +153,9 @@ def create_analysis(
 ) -> Accepted:
     request = normalise(body, settings)
     with gate.admit(estimate_cost(request)) as record:
-        analysis_id, existed = store.create_or_get(request, fingerprint(request["model"]))
+        analysis_id, existed = store.create_or_get(
+            request, fingerprint(request["model"]), owner=member
+        )
         if not existed:
             try:
                 job_id = enqueue(
@@ -187,14 +193,19 @@ def create_analysis(
     "token-less loopback server)",
 )
 def list_analyses(
-    _: ListAccess,
+    member: ListAccess,
     store: StoreDep,
     page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
+    scope: Annotated[
+        Literal["team", "mine"],
+        Query(description="team: everyone's analyses; mine: those the caller owns"),
+    ] = "team",
 ) -> AnalysisList:
-    total = store.count()
+    owner = member if scope == "mine" else None
+    total = store.count(owner)
     items = []
-    for row in store.list_summaries((page - 1) * per_page, per_page):
+    for row in store.list_summaries((page - 1) * per_page, per_page, owner):
         req = row["request"]
         custom = req.get("pairs") or req.get("tokens")
         items.append(
@@ -209,12 +220,21 @@ def list_analyses(
                 direction=req.get("direction"),
                 n_pairs=req.get("n_pairs"),
                 methods=list(req.get("methods") or []),
+                owner=row.get("owner"),
                 created_at=row["created_at"],
                 updated_at=row["updated_at"],
             )
         )
     pages = max(1, -(-total // per_page))
-    return AnalysisList(items=items, total=total, page=page, per_page=per_page, pages=pages)
+    return AnalysisList(
+        items=items,
+        total=total,
+        page=page,
+        per_page=per_page,
+        pages=pages,
+        scope=scope,
+        member=member,
+    )
 
 
 @router.get(
@@ -498,13 +518,18 @@ def circuit_curve(
     "/{analysis_id}/cancel",
     status_code=202,
     response_model=Analysis,
-    responses={401: ERRORS[401], 404: ERRORS[404]},
-    summary="Cancel the analysis and its pending verifications",
+    responses={401: ERRORS[401], 403: ERRORS[403], 404: ERRORS[404]},
+    summary="Cancel the analysis and its pending verifications (its owner only)",
 )
 def cancel_analysis(
-    analysis_id: str, _: WriteAccess, store: StoreDep, redis_conn: RedisDep
+    analysis_id: str,
+    member: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    redis_conn: RedisDep,
 ) -> Analysis:
     rec = load(store, analysis_id)
+    require_owner(settings, rec.owner, member, "cancel")
     for job_id in store.active_jobs(analysis_id):
         store.request_cancel(job_id)  # a running job sees it at its next check
         try:

@@ -49,7 +49,7 @@ def healthz(
             status="down",
             redis=False,
             workers=0,
-            auth_required=bool(settings.api_token),
+            auth_required=settings.auth_required,
             message=f"Redis unreachable: {e}",
         )
     workers = live_workers(conn, queue, settings.worker_ttl_s + 15)
@@ -63,6 +63,6 @@ def healthz(
         workers=workers,
         queued=queue.count,
         cache=stats,
-        auth_required=bool(settings.api_token),
+        auth_required=settings.auth_required,
         message="" if workers else "no worker is running: start `patchaudit worker`",
     )

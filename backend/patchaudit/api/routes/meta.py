@@ -128,7 +128,7 @@ def config(settings: SettingsDep) -> ServerConfig:
                 "max_verify_components": settings.max_verify_components,
                 "max_body_bytes": settings.max_body_bytes,
             },
-            "auth_required": bool(settings.token),
+            "auth_required": settings.auth_required,
         }
     )
 
@@ -144,8 +144,8 @@ def whoami(
     authorization: Annotated[str | None, Header()] = None,
     x_api_token: Annotated[str | None, Header()] = None,
 ) -> WhoAmI:
-    check_token(settings, presented_token(authorization, x_api_token))
-    return WhoAmI(auth_required=bool(settings.token), token_ok=True)
+    member = check_token(settings, presented_token(authorization, x_api_token))
+    return WhoAmI(auth_required=settings.auth_required, token_ok=True, member=member)
 
 
 @router.post(
