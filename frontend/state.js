@@ -15,7 +15,7 @@ import { componentKey } from "./keys.js";
 
 export const $ = (id) => document.getElementById(id);
 export const ACTIVE = new Set(["queued", "running", "started", "deferred", "scheduled"]);
-export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "sat", "mhvp", "ig", "ap"];
+export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "sat", "mhvp", "ig", "atp_star", "graddrop", "ap"];
 
 /** The state every panel reads. Only this module changes it: `update` for the keys panels
  * follow (subscribers and the URL follow), `assign` for the rest, and the functions below for

@@ -372,7 +372,7 @@ def test_models_tasks_tokenize(stack: Stack) -> None:
     assert out["pairs"][1]["problems"]
     # the same bad pair is refused at submission, naming the pair
     r = c.post("/api/analyses", json={"model": "bundled", "pairs": [good, bad]})
-    assert r.status_code == 422 and "pair 1" in r.json()["message"]
+    assert r.status_code == 422 and "pair 2:" in r.json()["message"]  # numbered from 1
 
 
 def test_healthz(stack: Stack) -> None:

@@ -294,7 +294,7 @@ def _check_text_pairs(model: str, req: AnalysisRequest, settings: Settings) -> N
         )
         raise ApiError(
             422,
-            f"pair {i}: {'; '.join(problems)}{more}",
+            f"pair {i + 1}: {'; '.join(problems)}{more}",  # numbered from 1, as on the page
             detail=[
                 {"loc": ["body", "pairs", j], "msg": "; ".join(p), "type": "value_error"}
                 for j, p in bad

@@ -21,7 +21,9 @@ from ..tasks import TASKS as _TASKS
 Site = Literal["heads", "mlp", "resid", "q", "k", "v", "edges"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
-Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]
+Method = Literal[
+    "ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp", "atp_star", "graddrop"
+]
 Task = Literal[_TASKS]  # type: ignore[valid-type]  # the task registry (patchaudit.tasks)
 
 SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
