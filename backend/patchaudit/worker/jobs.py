@@ -653,10 +653,15 @@ def run_circuit(
     progress("circuit", 0.0, 0)
     model, tp, ckey = _prepare(rt, req, progress)
     base = _load_base(rt, rec.cache_key or ckey)
+    nan = float("nan")
+    if req.site == "edges":  # 1-D over result.edges; the circuits are edge sets
+        ranked: Any = [nan if v is None else v for v in scores]
+    else:
+        ranked = [[nan if v is None else v for v in row] for row in scores]
     curve = pa.circuit_curve(
         model,
         tp,
-        [[float("nan") if v is None else v for v in row] for row in scores],
+        ranked,
         site=req.site,
         metric=req.metric,
         direction=req.direction,
