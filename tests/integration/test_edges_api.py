@@ -156,7 +156,7 @@ def test_an_edge_circuit_curve_through_the_api(stack: Stack, done: dict):
 
     def finished():
         cur = c.get(f"/api/analyses/{aid}").json()["result"]["circuits"].get("hvp") or {}
-        assert cur.get("status") != "failed", cur
+        assert cur.get("status") != "failed", cur.get("error")
         return cur if cur.get("status") == "done" else None
 
     cur = wait_for(finished, 120, "the hvp edge circuit", interval=0.2)

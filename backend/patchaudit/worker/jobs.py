@@ -675,8 +675,11 @@ def run_circuit(
     )
     if base is None:
         _save_base(rt, ckey, curve.base)
+    out = curve.to_dict()
+    if req.site == "edges":  # the edge keys themselves
+        out["order"] = [str(e) for e in curve.order]
     done = CircuitInfo.model_validate(
-        {**entry, **curve.to_dict(), "status": JobStatus.DONE, "cache_hit": base is not None}
+        {**entry, **out, "status": JobStatus.DONE, "cache_hit": base is not None}
     )
     ctx.store.set_circuit(ctx.analysis_id, key, stored(done))
     return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
