@@ -57,7 +57,9 @@ bench: install
 	$(VENV)/bin/patchaudit bench cost --out bench/results/cost_cpu.json
 	$(PY) bench/bench_verify_latency.py
 	$(PY) bench/bench_inspect_latency.py
+	$(PY) bench/bench_lane.py
 	$(VENV)/bin/patchaudit bench circuits --out bench/results/circuits.json
+	$(VENV)/bin/patchaudit bench atpstar --out bench/results/atpstar.json
 	$(VENV)/bin/patchaudit bench scale --out bench/results/scale.json
 	$(PY) bench/bench_load_bundled.py
 	$(PY) bench/make_report.py

@@ -869,6 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
     trust = _load(res / "trust.json")
+    atps = _load(res / "atpstar.json") or _load(res / "atpstar_quick.json")
 
     sections = []
     if acc:
@@ -901,6 +902,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if circ:
         (res / "circuits.md").write_text(circuits_md(circ))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_lane import lane_md, target_rows
+
+    lane = _load(res / "lane.json")
+    rows.extend(target_rows(lane))
     t_md = targets_md(rows)
     (res / "targets.md").write_text(t_md)
     made = plots(acc, plot_dir)
@@ -925,8 +931,16 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(circuits_md(circ))
     if trust:
         sections.append(trust_md(trust))
+    if atps:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from report_atpstar import atpstar_md
+
+        (res / "atpstar.md").write_text(atpstar_md(atps))
+        sections.append(atpstar_md(atps))
     if scale:
         sections.append("\n".join(scale_md(scale)))
+    if lane:
+        sections.append(lane_md(lane))
     if made:
         sections.append("\n".join(f"![{p.stem}](../bench/plots/{p.name})" for p in made) + "\n")
     # the long tables go to docs/BENCHMARKS.md; the README keeps a few headline numbers
@@ -944,6 +958,10 @@ def main(argv: list[str] | None = None) -> int:
         from report_trust import mhvp_claim
 
         body = trust_headline(trust) + "\n" + mhvp_claim(trust) + "\n\n" + body
+    if atps:
+        from report_atpstar import wins
+
+        body = body + "\n\n" + wins(atps)
     readme = Path(args.readme)
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     text = readme.read_text() if readme.exists() else ""

@@ -12,6 +12,7 @@ import { METHOD_LABELS, fmt } from "./flags.js";
 import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
 import { parseKey } from "./keys.js";
+import { verifyPosted } from "./verify.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
 let wanted = null; // the key being fetched
@@ -56,6 +57,8 @@ async function load() {
   wanted = key;
   clear();
   setStatus(`Computing ${name(key)} (per pair, per position, attention)…`);
+  await verifyPosted(); // the click's verify first: the drill-down goes after it
+  if (wanted !== key) return;
   let res;
   try {
     res = await api(`/api/analyses/${encodeURIComponent(st.id)}/components/${encodeURIComponent(key)}?wait=2`, { write: true });
@@ -81,6 +84,12 @@ function name(key) {
   if (site === "heads") return `head L${i}H${j}`;
   if (site === "mlp") return `MLP L${i}`;
   if (site === "resid") return `resid L${i} position ${j}`;
+  if (site === "q") return `query of head L${i}H${j}`;
+  if (site === "k" || site === "v") {
+    const what = site === "k" ? "key" : "value";
+    const kv = st.result?.labels?.col_name === "kv head" ? "key/value head" : "head";
+    return `${what} of ${kv} L${i}H${j}`;
+  }
   return String(key);
 }
 

@@ -1,6 +1,7 @@
 // Component keys: the one place the dashboard writes and reads the "L.C" strings that name a
 // component (the API's and the store's keys; backend/patchaudit/component_keys.py is the
-// server's one parser). "L.H" is a head, "L.P" a residual position, "L" an MLP layer.
+// server's one parser). "L.H" is a head (on the q / k / v sites the head's query, key or value;
+// a key/value head where they are grouped), "L.P" a residual position, "L" an MLP layer.
 
 /** [layer, comp] (or a "L.C" string) -> "L.C". */
 export function componentKey(i, j) {

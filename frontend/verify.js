@@ -8,6 +8,11 @@ import { noticeText, showNotice } from "./notices.js";
 import { $, ACTIVE, addLocalPending, assign, pendingKeys, pollSoon, renderAll, st } from "./state.js";
 import { componentKey } from "./keys.js";
 
+let posting = Promise.resolve();
+/** Resolves once the last click's verify POST is answered: the panel's drill-down is requested
+ * after it, so it never queues ahead of that click's verify (both run in the interactive lane). */
+export const verifyPosted = () => posting;
+
 export async function verify(components) {
   if (st.readOnly) {
     pulseReadOnly(); // the read-only banner already says what to do: one banner, not two
@@ -22,7 +27,9 @@ export async function verify(components) {
   }
   showNotice(`Verifying ${todo.map(([i, j]) => shortName(i, j)).join(", ")}…`);
   try {
-    await api(`/api/analyses/${encodeURIComponent(st.id)}/verify`, { method: "POST", body: { components: todo }, write: true });
+    const req = api(`/api/analyses/${encodeURIComponent(st.id)}/verify`, { method: "POST", body: { components: todo }, write: true });
+    posting = req.then(() => undefined, () => undefined);
+    await req;
   } catch (err) {
     if (err instanceof ApiError && err.isAuth) setReadOnly(true);
     showNotice(`Could not verify: ${err.message}`, { error: true });

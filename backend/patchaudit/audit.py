@@ -202,6 +202,10 @@ def audit(
                 ests[m] = M.mhvp(p, b, steps=mhvp_steps, tracker=tracker)
             elif m == "ap":
                 ests[m] = M.ap(p, b, tracker=tracker)
+            elif m == "atp_star":
+                ests[m] = M.atp_star(p, b, tracker)
+            elif m == "graddrop":
+                ests[m] = M.graddrop(p, b, tracker)
             tracker.report(1.0)
     except Cancelled as exc:  # keep the methods that completed: exc.partial is their report
         if "atp" in methods and "atp" not in ests and b.has_grad:
@@ -458,6 +462,17 @@ def cost_note(
         return (
             f"{mhvp_steps + 1} nodes ride on the batch axis: {f} batched forward(s) + {bw} "
             f"backward(s) (gradients and the HVP at both ends); {base}"
+        )
+    if method == "atp_star":
+        return (
+            f"the QK fix: 1 forward + 1 backward for dm/dA, then one block per layer with the "
+            f"components on the batch axis: {f} forward(s) + {bw} backward(s) in all "
+            f"(AtP, no pass of its own, outside the q / k sites); {base}"
+        )
+    if method == "graddrop":
+        return (
+            f"one backward per layer with its residual contribution dropped, the layers on the "
+            f"batch axis: {f} forward(s) + {bw} backward(s); {base}"
         )
     if method == "ap":
         return (

@@ -110,7 +110,11 @@ def cmd_audit(argv: list[str]) -> int:
     )
     ap.add_argument("--n", type=int, default=16, help="number of prompt pairs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--site", default="heads")
+    ap.add_argument(
+        "--site",
+        default="heads",
+        help="heads, mlp, resid, or q / k / v (each head's queries, keys, values)",
+    )
     ap.add_argument("--metric", default="logit_diff")
     ap.add_argument("--direction", default="noising")
     ap.add_argument("--methods", default="atp,hvp,sat,ap")

@@ -1,7 +1,8 @@
 """Component keys: the one formatter and the one parser of the "L.C" strings that name a
 component everywhere (the API, the store, the engine's JSON, the dashboard's frontend/keys.js).
 
-"L.H" is a head, "L.P" a residual-stream position, "L" (or "L.0") an MLP layer."""
+"L.H" is a head (or, on the q / k / v sites, a head's query, key or value: per key/value head
+where they are grouped), "L.P" a residual-stream position, "L" (or "L.0") an MLP layer."""
 
 from __future__ import annotations
 
@@ -16,8 +17,18 @@ KEY_FORMS = {
     "heads": "'L.H' (layer.head)",
     "mlp": "'L' (a layer)",
     "resid": "'L.P' (layer.position)",
+    "q": "'L.H' (layer.head: the head's query)",
+    "k": "'L.H' (layer.head: the head's key; the key/value head where they are grouped)",
+    "v": "'L.H' (layer.head: the head's value; the key/value head where they are grouped)",
 }
-_WHAT = {"heads": "(layer, head)", "mlp": "a layer", "resid": "(layer, position)"}
+_WHAT = {
+    "heads": "(layer, head)",
+    "mlp": "a layer",
+    "resid": "(layer, position)",
+    "q": "(layer, head)",
+    "k": "(layer, key/value head)",
+    "v": "(layer, key/value head)",
+}
 
 
 def component_key(component: Sequence[int]) -> str:

@@ -157,7 +157,9 @@ def inspect(
         if verified is None:
             verified = float(per_pair["ap"].mean())
     attention = None
-    if site == "heads":
+    # the head's own pattern: for a head's output or query, and for a key / value that belongs to
+    # one head (not a key/value head shared by a group of heads)
+    if site in ("heads", "q") or (site in ("k", "v") and p.site.col_name == "head"):
         attention = I.attention(p, b, layer, comp, tracker)
         if attention_pairs is not None:
             attention = {k: v[: max(0, int(attention_pairs))] for k, v in attention.items()}

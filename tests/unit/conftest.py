@@ -70,6 +70,38 @@ def random_model(arch: str, dtype=torch.float32):
             max_position_embeddings=32,
         )
         hf = tr.LlamaForCausalLM(cfg)
+    elif arch == "gemma2":
+        # attention-logit soft-capping, final logit soft-capping, sandwich norms, GQA, and
+        # sliding-window layers (window 4 < the 8-token prompts: the mask matters)
+        cfg = tr.Gemma2Config(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=64,
+            max_position_embeddings=32,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=8.0,
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            attention_dropout=0.0,
+            attn_implementation="eager",
+        )
+        hf = tr.Gemma2ForCausalLM(cfg)
+    elif arch == "qwen2":
+        cfg = tr.Qwen2Config(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            vocab_size=64,
+            max_position_embeddings=32,
+            attention_dropout=0.0,
+        )
+        hf = tr.Qwen2ForCausalLM(cfg)
     else:
         raise ValueError(arch)
     # scale weights up a little so the random network is visibly non-linear
@@ -90,9 +122,9 @@ def random_pairs(n: int = 3, pos: int = 8, vocab: int = 64, seed: int = 0):
     return pa.PromptPairs.from_tokens(clean, corr, ans, wrong)
 
 
-ARCHS = ("gpt2", "neox", "llama")
-#: The architectures as test parameters: GPT-2 in every tier, NeoX and Llama marked slow
-#: (``make test-fast`` checks each property on GPT-2; ``make test`` on all three).
+ARCHS = ("gpt2", "neox", "llama", "gemma2", "qwen2")
+#: The architectures as test parameters: GPT-2 in every tier, the others marked slow
+#: (``make test-fast`` checks each property on GPT-2; ``make test`` on all five).
 ARCH_PARAMS = [a if a == "gpt2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS]
 
 

@@ -87,3 +87,32 @@ def test_verify_and_inspect_are_interactive_long_kinds_are_not() -> None:
     for kind in (K.ANALYSIS, K.FIX, K.CIRCUIT):
         assert not kind.interactive
     assert set(K.interactive_kinds()) >= {"verify", "inspect"}
+
+
+def test_cancel_right_after_the_base_pass_keeps_atp_with_the_fused_method(
+    tiny_model, tiny_pairs
+) -> None:
+    """AtP is the base pass's gradient: a cancel at the first check after the base pass (before
+    AtP's turn in the method loop) keeps it, with the second-order method fused into that pass."""
+    import pytest
+
+    import patchaudit as pa
+
+    seen: list[tuple[str, float]] = []
+
+    def progress(phase: str, frac: float, passes: int) -> None:
+        seen.append((phase, frac))
+
+    def stop() -> bool:  # stop as soon as the base pass has reported its end
+        return any(ph.startswith("base") and f >= 0.2 for ph, f in seen)
+
+    with pytest.raises(pa.Cancelled) as e:
+        pa.audit(
+            tiny_model, tiny_pairs, methods=("atp", "hvp"), progress=progress, should_stop=stop
+        )
+    part = e.value.partial  # type: ignore[attr-defined]
+    assert "atp" in part.methods and "atp" in part.scores
+    if any(ph == "base + hvp" for ph, _ in seen):  # fused: hvp came with the same pass
+        assert set(part.methods) == {"atp", "hvp"}
+    # the base pass reports its start (a long base pass is not shown as the phase before it)
+    assert seen[0][0].startswith("base") and seen[0][1] == 0.0

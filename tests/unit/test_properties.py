@@ -1,6 +1,6 @@
 """The properties of METHODS.md on toy models whose downstream function is exactly quadratic or
 linear (built on TransformerLens's own hook machinery), and on random-initialised GPT-2,
-GPT-NeoX (Pythia) and Llama models from transformers configs."""
+GPT-NeoX (Pythia), Llama, Gemma-2 and Qwen2 models from transformers configs."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_atp_matches_transformerlens_attribution_patch(arch_model):
     assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(theirs.abs().max())), arch
 
 
-@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid", "q", "k", "v"])
 def test_perturbation_hooks_change_the_logits(arch_model, site):
     """A hook on a view the model never reads would make every estimate silently zero."""
     arch, model = arch_model

@@ -40,7 +40,7 @@ def _close(a: float, b: float, scale: float) -> bool:
 
 
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
-@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid", "q", "k", "v"])
 def test_shortcut_ap_equals_plain_forwards(arch_model, site, direction):
     arch, model = arch_model
     p, base = _problem(model, site, direction, True)
@@ -55,7 +55,8 @@ def test_shortcut_ap_equals_plain_forwards(arch_model, site, direction):
     tq = core.Tracker()
     pp_slow: dict = {}
     slow = core.patch_components(q, qb, comps, tq, per_pair=pp_slow)
-    assert max(abs(v) for v in slow.values()) > 1e-3  # the patches move the metric
+    # the patches move the metric (a query moves it least)
+    assert max(abs(v) for v in slow.values()) > (1e-4 if site == "q" else 1e-3)
     # ap = m(patched) - m(base): its float32 rounding is relative to the metric's size
     scale = max(max(abs(v) for v in slow.values()), float(qb.f_base.abs().max()))
     for c in comps:
@@ -196,7 +197,7 @@ def test_patching_alone_takes_no_backward(arch_model):
 
 @pytest.mark.parametrize("metric", ["logit_diff", "kl"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
-@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid", "q", "k", "v"])
 def test_base_through_prefix_equals_plain_base(arch_model, site, direction, metric):
     """The gradient-free base with the shortcuts (prefix once, both suffixes in one forward)
     keeps what the plain one keeps, at every position: activations, residual streams, the

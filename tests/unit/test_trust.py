@@ -14,7 +14,7 @@ from patchaudit.estimators import methods as M
 from patchaudit.estimators import reliability as R
 from patchaudit.estimators.core import compute_base
 from patchaudit.estimators.saturation import saturation
-from tests.unit.conftest import random_model
+from tests.unit.conftest import ARCH_PARAMS, random_model
 
 
 def _random_pairs(vocab: int = 64, n: int = 3, pos: int = 8, seed: int = 1):
@@ -24,8 +24,8 @@ def _random_pairs(vocab: int = 64, n: int = 3, pos: int = 8, seed: int = 1):
     return pa.PromptPairs.from_tokens(clean, corr, [1, 2, 3][:n], [4, 5, 6][:n])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
-@pytest.mark.parametrize("site", ["heads", "mlp", "resid"])
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
+@pytest.mark.parametrize("site", ["heads", "mlp", "resid", "q", "k", "v"])
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_sat_with_every_softmax_linearised_is_atp(arch, site, direction):
     """The construction: with every softmax and the metric linearised, the forward-mode pass

@@ -223,6 +223,10 @@ def run_set(cfg: Config, model, seed: int, with_exact: bool) -> dict:
         put(f"ig_K{k}", "ig", k)
     for k in cfg.mhvp_steps:
         put(f"mhvp_K{k}", "mhvp", k)
+    # AtP* (issue 21): the QK fix (AtP itself on these sites) and GradDrop (a magnitude: its
+    # signed metrics against ap mean little; bench atpstar ranks it by |ap|)
+    put("atp_star", "atp_star")
+    put("graddrop", "graddrop")
     return out
 
 

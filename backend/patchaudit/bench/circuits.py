@@ -166,7 +166,11 @@ def run(out: str, quick: bool = False) -> dict:
 
     t_start = time.perf_counter()
     torch.manual_seed(0)
-    methods: tuple[str, ...] = ("atp", "hvp", "ap") if quick else ("atp", "hvp", "ig", "mhvp", "ap")
+    methods: tuple[str, ...] = (
+        ("atp", "hvp", "atp_star", "graddrop", "ap")
+        if quick
+        else ("atp", "hvp", "ig", "mhvp", "sat", "atp_star", "graddrop", "ap")
+    )
     res: dict = {
         "kind": "circuits",
         "mode": "quick" if quick else "full",

@@ -1,4 +1,4 @@
-"""``patchaudit bench accuracy|cost|circuits|scale --out F.json [--quick] [--gpu] [--write-defaults]``."""
+"""``patchaudit bench accuracy|cost|circuits|scale|trust|atpstar --out F.json [--quick] [--gpu] [--write-defaults]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="patchaudit bench", description=__doc__)
     ap.add_argument(
         "what",
-        choices=("accuracy", "cost", "circuits", "scale", "trust"),
+        choices=("accuracy", "cost", "circuits", "scale", "trust", "atpstar"),
         help="which benchmark",
     )
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import scale
 
         r = scale.run(args.out, quick=args.quick)
+        sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
+    elif args.what == "atpstar":
+        from . import atpstar
+
+        r = atpstar.run(args.out, quick=args.quick)
         sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
     elif args.what == "circuits":
         from . import circuits

@@ -215,6 +215,7 @@ def compute_base_fused(
     with torch.no_grad():
         lg_src = run(p, p.src_tokens, capture=src)
     tracker.fwd(1)
+    tracker.check()  # between two passes: a cancel (or the service's interactive lane) may act
     a_src = [a.detach() for a in src if a is not None]
     k = 1
     if signs is not None and p.hvp_mode == "tile" and signs.shape[0] <= p.max_copies:
@@ -236,6 +237,7 @@ def compute_base_fused(
         f = p.copies_metric(lg)  # [k]
         g = torch.autograd.grad(f.sum(), eps, create_graph=signs is not None)
         tracker.bwd(k)
+        tracker.check()
         a_base = [c[: p.batch].detach() for c in cap if c is not None]
         grads = [x[: p.batch].detach() for x in g]
         # what AtP alone costs (the base's own passes at one copy; the rest of this pass, the k - 1

@@ -11,6 +11,7 @@ numbers stay the same. Tested on the versions ``pyproject.toml`` allows:
 - ``cache_kwarg``: the bridge's attention reads ``past_key_values`` / ``layer_past``, while
   transformers hands it the cache as ``cache=``; a pre-hook passes it on under the old name.
 - ``can_resume``: the bridge can start a forward at block L and take a key/value cache.
+- ``takes_stop_at_layer``: the forward can stop after block L (AtP*'s QK fix needs one block).
 - ``skip_blocks``: blocks before the layer a forward resumes at hand their input straight on.
 - ``cpu_kernels``: faster CPU kernels for the attention softmax of short rows and GPT-2's
   tanh GELU, in forwards without autograd.
@@ -72,6 +73,13 @@ def can_resume(model) -> bool:
     (``start_at_layer``) and take a Hugging Face key/value cache: TransformerBridge's
     forward. (HookedTransformer has the first but a cache of its own.)"""
     return _takes(model, "start_at_layer") and _takes(model, "past_key_values")
+
+
+def takes_stop_at_layer(model) -> bool:
+    """Whether the model's forward can stop after a block (``stop_at_layer``: the bridge's and
+    HookedTransformer's forward); else a forward that only needs one block's activations runs
+    the whole model."""
+    return _takes(model, "stop_at_layer")
 
 
 def cache_forward_kwargs(model, past: Any) -> dict[str, Any]:

@@ -26,7 +26,18 @@ from .core import (
     se_of_mean,
 )
 
-METHODS = ("ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp")
+METHODS = (
+    "ap",
+    "atp",
+    "hvp",
+    "hvp_joint",
+    "hvp_exact",
+    "sat",
+    "ig",
+    "mhvp",
+    "atp_star",
+    "graddrop",
+)
 SECOND_ORDER = ("hvp_exact", "hvp", "hvp_joint")  # preference order for the reliability
 
 
@@ -197,3 +208,30 @@ def ap(
         return Estimate(vals, Cost())
 
     return _timed(tracker, "ap", go)
+
+
+def atp_star(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """AtP*'s QK fix (``atpstar``): on the q and k sites the patched layer's attention pattern
+    recomputed exactly, its change contracted with dm/dA; AtP on every other site."""
+    from .atpstar import qk_fix
+
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        return Estimate(qk_fix(p, base, atp(p, base).values, tracker), Cost())
+
+    return _timed(tracker, "atp_star", go)
+
+
+def graddrop(p: Problem, base: BaseCache, tracker: Tracker | None = None) -> Estimate:
+    """AtP*'s GradDrop (``atpstar``): the mean over pairs of 1/(L-1) sum_l |AtP with layer l's
+    residual contribution stop-gradiented| (a magnitude); the signed terms in ``detail``."""
+    from .atpstar import graddrop_score, graddrop_terms
+
+    tracker = tracker or Tracker()
+
+    def go() -> Estimate:
+        t = graddrop_terms(p, base, tracker)
+        return Estimate(graddrop_score(t), Cost(), detail=t)
+
+    return _timed(tracker, "graddrop", go)

@@ -18,7 +18,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-SITES = ("heads", "mlp", "resid")
+SITES = ("heads", "mlp", "resid", "q", "k", "v")
+#: The per-head query / key / value sites: the vectors TransformerLens's ``hook_q`` /
+#: ``hook_k`` / ``hook_v`` carry ([batch, pos, head, d_head]; keys and values per key/value head
+#: where they are grouped, GQA), the tensors ``get_act_patch_attn_head_q/k/v_*`` patch.
+QKV_SITES = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ class Site:
             return f"L{layer}.mlp"
         if self.name == "resid":
             return f"L{layer}.pos{comp}"
+        if self.name in QKV_SITES:
+            return (
+                f"L{layer}H{comp}.{self.name}"
+                if self.col_name == "head"
+                else (f"L{layer}KV{comp}.{self.name}")
+            )
         return f"L{layer}H{comp}"
 
 
@@ -92,6 +102,18 @@ def make_site(model, name: str, n_pos: int) -> Site:
     if name not in SITES:
         raise ValueError(f"unknown site {name!r}: choose one of {', '.join(SITES)}")
     n_layers = int(model.cfg.n_layers)
+    if name in QKV_SITES:
+        n = kv_heads(model) if name in ("k", "v") else int(model.cfg.n_heads)
+        grouped = n != int(model.cfg.n_heads)
+        return Site(
+            name,
+            tuple(f"blocks.{i}.attn.hook_{name}" for i in range(n_layers)),
+            n,
+            _heads_reduce,
+            _heads_expand,
+            "layer",
+            "kv head" if grouped else "head",
+        )
     if name == "heads":
         return Site(
             name,
@@ -121,6 +143,13 @@ def make_site(model, name: str, n_pos: int) -> Site:
         "layer",
         "position",
     )
+
+
+def kv_heads(model) -> int:
+    """The key/value heads per layer: ``n_key_value_heads`` where keys and values are grouped
+    (GQA), else one per attention head."""
+    n = getattr(model.cfg, "n_key_value_heads", None)
+    return int(n) if n else int(model.cfg.n_heads)
 
 
 def component_mask(site: Site, layer_comps: Tensor, like: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from ..serial import json_safe
 from ..store.status import JobStatus
 from ..tasks import TASKS as _TASKS
 
-Site = Literal["heads", "mlp", "resid"]
+Site = Literal["heads", "mlp", "resid", "q", "k", "v"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
 Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]

@@ -166,10 +166,20 @@ def start_lane(conn: Any, job_timeout_s: int, name: str, **worker_kwargs: Any) -
     worker = cls(lane_queues(conn, job_timeout_s), connection=conn, name=name, **worker_kwargs)
 
     def run() -> None:
-        try:
-            worker.work(logging_level=None)
-        except Exception:  # pragma: no cover - logged; the process's main worker goes on
-            log.exception("the interactive lane stopped")
+        # RQ's loop returns on a Redis outage or an unexpected error: start it again, with
+        # backoff, for as long as the process lives (the main worker's loop is the process's)
+        backoff = 1.0
+        while True:
+            t0 = time.monotonic()
+            try:
+                worker.work(logging_level=None)
+            except Exception:  # logged; the process's main worker goes on
+                log.exception("the interactive lane stopped")
+            if time.monotonic() - t0 > 60:
+                backoff = 1.0
+            log.warning("the interactive lane restarts in %.0f s", backoff)
+            time.sleep(backoff)
+            backoff = min(30.0, backoff * 2)
 
     threading.Thread(target=run, name="pa-lane", daemon=True).start()
     return worker
