@@ -5,6 +5,7 @@ from __future__ import annotations
 
 LABEL = {
     "atp": "atp",
+    "atp_pairs": "mean per-pair abs atp (reference)",
     "atp_star": "atp_star (QK fix)",
     "graddrop": "graddrop",
     "hvp": "hvp",
@@ -42,7 +43,9 @@ def atpstar_md(res: dict) -> str:
         "the signed score against ap (not for GradDrop, a magnitude), and the recall of the top "
         "10 % by |ap| in the top 10 % by |score| (false negatives); passes and rows as "
         "`report.cost` counts them (the base pass included). `atp_star` is AtP outside the q and "
-        "k sites.",
+        "k sites. The reference row `mean per-pair abs atp` averages |AtP| per pair (atp's cost): "
+        "GradDrop's combination without the dropped gradients, so the gap between the two rows is "
+        "what dropping the gradients adds.",
         "",
     ]
     for name, c in res.get("configs", {}).items():
@@ -55,7 +58,7 @@ def atpstar_md(res: dict) -> str:
             "top-k recall | passes | rows |",
             "|---|---|---|---|---|---|---|",
         ]
-        for m in res.get("methods", []):
+        for m in [*res.get("methods", []), "atp_pairs"]:
             if m not in t:
                 continue
             lines.append(

@@ -30,3 +30,15 @@ export function signMeaning(metric, direction) {
     ? `Values are the change in ${m} when the component's clean activation is patched into the corrupted run. Positive (red): restoring it raises ${what}, so it carries the answer; negative (blue): restoring it lowers ${what}, so it works against the answer.`
     : `Values are the change in ${m} when the component's corrupted activation is patched into the clean run. Negative (blue): corrupting it lowers ${what}, so the component supports the answer; positive (red): corrupting it raises ${what}, so it works against the answer.`;
 }
+
+/**
+ * The sign that turns an effect of this metric and direction into "positive = the component
+ * helps the clean behaviour" (compare.js aligns two analyses with it). Noising patches the
+ * corrupted activation into the clean run, so a helpful component LOWERS logit diff, prob
+ * diff and log p (-1) and RAISES KL from the clean distribution (+1); denoising restores the
+ * clean activation in the corrupted run, so the signs flip.
+ */
+export function cleanSign(metric, direction) {
+  const d = direction === "denoising" ? 1 : -1;
+  return metric === "kl" ? -d : d;
+}

@@ -46,7 +46,7 @@ def _positive_int(name: str, v) -> int:
 
 
 def _problem(
-    model, pairs, site, metric, direction, memory_budget_mb, hvp_mode=None
+    model, pairs, site, metric, direction, memory_budget_mb, hvp_mode=None, methods=None
 ) -> tuple[Problem, TokenPairs]:
     _check_choice("site", site, SITES)
     _check_choice("metric", metric, METRICS)
@@ -62,6 +62,7 @@ def _problem(
         direction,
         None if memory_budget_mb is None else float(memory_budget_mb),  # 512 is a budget too
         hvp_mode,
+        methods=methods,  # the memory plan is per method (what each pass really holds)
     )
     return p, tp
 
@@ -149,7 +150,7 @@ def audit(
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
-    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode)
+    p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode, methods)
     torch.manual_seed(seed)
 
     steps = ["base", *methods]
@@ -542,7 +543,8 @@ def verify(
     ``base`` each layer's components cost one batched patched forward and nothing else.
     Without one, the fresh base pass skips the backward (patching needs no gradient), unless
     ``keep_gradient``: then the returned base can serve later screens (the service caches it)."""
-    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    planned = ("ap", "atp") if keep_gradient and base is None else ("ap",)
+    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb, methods=planned)
     comps = []
     for c in components:
         if len(c) != 2:

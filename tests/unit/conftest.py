@@ -133,11 +133,12 @@ def arch_model(request):
     return request.param, random_model(request.param)
 
 
-def one_copy_budget(model, pairs, site: str = "heads") -> float:
-    """A memory budget (MiB) that fits one copy of the batch per pass and not two: the
-    smallest budget a request is not refused at."""
+def one_copy_budget(model, pairs, site: str = "heads", methods=None, hvp_mode=None) -> float:
+    """A memory budget (MiB) that fits one copy of the batch per pass of every one of
+    ``methods`` (none named: any method) and not two: the smallest budget a request is not
+    refused at."""
     from patchaudit.estimators import core
 
     tp = pairs.tokenize(model) if hasattr(pairs, "tokenize") else pairs
-    p = core.make_problem(model, tp, site, "logit_diff", "noising")
-    return 1.05 * core.bytes_per_copy(model, p) / 2**20
+    p = core.make_problem(model, tp, site, "logit_diff", "noising", hvp_mode=hvp_mode)
+    return 1.05 * max(core.method_need_mb(model, p, m) for m in core.planned_methods(methods))

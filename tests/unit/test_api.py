@@ -31,7 +31,7 @@ def test_mismatched_token_lengths(tiny_model):
 def test_empty_strings():
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text(["a b"], [""], [" x"], [" y"])
-    assert "pair 0" in one_line(e) and "empty" in str(e.value)
+    assert "pair 1:" in one_line(e) and "empty" in str(e.value)  # numbered from 1, as on the page
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text([], [], [], [])
     one_line(e)
@@ -45,14 +45,14 @@ def test_text_problems_named_per_pair(tiny_model):
     with pytest.raises(ValueError) as e:
         pairs.tokenize(tiny_model)
     msg = one_line(e)
-    assert msg.startswith("pair 1:") and "same length" in msg
+    assert msg.startswith("pair 2:") and "same length" in msg
 
 
 def test_multi_token_answer(tiny_model):
     pairs = pa.PromptPairs.from_text(["<1> <2>"], ["<1> <3>"], ["<5> <6>"], ["<7>"])
     with pytest.raises(ValueError) as e:
         pairs.tokenize(tiny_model)
-    assert "not one" in one_line(e) and "pair 0" in str(e.value)
+    assert "not one" in one_line(e) and "pair 1:" in str(e.value)
 
 
 def test_check_pairs_reports_without_raising(tiny_model):
@@ -185,9 +185,9 @@ def test_memory_budget_chunks_give_the_same_numbers(tiny_model, tiny_pairs):
     methods = ["ap", "hvp", "hvp_exact", "ig", "mhvp"]
     kw = dict(methods=methods, hvp_probes=5, ig_steps=5, mhvp_steps=3, hvp_mode="tile")
     big = pa.audit(tiny_model, tiny_pairs, **kw)
-    small = pa.audit(
-        tiny_model, tiny_pairs, memory_budget_mb=one_copy_budget(tiny_model, tiny_pairs), **kw
-    )  # one copy per forward
+    one = one_copy_budget(tiny_model, tiny_pairs, methods=methods, hvp_mode="tile")
+    small = pa.audit(tiny_model, tiny_pairs, memory_budget_mb=one, **kw)  # one copy per forward
+    assert small.cost["plan"]["max_copies"] == 1
     for m in methods:
         assert torch.allclose(big.scores[m], small.scores[m], rtol=1e-4, atol=1e-7), m
     assert small.cost["hvp_exact"]["forward"] > big.cost["hvp_exact"]["forward"]
@@ -280,4 +280,4 @@ def test_unknown_words_are_named_before_they_reach_the_model():
     assert any("vocabulary lacks" in p for p in out[1]["problems"])
     with pytest.raises(ValueError) as e:
         pa.PromptPairs.from_text([ok], [bad], [" Mary"], [" John"]).tokenize(model)
-    assert one_line(e).startswith("pair 0: the corrupted prompt has words")
+    assert one_line(e).startswith("pair 1: the corrupted prompt has words")

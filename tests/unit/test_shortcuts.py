@@ -116,9 +116,9 @@ def test_audit_verify_uses_the_prefix(arch_model):
 def test_report_cost_states_the_memory_plan(arch_model):
     arch, model = arch_model
     pairs = prefix_pairs()
-    one = one_copy_budget(model, pairs)
-    small = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=one)
-    big = pa.audit(model, pairs, methods=["atp"], memory_budget_mb=512)
+    one = one_copy_budget(model, pairs, methods=["ap"])
+    small = pa.audit(model, pairs, methods=["ap"], memory_budget_mb=one)
+    big = pa.audit(model, pairs, methods=["ap"], memory_budget_mb=512)
     ps, pb = small.cost["plan"], big.cost["plan"]
     assert ps["max_copies"] == 1 and ps["memory_budget_mb"] == round(one, 1)
     assert pb["max_copies"] > 1 and pb["memory_budget_mb"] == 512

@@ -48,7 +48,10 @@ from .problem import (
     make_problem,
     memory_budget_or_free,
     memory_plan,
+    method_bytes,
+    method_need_mb,
     model_device,
+    planned_methods,
 )
 
 __all__ = [
@@ -76,6 +79,9 @@ __all__ = [
     "make_problem",
     "memory_budget_or_free",
     "memory_plan",
+    "planned_methods",
+    "method_bytes",
+    "method_need_mb",
     "model_device",
     "onehots",
     "patch_components",

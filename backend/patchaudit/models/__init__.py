@@ -66,6 +66,81 @@ def _boot(name_or_dir: str, device, dtype, hf_model=None, tokenizer=None):
     )
 
 
+def _looks_like_path(source: str) -> bool:
+    """A name that can only be a directory (a hub id is "name" or "org/name")."""
+    if source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source:
+        return True
+    if source.count("/") > 1 or Path(source).suffix in (".safetensors", ".bin", ".pt"):
+        return True
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(source)
+    except ImportError:  # pragma: no cover - transformers brings huggingface_hub
+        return False
+    except ValueError:  # HFValidationError: not a hub id, so it was meant as a path
+        return True
+    return False
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache (HF_HUB_CACHE, else HF_HOME/hub, read now) holds its config."""
+    hub = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+    )
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json", cache_dir=hub), str)
+    except (ImportError, ValueError, OSError):
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """(True, host) when a TCP connection to the hub's host opens within ``timeout``; else
+    (False, why). The hub client itself retries a dead network for about 30 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, host
+    except OSError as e:
+        return False, f"{host}:{port} cannot be reached ({e.__class__.__name__}: {e})"
+
+
+def _check_hub_name(source: str) -> None:
+    """Before the hub client is asked for ``source``: a path that does not exist, or a hub
+    model that is not cached while offline, fails at once with what to do."""
+    if _looks_like_path(source):
+        raise ModelLoadError(
+            f"the directory {source!r} does not exist: give an existing Hugging Face model "
+            "directory (with config.json), 'bundled', or a hub model name such as 'gpt2'"
+        )
+    if _in_hub_cache(source):
+        return
+    if _hub_offline():
+        raise ModelLoadError(
+            f"cannot load model {source!r}: HF_HUB_OFFLINE is set and it is neither a local "
+            "directory nor in the local Hugging Face cache; download it once with network "
+            "access (unset HF_HUB_OFFLINE), or give a local model directory"
+        )
+    ok, why = hub_reachable()
+    if not ok:
+        raise ModelLoadError(
+            f"cannot load model {source!r}: no network ({why}) and it is neither a local "
+            "directory nor in the local Hugging Face cache; connect to the network, or give a "
+            "local model directory"
+        )
+
+
 def placeholder_tokenizer(vocab_size: int):
     """A tokenizer for models that ship none (random-initialised configs, bare weight
     directories): token i is spelled ``<i>``. Prompts for such models come as token ids."""
@@ -145,6 +220,7 @@ def load_model(source="bundled", device=None, dtype: torch.dtype = torch.float32
         elif Path(source).expanduser().is_dir():
             model = _load_local(Path(source).expanduser(), device, dtype)
         else:
+            _check_hub_name(source)  # a missing directory or no network: say so at once
             model = _boot(source, device, dtype)
     except ModelLoadError:
         raise

@@ -371,7 +371,7 @@ class PromptPairs:
                 ("clean prompt", "corrupted prompt", "answer", "wrong answer"), row, strict=True
             ):
                 if not isinstance(s, str) or not s.strip():
-                    raise ValueError(f"pair {i}: the {label} is empty; give a non-empty string")
+                    raise ValueError(f"pair {i + 1}: the {label} is empty; give a non-empty string")
         return cls(list(clean), list(corrupted), list(answers), list(wrong))
 
     @classmethod
@@ -512,7 +512,7 @@ class PromptPairs:
         report = check_pairs(model, self.clean, self.corrupted, self.answers, self.wrong)
         for i, r in enumerate(report):
             if r["problems"]:
-                raise ValueError(f"pair {i}: {r['problems'][0]}")
+                raise ValueError(f"pair {i + 1}: {r['problems'][0]}")
         bos = [tok.bos_token_id] if _prepends_bos(model, tok) else []
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         clean, last = _stack([bos + _encode(tok, s) for s in self.clean], pad)
