@@ -107,9 +107,12 @@ class AnalysisRequest(_Strict):
 
 
 class VerifyRequest(_Strict):
-    """Components to verify with activation patching: ``[[layer, head], ...]``."""
+    """Components to verify with activation patching: ``[[layer, head], ...]`` (or their keys
+    "L.H"); for an edge analysis, edge keys ``["0.1->1.0.k", ...]`` (edge patching)."""
 
-    components: list[list[int]] = Field(min_length=1, examples=[[[0, 1], [1, 0]]])
+    components: list[list[int] | str] = Field(
+        min_length=1, max_length=10_000, examples=[[[0, 1], [1, 0]], ["0.1->1.0.k"]]
+    )
 
 
 class CircuitRequest(_Strict):
