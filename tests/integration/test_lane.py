@@ -48,7 +48,7 @@ def test_verify_and_drill_down_finish_while_a_long_job_runs(tmp_path: Path) -> N
         first = c.post("/api/analyses", json=token_request(s.tiny, seed=41)).json()["id"]
         assert wait_status(c, first, ("done", "failed"), 90)["status"] == "done", s.logs()
 
-        methods = ["atp", "hvp", "ap", "hvp_exact"]
+        methods = ["atp", "hvp", "ap", "hvp_exact", "ig"]
         long = c.post("/api/analyses", json=token_request(s.tiny, seed=42, methods=methods))
         lid = long.json()["id"]
 

@@ -453,12 +453,6 @@ def circuit_curve(
     rec = load(store, analysis_id)
     _require_done(rec, "build circuits")
     assert rec.result is not None
-    if rec.result.get("edges") is not None:
-        raise ApiError(
-            409,
-            "edge circuits are not served yet: use pa.faithfulness / pa.circuit_curve with "
-            "site='edges' in Python",
-        )
     have = list(rec.result.get("scores") or {})
     if body.ranking not in have:
         raise unprocessable(
