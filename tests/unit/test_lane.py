@@ -135,3 +135,16 @@ def test_job_progress_estimates_the_passes_and_the_time_left() -> None:
     assert abs(e["eta_s"] - 30.0) < 0.5  # three more quarters at 10 s each
     assert p.estimate(1.0, 118) == {"passes_total": 118, "eta_s": 0.0}
     assert p.phase == "base + hvp"
+
+
+def test_a_job_timeout_names_the_phase_it_stopped_in() -> None:
+    from rq.timeouts import JobTimeoutException
+
+    from patchaudit.worker.jobs import error_info
+
+    try:
+        raise JobTimeoutException("timed out")
+    except JobTimeoutException as e:
+        info = error_info(e, None, "base + hvp_exact")
+    assert info["type"] == "JobTimeout"
+    assert "during base + hvp_exact" in info["message"] and "load_model" not in info["message"]
