@@ -146,3 +146,26 @@ def test_the_csv_of_an_edge_analysis_has_one_row_per_edge(stack: Stack, done: di
     edges = done["result"]["edges"]
     assert len(rows) == len(edges) + 1
     assert [f"{s}->{t}" for s, t, *_ in rows[1:]] == edges
+
+
+def test_an_edge_circuit_curve_through_the_api(stack: Stack, done: dict):
+    c, aid = stack.client, done["id"]
+    edges = done["result"]["edges"]
+    r = c.post(f"/api/analyses/{aid}/circuit", json={"ranking": "hvp", "sizes": [0, 3, 10]})
+    assert r.status_code == 202, r.text
+
+    def finished():
+        cur = c.get(f"/api/analyses/{aid}").json()["result"]["circuits"].get("hvp") or {}
+        assert cur.get("status") != "failed", cur.get("error")
+        return cur if cur.get("status") == "done" else None
+
+    cur = wait_for(finished, 120, "the hvp edge circuit", interval=0.2)
+    assert cur["sizes"][0] == 0 and cur["sizes"][-1] == len(edges) and 3 in cur["sizes"]
+    assert sorted(cur["order"]) == sorted(edges)  # every edge, ranked
+    hvp = done["result"]["scores"]["hvp"]
+    top = {edges[n] for n in sorted(range(len(edges)), key=lambda n: -abs(hvp[n] or 0.0))[:3]}
+    assert set(cur["order"][:3]) == top
+    f = cur["faithfulness"]
+    assert abs(f[0]) < 1e-4 and abs(f[-1] - 1.0) < 1e-4  # MIB: empty 0, every edge 1
+    r = c.post(f"/api/analyses/{aid}/circuit", json={"ranking": "hvp", "sizes": [len(edges) + 1]})
+    assert r.status_code == 422

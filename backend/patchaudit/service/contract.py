@@ -158,8 +158,10 @@ class CircuitInfo(BaseModel):
     cmd: float | None = Field(default=None, description="area of |1 - f| (lower is better)")
     smallest_80: int | None = None
     smallest_90: int | None = None
-    order: list[list[int]] | None = Field(
-        default=None, description="every component, most important first: top k = first k"
+    order: list[list[int]] | list[str] | None = Field(
+        default=None,
+        description="every component (every edge key, site edges), most important first: "
+        "top k = first k",
     )
     m_all: float | None = None
     m_empty: float | None = None

@@ -653,10 +653,15 @@ def run_circuit(
     progress("circuit", 0.0, 0)
     model, tp, ckey = _prepare(rt, req, progress)
     base = _load_base(rt, rec.cache_key or ckey)
+    nan = float("nan")
+    if req.site == "edges":  # 1-D over result.edges; the circuits are edge sets
+        ranked: Any = [nan if v is None else v for v in scores]
+    else:
+        ranked = [[nan if v is None else v for v in row] for row in scores]
     curve = pa.circuit_curve(
         model,
         tp,
-        [[float("nan") if v is None else v for v in row] for row in scores],
+        ranked,
         site=req.site,
         metric=req.metric,
         direction=req.direction,
@@ -670,8 +675,11 @@ def run_circuit(
     )
     if base is None:
         _save_base(rt, ckey, curve.base)
+    out = curve.to_dict()
+    if req.site == "edges":  # the edge keys themselves
+        out["order"] = [str(e) for e in curve.order]
     done = CircuitInfo.model_validate(
-        {**entry, **curve.to_dict(), "status": JobStatus.DONE, "cache_hit": base is not None}
+        {**entry, **out, "status": JobStatus.DONE, "cache_hit": base is not None}
     )
     ctx.store.set_circuit(ctx.analysis_id, key, stored(done))
     return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
