@@ -262,6 +262,12 @@ class Settings(BaseSettings):
         "first (never a queued or running one); unset: no limit.",
     )
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    min_free_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=0,
+        description="Below this much free space on the data directory's disk, requests that "
+        "store something get 507 (0: no check).",
+    )
     log_level: str = "INFO"
 
     @field_validator("model_allowlist", "preload_models", "allowed_hosts", mode="before")

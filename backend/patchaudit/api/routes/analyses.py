@@ -94,6 +94,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: Highest page number of the list (offsets stay inside the store's 64-bit integers).
+MAX_PAGE = 1_000_000
+
+
 def page_url(analysis_id: str) -> str:
     return f"/a/{analysis_id}"
 
@@ -195,7 +199,7 @@ def create_analysis(
 def list_analyses(
     member: ListAccess,
     store: StoreDep,
-    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     scope: Annotated[
         Literal["team", "mine"],
