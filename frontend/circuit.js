@@ -222,7 +222,7 @@ function init() {
     render();
   });
   on("change", (keys) => {
-    if (keys.includes("k") && st.result) {
+    if (keys.includes("k") && st.result && !st.result.edges) {
       $("circuit-k").value = String(st.k ?? 0);
       drawChart(done(), st.k ?? 0);
       drawOutline();

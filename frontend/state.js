@@ -3,11 +3,15 @@
 // through `emit`/`on` instead of importing each other, so a new panel (component detail,
 // circuit, compare, history) is one more module that subscribes here.
 //
-// URL: /a/<id>?view=&tau=&c=&pair=&k=
-//   view  the heatmap view (a method, reliability, error_bound, verified, diff, best)
+// URL: /a/<id>?view=&tau=&c=&pair=&k=&rank=&e=
+//   view  the heatmap view (a method, reliability, error_bound, verified, diff, best), or
+//         "graph" (an edge analysis: graph.js)
+//   rank  the graph's ranking (a method), e the selected edge ("0.1->1.0.k"), k its top-k
 //   tau   the reliability threshold the page flags at
 //   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
 //         the panels that use them; unknown to the others.
+//   why   the "why" views open (why.js): "c" (the selected component's), "flagged" (the
+//         model-wide view of the flagged components), or "c,flagged"
 
 import { componentKey } from "./keys.js";
 
@@ -28,6 +32,9 @@ export const st = {
   c: null, // selected component "i.j" (URL ?c=)
   pair: null, // selected prompt pair (URL ?pair=)
   k: null, // top-k (URL ?k=)
+  why: null, // the "why" views open (URL ?why=c|flagged|c,flagged)
+  rank: null, // the graph view's ranking, a method (URL ?rank=)
+  e: null, // the graph view's selected edge "SENDER->RECEIVER" (URL ?e=)
   flags: null, // computeFlags() output at st.tau
   localPending: new Map(), // "i.j" -> time the verify POST was answered
   seenVerifications: null, // verifications already reported (a failed one is shown once)
@@ -92,9 +99,9 @@ export function update(patch, { url = true } = {}) {
 }
 
 // ---------------------------------------------------------------- URL state
-const URL_KEYS = ["view", "tau", "c", "pair", "k"];
+const URL_KEYS = ["view", "tau", "c", "pair", "k", "why", "rank", "e"];
 
-/** Read the id and the URL keys. Returns {view, tau, c, pair, k} (null where absent). */
+/** Read the id and the URL keys. Returns {view, tau, c, pair, k, rank, e} (null where absent). */
 export function parseUrl() {
   const m = window.location.pathname.match(/\/a\/([^/?#]+)/);
   st.id = m ? decodeURIComponent(m[1]) : new URLSearchParams(window.location.search).get("id");
@@ -102,7 +109,7 @@ export function parseUrl() {
   const h = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   const get = (k) => q.get(k) ?? h.get(k);
   const num = (v) => (v != null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : null);
-  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")) };
+  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), why: get("why"), rank: get("rank"), e: get("e") };
 }
 
 export function shareUrl() {
@@ -112,6 +119,9 @@ export function shareUrl() {
   if (st.c != null) q.set("c", st.c);
   if (st.pair != null) q.set("pair", String(st.pair));
   if (st.k != null) q.set("k", String(st.k));
+  if (st.why) q.set("why", st.why);
+  if (st.rank != null) q.set("rank", st.rank);
+  if (st.e != null) q.set("e", st.e);
   return `${window.location.origin}/a/${encodeURIComponent(st.id)}?${q.toString()}`;
 }
 
