@@ -120,7 +120,11 @@ function initResult() {
     c: url.c,
     pair: url.pair,
     k: url.k,
+    rank: url.rank,
+    attn: url.attn,
   }, { url: false });
+  assign({ sharedScale: url.scale !== "own" });
+  $("shared-scale").checked = st.sharedScale;
   sel.value = st.view;
   $("tau").value = String(st.tau);
   $("tau-value").textContent = st.tau.toFixed(2);
@@ -234,6 +238,7 @@ function init() {
   $("shared-scale").addEventListener("change", () => {
     assign({ sharedScale: $("shared-scale").checked });
     renderResult();
+    syncUrl(); // the link keeps the choice (scale=own)
   });
   initKeys();
   $("copy-link").addEventListener("click", copyLink);

@@ -8,6 +8,8 @@
 //   tau   the reliability threshold the page flags at
 //   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
 //         the panels that use them; unknown to the others.
+//   rank  the circuit ranking outlined; attn the attention pattern's prompt (corrupted);
+//   scale=own  each view on its own colour scale. A link keeps every choice.
 
 import { componentKey } from "./keys.js";
 
@@ -28,6 +30,8 @@ export const st = {
   c: null, // selected component "i.j" (URL ?c=)
   pair: null, // selected prompt pair (URL ?pair=)
   k: null, // top-k (URL ?k=)
+  rank: null, // the circuit ranking outlined (URL ?rank=)
+  attn: null, // the drill-down's attention pattern: "corrupted" (URL ?attn=), else clean
   flags: null, // computeFlags() output at st.tau
   localPending: new Map(), // "i.j" -> time the verify POST was answered
   seenVerifications: null, // verifications already reported (a failed one is shown once)
@@ -92,7 +96,7 @@ export function update(patch, { url = true } = {}) {
 }
 
 // ---------------------------------------------------------------- URL state
-const URL_KEYS = ["view", "tau", "c", "pair", "k"];
+const URL_KEYS = ["view", "tau", "c", "pair", "k", "rank", "attn"];
 
 /** Read the id and the URL keys. Returns {view, tau, c, pair, k} (null where absent). */
 export function parseUrl() {
@@ -102,7 +106,7 @@ export function parseUrl() {
   const h = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   const get = (k) => q.get(k) ?? h.get(k);
   const num = (v) => (v != null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : null);
-  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")) };
+  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), rank: get("rank"), attn: get("attn") === "corrupted" ? "corrupted" : null, scale: get("scale") };
 }
 
 export function shareUrl() {
@@ -112,6 +116,9 @@ export function shareUrl() {
   if (st.c != null) q.set("c", st.c);
   if (st.pair != null) q.set("pair", String(st.pair));
   if (st.k != null) q.set("k", String(st.k));
+  if (st.rank) q.set("rank", st.rank);
+  if (st.attn) q.set("attn", st.attn);
+  if (!st.sharedScale) q.set("scale", "own");
   return `${window.location.origin}/a/${encodeURIComponent(st.id)}?${q.toString()}`;
 }
 
