@@ -144,12 +144,16 @@ def test_circuit_panel_defines_cpr_cmd_and_labels_its_lines(new_context, heads):
 
 def test_export_leaves_out_selection_cursor_and_verifying_glyph(new_context, heads):
     page = new_context(viewport=VIEWPORT, accept_downloads=True).new_page()
-    i, j = open_component(page, heads)
-    # the page shows the selection box on the clicked cell
-    page.wait_for_function(
-        "document.querySelector('#heatmap').data.find(t => t.name === 'selected')"
-        ".x.filter(x => x !== null).length === 5"
-    )
+    page.goto(f"/a/{heads}?view=hvp&c=1.1")  # a selected component: its box on the map
+    wait_rendered(page)
+
+    def selection_drawn():
+        return page.evaluate(
+            "document.querySelector('#heatmap').data.find(t => t.name === 'selected')"
+            ".x.filter(x => x !== null).length === 5"
+        )
+
+    wait_for(selection_drawn, 20, "the selection box on the clicked cell", interval=0.1)
     transient = ("selected", "cursor", "pending")
     drawn = page.evaluate(  # the scatter traces the page draws (with at least one point)
         "document.querySelector('#heatmap').data.filter(t => t.type === 'scatter'"
@@ -229,8 +233,11 @@ def test_links_keep_every_choice(new_context, heads):
     page.locator("#shared-scale").check()
     expect(link).not_to_have_value(re.compile("scale=own"))
     # the circuit ranking: compute two curves, choose one, and the link names it
-    page.locator("#circuit-atp").click()
-    page.locator("#circuit-hvp").click()
+    for ranking in ("atp", "hvp"):  # (another test of this module may have computed one)
+        button = page.locator(f"#circuit-{ranking}")
+        expect(button).to_have_text(re.compile(r"Compute|done"))
+        if button.is_enabled():
+            button.click()
     expect(page.locator("#circuit-card")).to_have_attribute("data-curves", "2", timeout=90_000)
     expect(page.locator("#circuit-ranking")).to_have_value("atp")  # from the link
     page.select_option("#circuit-ranking", "hvp")
