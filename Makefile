@@ -61,6 +61,7 @@ bench: install
 	$(VENV)/bin/patchaudit bench circuits --out bench/results/circuits.json
 	$(VENV)/bin/patchaudit bench atpstar --out bench/results/atpstar.json
 	$(VENV)/bin/patchaudit bench scale --out bench/results/scale.json
+	$(VENV)/bin/patchaudit bench diagnose --out bench/results/diagnose.json
 	$(PY) bench/bench_load_bundled.py
 	$(PY) bench/make_report.py
 	$(MAKE) docs

@@ -869,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
     trust = _load(res / "trust.json")
+    diag = _load(res / "diagnose.json")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report_diagnose import diagnose_md, finding
     atps = _load(res / "atpstar.json") or _load(res / "atpstar_quick.json")
 
     sections = []
@@ -931,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(circuits_md(circ))
     if trust:
         sections.append(trust_md(trust))
+    if diag:
+        sections.append(diagnose_md(diag))
     if atps:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from report_atpstar import atpstar_md
@@ -958,6 +963,8 @@ def main(argv: list[str] | None = None) -> int:
         from report_trust import mhvp_claim
 
         body = trust_headline(trust) + "\n" + mhvp_claim(trust) + "\n\n" + body
+    if diag and finding(diag):
+        body = finding(diag) + "\n" + body
     if atps:
         from report_atpstar import wins
 

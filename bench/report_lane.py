@@ -55,6 +55,7 @@ def lane_md(lane: dict | None) -> str:
         f"bundled model on IOI, {lj['n_pairs']} pairs, {' + '.join(lj['methods'])}. "
         f"Machine: {m.get('cpu_count')} cores, load average "
         f"{', '.join(f'{x:.1f}' for x in m.get('load_avg', []))} at the start.",
+        *(["", f"Conditions: {lane['note']}."] if lane.get("note") else []),
         "",
         "| | verify median | verify p90 | drill-down median | drill-down p90 |",
         "|---|---|---|---|---|",
@@ -69,8 +70,8 @@ def lane_md(lane: dict | None) -> str:
         "",
         f"Every busy click landed while the long job ran: "
         f"{'yes' if c['busy_1_worker']['all_during_long'] else 'NO'}. The long job took "
-        f"{c['long_alone_s']:.1f} s alone and {c['long_with_clicks_s']:.1f} s with the 10 "
-        "clicks served between its passes.",
+        f"{c['long_alone_s']:.1f} s alone and {c['long_with_clicks_s']:.1f} s with the "
+        f"{len(c['busy_1_worker']['clicks'])} clicks served between its passes.",
     ]
     t = lane.get("two_long")
     if t:
@@ -78,6 +79,8 @@ def lane_md(lane: dict | None) -> str:
             "",
             f"Two long jobs: {t['sequential_1_worker_s']:.1f} s one after the other on 1 worker "
             f"(every core), {t['parallel_2_workers_s']:.1f} s at once on 2 workers (torch threads "
-            f"capped at cores / workers): ratio {t['ratio']:.2f} (target <= 1.2).",
+            f"capped at cores / workers): ratio {t['ratio']:.2f} (target <= 1.2)"
+            + (f"; environment {t['env']}" if t.get("env") else "")
+            + ".",
         ]
     return "\n".join(out) + "\n"

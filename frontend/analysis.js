@@ -16,8 +16,10 @@ import { renderScatter } from "./scatter.js";
 import { ACTIVE, $, METHOD_ORDER, assign, dropLocalPending, emit, errorText, on, parseUrl, pendKey, pendingKeys, recordRender, st, syncUrl, update } from "./state.js";
 import { renderTable } from "./table.js";
 import { fixAll, renderControls, verify } from "./verify.js";
+import { graphHandle, initGraph, renderGraph } from "./graph.js"; // the graph view of an edge analysis (issue 22)
 import "./component.js"; // the component panel (issue 11): follows st.c / st.pair
 import "./circuit.js"; // the circuit panel (issue 12): follows st.k
+import "./why.js"; // the "why" views (issue 21): follow st.c / st.why
 import "./notes.js"; // labels and notes on components (issue 20): map, hover, panel
 import { initCompareBox, remember } from "./history.js";
 
@@ -30,6 +32,7 @@ window.__patchaudit = Object.assign(st.stats, {
     return out;
   },
   cellCenter,
+  graph: graphHandle,
   state: () => ({ view: st.view, tau: st.tau, readOnly: st.readOnly, id: st.id }),
 });
 
@@ -96,6 +99,17 @@ function render() {
   if (said) showMessage(said);
 
   renderRequest();
+  if (d.result?.edges) {
+    // an edge analysis: the graph view (graph.js) instead of the map panels
+    const first = !st.result;
+    assign({ result: d.result });
+    if (first) {
+      initGraph(parseUrl());
+      syncUrl();
+    }
+    renderGraph();
+    return;
+  }
   if (d.result) {
     const first = !st.result;
     assign({ result: d.result });
@@ -120,7 +134,8 @@ function initResult() {
     c: url.c,
     pair: url.pair,
     k: url.k,
-    rank: url.rank,
+    why: url.why,
+    circ: url.circ,
     attn: url.attn,
   }, { url: false });
   assign({ sharedScale: url.scale !== "own" });
@@ -252,12 +267,12 @@ function init() {
   poll();
 }
 
-on("render", (opts) => st.result && renderResult(opts));
+on("render", (opts) => st.result && (st.result.edges ? renderGraph() : renderResult(opts)));
 on("poll", (ms) => pollSoon(ms));
 on("verify", (components) => verify(components)); // a cell clicked (heatmap), Enter (keyboard), a table row
 on("readonly", (ro) => {
   renderControls();
-  if (st.result) renderTable();
+  if (st.result) (st.result.edges ? renderGraph() : renderTable());
   if (st.data) $("cancel").disabled = !ACTIVE.has(st.data.status) || ro;
 });
 

@@ -13,7 +13,7 @@ import { $, ACTIVE, METHOD_ORDER, assign, on, st, update } from "./state.js";
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
 const circuits = {}; // key ("hvp", "hvp:signed") -> CircuitInfo
 let pollTimer = null;
-// the ranking whose circuit is outlined: st.rank (URL ?rank=, so a link keeps it)
+// the ranking whose circuit is outlined: st.circ (URL ?circ=, so a link keeps it)
 const label = (m) => METHOD_LABELS[m] || m;
 
 function rankings() {
@@ -64,7 +64,7 @@ async function compute(ranking) {
     setStatus(`Could not compute the ${label(ranking)} curve: ${err.message}`, true);
     return;
   }
-  if (!st.rank) update({ rank: ranking });
+  if (!st.circ) update({ circ: ranking });
   render();
   poll();
 }
@@ -87,7 +87,7 @@ function outlined() {
   const ds = done();
   if (!ds.length) return null;
   const byRank = Object.fromEntries(ds.map((c) => [c.ranking, c]));
-  if (st.rank && byRank[st.rank]) return byRank[st.rank];
+  if (st.circ && byRank[st.circ]) return byRank[st.circ];
   const pref = [st.result?.reliability_source, "hvp", "mhvp", "ig", "atp", "ap"].find((m) => m && byRank[m]);
   return byRank[pref] || ds[0];
 }
@@ -187,7 +187,7 @@ function drawChart(ds, k) {
       const pt = ev?.points?.[0];
       if (!pt || !Number.isFinite(pt.x)) return;
       const r = ds.find((c) => `${label(c.ranking)}` === String(pt.data?.name || "").split(" (")[0]);
-      if (r) update({ rank: r.ranking });
+      if (r) update({ circ: r.ranking });
       setK(pt.x);
     });
   }
@@ -223,11 +223,11 @@ function init() {
   if (!$("circuit-card")) return;
   $("circuit-k").addEventListener("input", () => setK($("circuit-k").value));
   $("circuit-ranking").addEventListener("change", () => {
-    update({ rank: $("circuit-ranking").value });
+    update({ circ: $("circuit-ranking").value });
     render();
   });
   on("change", (keys) => {
-    if (keys.includes("k") && st.result) {
+    if (keys.includes("k") && st.result && !st.result.edges) {
       $("circuit-k").value = String(st.k ?? 0);
       drawChart(done(), st.k ?? 0);
       drawOutline();

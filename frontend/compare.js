@@ -76,6 +76,11 @@ async function load() {
     setTimeout(load, 1000);
     return;
   }
+  const edges = [A, B].find((d) => d.result?.edges);
+  if (edges) {
+    message(`Analysis ${edges.id} is an edge analysis: its edges are in its graph view (/a/${edges.id}?view=graph), not on a map to compare.`);
+    return;
+  }
   cmp.A = A;
   cmp.B = B;
   const [ra, rb] = [A.request || {}, B.request || {}];

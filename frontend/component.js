@@ -11,7 +11,7 @@ import { api, el } from "./api.js";
 import { METHOD_LABELS, fmt } from "./flags.js";
 import { DIVERGING } from "./heatmap.js";
 import { $, METHOD_ORDER, on, st, update } from "./state.js";
-import { parseKey } from "./keys.js";
+import { nodeName, parseKey } from "./keys.js";
 import { verifyPosted } from "./verify.js";
 
 const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
@@ -80,6 +80,7 @@ async function load() {
 
 function name(key) {
   const site = st.result?.site || st.data?.request?.site || "heads";
+  if (site === "edges") return nodeName(key); // a node of the edge graph: "L.H" or "mL"
   const [i, j] = parseKey(key) || [key, ""];
   if (site === "heads") return `head L${i}H${j}`;
   if (site === "mlp") return `MLP L${i}`;

@@ -10,6 +10,8 @@ export const METHOD_LABELS = {
   ig: "Integrated gradients",
   mhvp: "Multi-step HVP",
   sat: "Saturation-aware",
+  atp_star: "AtP* QK fix",
+  graddrop: "AtP* GradDrop (magnitude)",
   ap: "Activation patching (full sweep)",
 };
 

@@ -104,6 +104,21 @@ function describeTask() {
   box.append(exampleBlock(t.example));
 }
 
+// ---------------------------------------------------------------- site edges
+// An edge analysis computes EAP ("atp"), EAP-IG ("ig"), the HVP-corrected edge ("hvp") and edge
+// patching ("ap"); the other methods are node methods: off and disabled while edges is chosen.
+const EDGE_METHODS = new Set(["atp", "ig", "hvp", "ap"]);
+
+function siteMethods() {
+  const edges = $("site").value === "edges";
+  for (const c of document.querySelectorAll('input[name="methods"]')) {
+    const off = edges && !EDGE_METHODS.has(c.value);
+    if (off) c.checked = false;
+    c.disabled = off;
+    c.closest("label")?.classList.toggle("muted", off);
+  }
+}
+
 // ---------------------------------------------------------------- submit
 function methods() {
   return [...document.querySelectorAll('input[name="methods"]:checked')].map((c) => c.value);
@@ -240,6 +255,7 @@ async function fillFromAnalysis() {
   for (const k of ["site", "metric", "direction", "hvp_probes", "ig_steps"]) setVal(k, req[k]);
   const methods = new Set(req.methods || []);
   for (const c of document.querySelectorAll('input[name="methods"]')) c.checked = methods.has(c.value);
+  siteMethods();
   $("from-note").textContent = `Filled in from analysis ${from.slice(0, 8)}: change anything, then run it.`;
   setSource();
 }
@@ -280,6 +296,7 @@ function init() {
     showVocab();
     if (source() === "custom") scheduleTokenize();
   });
+  $("site").addEventListener("change", siteMethods);
   $("analysis-form").addEventListener("submit", submit);
   $("analysis-form").addEventListener("input", updateSubmit);
   $("analysis-form").addEventListener("change", updateSubmit);

@@ -3,19 +3,23 @@
 // through `emit`/`on` instead of importing each other, so a new panel (component detail,
 // circuit, compare, history) is one more module that subscribes here.
 //
-// URL: /a/<id>?view=&tau=&c=&pair=&k=
-//   view  the heatmap view (a method, reliability, error_bound, verified, diff, best)
+// URL: /a/<id>?view=&tau=&c=&pair=&k=&rank=&e=
+//   view  the heatmap view (a method, reliability, error_bound, verified, diff, best), or
+//         "graph" (an edge analysis: graph.js)
+//   rank  the graph's ranking (a method), e the selected edge ("0.1->1.0.k"), k its top-k
 //   tau   the reliability threshold the page flags at
 //   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
 //         the panels that use them; unknown to the others.
-//   rank  the circuit ranking outlined; attn the attention pattern's prompt (corrupted);
+//   circ  the circuit ranking outlined; attn the attention pattern's prompt (corrupted);
 //   scale=own  each view on its own colour scale. A link keeps every choice.
+//   why   the "why" views open (why.js): "c" (the selected component's), "flagged" (the
+//         model-wide view of the flagged components), or "c,flagged"
 
 import { componentKey } from "./keys.js";
 
 export const $ = (id) => document.getElementById(id);
 export const ACTIVE = new Set(["queued", "running", "started", "deferred", "scheduled"]);
-export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "sat", "mhvp", "ig", "ap"];
+export const METHOD_ORDER = ["atp", "hvp", "hvp_joint", "hvp_exact", "sat", "mhvp", "ig", "atp_star", "graddrop", "ap"];
 
 /** The state every panel reads. Only this module changes it: `update` for the keys panels
  * follow (subscribers and the URL follow), `assign` for the rest, and the functions below for
@@ -30,8 +34,11 @@ export const st = {
   c: null, // selected component "i.j" (URL ?c=)
   pair: null, // selected prompt pair (URL ?pair=)
   k: null, // top-k (URL ?k=)
-  rank: null, // the circuit ranking outlined (URL ?rank=)
+  circ: null, // the circuit ranking outlined (URL ?circ=)
   attn: null, // the drill-down's attention pattern: "corrupted" (URL ?attn=), else clean
+  why: null, // the "why" views open (URL ?why=c|flagged|c,flagged)
+  rank: null, // the graph view's ranking, a method (URL ?rank=)
+  e: null, // the graph view's selected edge "SENDER->RECEIVER" (URL ?e=)
   flags: null, // computeFlags() output at st.tau
   localPending: new Map(), // "i.j" -> time the verify POST was answered
   seenVerifications: null, // verifications already reported (a failed one is shown once)
@@ -96,9 +103,9 @@ export function update(patch, { url = true } = {}) {
 }
 
 // ---------------------------------------------------------------- URL state
-const URL_KEYS = ["view", "tau", "c", "pair", "k", "rank", "attn"];
+const URL_KEYS = ["view", "tau", "c", "pair", "k", "why", "rank", "e", "circ", "attn"];
 
-/** Read the id and the URL keys. Returns {view, tau, c, pair, k} (null where absent). */
+/** Read the id and the URL keys. Returns {view, tau, c, pair, k, rank, e} (null where absent). */
 export function parseUrl() {
   const m = window.location.pathname.match(/\/a\/([^/?#]+)/);
   st.id = m ? decodeURIComponent(m[1]) : new URLSearchParams(window.location.search).get("id");
@@ -106,7 +113,7 @@ export function parseUrl() {
   const h = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   const get = (k) => q.get(k) ?? h.get(k);
   const num = (v) => (v != null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : null);
-  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), rank: get("rank"), attn: get("attn") === "corrupted" ? "corrupted" : null, scale: get("scale") };
+  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), why: get("why"), rank: get("rank"), e: get("e"), circ: get("circ"), attn: get("attn") === "corrupted" ? "corrupted" : null, scale: get("scale") };
 }
 
 export function shareUrl() {
@@ -116,7 +123,10 @@ export function shareUrl() {
   if (st.c != null) q.set("c", st.c);
   if (st.pair != null) q.set("pair", String(st.pair));
   if (st.k != null) q.set("k", String(st.k));
-  if (st.rank) q.set("rank", st.rank);
+  if (st.why) q.set("why", st.why);
+  if (st.rank != null) q.set("rank", st.rank);
+  if (st.e != null) q.set("e", st.e);
+  if (st.circ) q.set("circ", st.circ);
   if (st.attn) q.set("attn", st.attn);
   if (!st.sharedScale) q.set("scale", "own");
   return `${window.location.origin}/a/${encodeURIComponent(st.id)}?${q.toString()}`;

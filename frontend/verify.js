@@ -5,7 +5,7 @@ import { compName, shortName } from "./cells.js";
 import { pulseReadOnly, setReadOnly } from "./banner.js";
 import { fmt, shapeOf, verifiedAt } from "./flags.js";
 import { noticeText, showNotice } from "./notices.js";
-import { $, ACTIVE, addLocalPending, assign, pendingKeys, pollSoon, renderAll, st } from "./state.js";
+import { $, ACTIVE, addLocalPending, assign, errorText, pendingKeys, pollSoon, renderAll, st } from "./state.js";
 import { componentKey } from "./keys.js";
 
 let posting = Promise.resolve();
@@ -88,7 +88,10 @@ export function renderControls() {
   // Fix is over once its POST was answered and nothing is pending any more.
   if (st.busyFix && st.fixPosted && pend === 0 && !ACTIVE.has(st.data?.status)) {
     assign({ busyFix: false, fixPosted: false });
-    showNotice("");
+    const fx = st.result.fix;
+    // a Fix whose worker stopped twice (or that raised) says so, it does not just end
+    if (fx?.status === "failed") showNotice(`Fix failed: ${errorText(fx.error) || "no reason was given"}`, { error: true });
+    else showNotice("");
   }
   if (!st.busyFix && pend === 0 && /^Verifying /.test(noticeText())) showNotice("");
   const fix = $("fix");

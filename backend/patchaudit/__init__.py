@@ -6,9 +6,18 @@ pairs = pa.PromptPairs.from_task("ioi", n=16, seed=0)
 report = pa.audit(model, pairs, methods=("atp", "hvp", "ap"))
 """
 
-from .audit import FixResult, VerifyResult, audit, base_key, screen_flag_fix, verify
+from .audit import (
+    FixResult,
+    VerifyResult,
+    audit,
+    base_key,
+    diagnose,
+    screen_flag_fix,
+    verify,
+)
 from .circuits import CircuitCurve, Faithfulness, circuit_curve, faithfulness
 from .detail import ComponentDetail, inspect
+from .diagnosis import Diagnosis
 from .estimators.core import DIRECTIONS, BaseCache, Cancelled
 from .estimators.methods import METHODS
 from .estimators.sites import SITES
@@ -31,6 +40,7 @@ __all__ = [
     "CircuitCurve",
     "Faithfulness",
     "ComponentDetail",
+    "Diagnosis",
     "FixResult",
     "ModelLoadError",
     "PromptPairs",
@@ -40,6 +50,7 @@ __all__ = [
     "audit",
     "base_key",
     "check_pairs",
+    "diagnose",
     "circuit_curve",
     "faithfulness",
     "inspect",

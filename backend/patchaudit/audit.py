@@ -682,3 +682,53 @@ def screen_flag_fix(
         full_sweep_seconds=cmp["full_sweep_seconds"],
         full_sweep_seconds_estimated=cmp["full_sweep_seconds_estimated"],
     )
+
+
+def diagnose(
+    model,
+    pairs: PromptPairs | TokenPairs,
+    components: Sequence[Sequence[int]],
+    site: str = "heads",
+    metric: str = "logit_diff",
+    direction: str = "noising",
+    base: BaseCache | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    memory_budget_mb: float | None = None,
+):
+    """Why AtP is wrong for each component: its exact second-order term q split by layer and
+    kind of operation (attention scores, softmax, pattern x V, each normalisation, the MLP
+    activation and gate, soft-caps, the metric), local against downstream, the remainder
+    ap - A1 - q/2 and the saturation-aware estimate (METHODS.md, "The second-order term, split
+    by operation"). Returns a :class:`~patchaudit.diagnosis.Diagnosis`."""
+    from .component_keys import parse_component_key
+    from .diagnosis import build
+
+    p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
+    if isinstance(components, str | int) or not len(components):
+        raise ValueError("components must be a non-empty list of components, e.g. [(1, 0)]")
+    comps: list[tuple[int, int]] = []
+    for c in components:
+        i, j = parse_component_key(c, site)
+        if not (0 <= i < p.site.n_layers and 0 <= j < p.site.n_comp):
+            raise ValueError(
+                f"component [{i}, {j}] is outside the {p.site.n_layers} x {p.site.n_comp} {site} map"
+            )
+        if (i, j) not in comps:
+            comps.append((i, j))
+    tracker = Tracker(progress=progress, should_stop=should_stop)
+    t0 = time.perf_counter()
+    b, _, cached = _get_base(p, base, tracker)
+    d = build(p, b, comps, tracker)
+    d.cost = {
+        **Cost.of(tracker).as_dict(),
+        "seconds": time.perf_counter() - t0,
+        "base_cached": cached,
+        "note": (
+            "base pass (unless cached), one forward + one backward for the gradient at every "
+            "operation, one forward-mode pass per chunk of components with each operation's "
+            "own second derivative, one patched forward per layer chunk (ap) and one "
+            "forward-mode pass per layer chunk (sat)"
+        ),
+    }
+    return d

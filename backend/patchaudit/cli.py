@@ -29,7 +29,17 @@ def print_table(report, top: int = 15) -> None:
 
     cols = [
         m
-        for m in ("atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp")
+        for m in (
+            "atp",
+            "hvp",
+            "hvp_joint",
+            "hvp_exact",
+            "sat",
+            "ig",
+            "mhvp",
+            "atp_star",
+            "graddrop",
+        )
         if m in report.scores
     ]
     header = ["component", *cols, "reliability", "bound", "flag", "verified (ap)"]

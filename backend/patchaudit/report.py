@@ -21,6 +21,8 @@ METHOD_LABELS = {
     "ig": "integrated gradients",
     "mhvp": "multi-step HVP",
     "sat": "saturation-aware",
+    "atp_star": "AtP* QK fix",
+    "graddrop": "AtP* GradDrop (magnitude)",
 }
 
 

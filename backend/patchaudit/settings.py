@@ -40,8 +40,9 @@ LOCAL_MEMBER = "local"
 
 def read_tokens_file(path: Path) -> dict[str, str]:
     """The members of a tokens file: one ``name: token`` per line; blank lines and ``#``
-    comments are skipped. Raises ValueError naming the line (never the token) when a line is
-    malformed, a name repeats, or a token is short or shared by two names."""
+    comments are skipped. Raises ValueError naming the line number (never what it holds: a
+    swapped line would put a token where the name goes) when a line is malformed, a name
+    repeats, or a token is short or shared by two names."""
     try:
         text = Path(path).read_text(encoding="utf-8")
         if Path(path).stat().st_mode & 0o077:
@@ -59,19 +60,19 @@ def read_tokens_file(path: Path) -> dict[str, str]:
             raise ValueError(f"{where}: expected 'name: token'")
         if not _MEMBER_NAME.match(name) or name == LOCAL_MEMBER:
             raise ValueError(
-                f"{where}: the name {name[:64]!r} must be letters, digits or _.@- (at most 64), "
-                f"and not {LOCAL_MEMBER!r}"
+                f"{where}: a name is letters, digits or _.@- (at most 64), and not "
+                f"{LOCAL_MEMBER!r}"
             )
         if name in members:
-            raise ValueError(f"{where}: the name {name!r} appears twice")
+            raise ValueError(f"{where}: this name appears twice")
         if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
             raise ValueError(
-                f"{where}: {name}'s token is shorter than {MIN_TOKEN_LENGTH} characters or holds "
+                f"{where}: the token is shorter than {MIN_TOKEN_LENGTH} characters or holds "
                 "spaces: use a random one (`python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'`)"
             )
         if token in members.values():
-            raise ValueError(f"{where}: {name}'s token is the same as another member's")
+            raise ValueError(f"{where}: the token is the same as another member's")
         members[name] = token
     return members
 
@@ -261,6 +262,12 @@ class Settings(BaseSettings):
         "first (never a queued or running one); unset: no limit.",
     )
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    min_free_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=0,
+        description="Below this much free space on the data directory's disk, requests that "
+        "store something get 507 (0: no check).",
+    )
     log_level: str = "INFO"
 
     @field_validator("model_allowlist", "preload_models", "allowed_hosts", mode="before")

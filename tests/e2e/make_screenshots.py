@@ -5,7 +5,8 @@
 
 The screenshots are taken by the tests themselves (test_e2e_new_analysis.py: the form, and
 test_e2e_flow.py: a finished IOI analysis with flagged and verified cells; test_e2e_component.py,
-test_e2e_circuit.py, test_e2e_compare.py: the component, circuit and compare panels) when
+test_e2e_circuit.py, test_e2e_compare.py, test_e2e_graph.py: the component, circuit and compare
+panels and the graph view) when
 PATCHAUDIT_SCREENSHOTS names a directory; this script sets it and runs those tests.
 """
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             str(HERE / "test_e2e_component.py"),  # component-panel.png (issue 11)
             str(HERE / "test_e2e_circuit.py"),  # circuit-panel.png (issue 12)
             str(HERE / "test_e2e_compare.py"),  # compare.png (issue 11)
+            str(HERE / "test_e2e_graph.py"),  # graph-view.png (issue 22)
         ]
     )
     for png in sorted(out.glob("*.png")):

@@ -218,9 +218,9 @@ def test_verify_keeps_the_colour_scale(new_context, heads, server):
 
 def test_links_keep_every_choice(new_context, heads):
     page = new_context(viewport=VIEWPORT).new_page()
-    i, j = open_component(page, heads, "view=hvp&tau=0.99&rank=atp&attn=corrupted&scale=own")
+    i, j = open_component(page, heads, "view=hvp&tau=0.99&circ=atp&attn=corrupted&scale=own")
     link = page.locator("#share-link")
-    for part in ("view=hvp", "tau=0.99", f"c={i}.{j}", "rank=atp", "attn=corrupted", "scale=own"):
+    for part in ("view=hvp", "tau=0.99", f"c={i}.{j}", "circ=atp", "attn=corrupted", "scale=own"):
         expect(link).to_have_value(re.compile(re.escape(part)))
     assert not page.locator("#shared-scale").is_checked()
     # the attention pattern of the corrupted prompt, as the link says
@@ -241,11 +241,11 @@ def test_links_keep_every_choice(new_context, heads):
     expect(page.locator("#circuit-card")).to_have_attribute("data-curves", "2", timeout=90_000)
     expect(page.locator("#circuit-ranking")).to_have_value("atp")  # from the link
     page.select_option("#circuit-ranking", "hvp")
-    expect(link).to_have_value(re.compile("rank=hvp"))
+    expect(link).to_have_value(re.compile("circ=hvp"))
     url = link.input_value()
     again = new_context(viewport=VIEWPORT).new_page()
     again.goto(url)
     wait_rendered(again)
     expect(again.locator("#circuit-card")).to_have_attribute("data-curves", "2", timeout=30_000)
     expect(again.locator("#circuit-ranking")).to_have_value("hvp")
-    expect(again.locator("#share-link")).to_have_value(re.compile("rank=hvp"))
+    expect(again.locator("#share-link")).to_have_value(re.compile("circ=hvp"))

@@ -52,10 +52,12 @@ class Served:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.kids: set[int] = set()
+        self.prefix: list[str] = []  # e.g. a namespace to run serve in
 
     def start(self, wait: bool = True) -> Served:
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "patchaudit",
@@ -99,8 +101,11 @@ class Served:
     def log(self) -> str:
         return "".join(self.lines)[-6000:]
 
+    def conf_path(self) -> Path:
+        return self.data_dir / "redis" / "valkey.conf"
+
     def redis_conf(self) -> dict[str, str]:
-        conf = (self.data_dir / "redis" / "valkey.conf").read_text()
+        conf = self.conf_path().read_text()
         out = {}
         for line in conf.splitlines():
             parts = line.split(None, 1)
@@ -112,8 +117,10 @@ class Served:
         import redis
 
         conf = self.redis_conf()
+        assert conf["port"] == "0"  # no TCP port: only the unix socket in the data dir
         return redis.Redis(
-            port=int(conf["port"]), password=conf["requirepass"] if password else None
+            unix_socket_path=conf["unixsocket"],
+            password=conf["requirepass"] if password else None,
         )
 
     def stop(self) -> None:

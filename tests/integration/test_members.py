@@ -237,3 +237,25 @@ def test_workers_prune_by_the_retention_setting(tmp_path: Path) -> None:
         assert [s.client.get(f"/api/analyses/{i}").status_code for i in ids[1:]] == [200, 200]
     finally:
         s.stop()
+
+
+def test_serve_refuses_a_bad_tokens_file_naming_the_line_not_the_token(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import BACKEND, ROOT
+
+    bad = tmp_path / "members.txt"
+    bad.write_text(f"alice: {ALICE}\nbob {BOB}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "patchaudit", "serve", "--tokens-file", str(bad)]
+        + ["--data-dir", str(tmp_path / "data"), "--port", "0"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(BACKEND), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "line 2: expected 'name: token'" in r.stderr
+    assert ALICE not in r.stderr + r.stdout and BOB not in r.stderr + r.stdout

@@ -116,3 +116,35 @@ def test_cancel_right_after_the_base_pass_keeps_atp_with_the_fused_method(
         assert set(part.methods) == {"atp", "hvp"}
     # the base pass reports its start (a long base pass is not shown as the phase before it)
     assert seen[0][0].startswith("base") and seen[0][1] == 0.0
+
+
+def test_job_progress_estimates_the_passes_and_the_time_left() -> None:
+    from types import SimpleNamespace
+
+    from patchaudit.worker.jobs import JobProgress
+
+    rt = SimpleNamespace(config=SimpleNamespace(test_job_delay_s=0.0), store=None)
+    p = JobProgress(rt, "a", None, mirror=False)  # type: ignore[arg-type]
+    p("starting", 0.0, 0)
+    assert p.estimate(0.0, 0) == {"passes_total": None, "eta_s": None}  # set-up: no estimate
+    p("base + hvp", 0.0, 0)
+    assert p._t0 is not None
+    p._t0 -= 10.0  # 10 s of computation so far
+    e = p.estimate(0.25, 30)
+    assert e["passes_total"] == 120  # 30 passes in a quarter of the work
+    assert abs(e["eta_s"] - 30.0) < 0.5  # three more quarters at 10 s each
+    assert p.estimate(1.0, 118) == {"passes_total": 118, "eta_s": 0.0}
+    assert p.phase == "base + hvp"
+
+
+def test_a_job_timeout_names_the_phase_it_stopped_in() -> None:
+    from rq.timeouts import JobTimeoutException
+
+    from patchaudit.worker.jobs import error_info
+
+    try:
+        raise JobTimeoutException("timed out")
+    except JobTimeoutException as e:
+        info = error_info(e, None, "base + hvp_exact")
+    assert info["type"] == "JobTimeout"
+    assert "during base + hvp_exact" in info["message"] and "load_model" not in info["message"]

@@ -40,10 +40,11 @@ def test_tokens_file_members(tmp_path: Path) -> None:
     ("text", "said"),
     [
         ("alice\n", "line 1: expected 'name: token'"),
-        (f"alice: {ALICE}\nalice: {BOB}\n", "line 2: the name 'alice' appears twice"),
+        (f"alice: {ALICE}\nalice: {BOB}\n", "line 2: this name appears twice"),
         ("alice: short\n", "shorter than 16"),
         (f"alice: {ALICE}\nbob: {ALICE}\n", "same as another member's"),
-        (f"al ice: {ALICE}\n", "must be letters"),
+        (f"al ice: {ALICE}\n", "a name is letters"),
+        (f"{ALICE}: alice\n", "line 1: the token is shorter"),  # swapped: the token not echoed
         (f"local: {ALICE}\n", "not 'local'"),
         (f"bob: {BOB} {BOB}\n", "holds spaces"),
     ],

@@ -72,6 +72,9 @@ def _default_methods() -> list[Method]:
 #: Longest model name (or local directory) a request may carry; longer ones are not echoed back.
 MAX_MODEL_NAME = 256
 
+#: Longest corruption name a request may carry (the tasks' names are a few characters).
+MAX_CORRUPTION = 64
+
 
 # -- requests --------------------------------------------------------------------------------
 
@@ -89,7 +92,9 @@ class AnalysisRequest(_Strict):
     pairs: list[PairIn] | None = None
     tokens: TokenPairsIn | None = None
     corruption: str | None = Field(
-        default=None, description="Task corruption, e.g. ioi: abc | swap"
+        default=None,
+        max_length=MAX_CORRUPTION,
+        description="Task corruption, e.g. ioi: abc | swap",
     )
     site: Site = "heads"
     metric: Metric = "logit_diff"
@@ -107,9 +112,12 @@ class AnalysisRequest(_Strict):
 
 
 class VerifyRequest(_Strict):
-    """Components to verify with activation patching: ``[[layer, head], ...]``."""
+    """Components to verify with activation patching: ``[[layer, head], ...]`` (or their keys
+    "L.H"); for an edge analysis, edge keys ``["0.1->1.0.k", ...]`` (edge patching)."""
 
-    components: list[list[int]] = Field(min_length=1, examples=[[[0, 1], [1, 0]]])
+    components: list[list[int] | str] = Field(
+        min_length=1, max_length=10_000, examples=[[[0, 1], [1, 0]], ["0.1->1.0.k"]]
+    )
 
 
 class CircuitRequest(_Strict):

@@ -71,15 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class WorkerPool:
-    """N ``patchaudit worker`` processes, restarted when one exits unexpectedly."""
+    """N ``patchaudit worker`` processes, restarted whenever one exits unexpectedly (the dead
+    process is reaped). A worker that keeps exiting (the store is down, the disk is full) is
+    restarted after a growing pause (1 s doubling to ``max_backoff_s``, reset once a worker
+    has run for a minute): the pool never gives up, so workers come back by themselves when
+    the cause goes away."""
 
-    def __init__(self, n: int, env: dict[str, str], preload: str | None) -> None:
+    def __init__(
+        self, n: int, env: dict[str, str], preload: str | None, max_backoff_s: float = 8.0
+    ) -> None:
         self.n = n
         self.env = env
         self.preload = preload
+        self.max_backoff_s = max_backoff_s
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.restarts = 0
         self._stopping = threading.Event()
-        self._restarts: list[float] = []
+        self._started_at: list[float] = []
+        self._backoff: list[float] = []
+        self._due: list[float] = []
         self._thread = threading.Thread(target=self._supervise, name="pa-workers", daemon=True)
 
     def _spawn(self, i: int) -> subprocess.Popen[bytes]:
@@ -100,23 +110,39 @@ class WorkerPool:
 
     def start(self) -> None:
         self.procs = [self._spawn(i) for i in range(self.n)]
+        now = time.monotonic()
+        self._started_at = [now] * self.n
+        self._backoff = [0.0] * self.n
+        self._due = [0.0] * self.n
         self._thread.start()
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(1.0):
+        while not self._stopping.wait(0.5):
             for i, p in enumerate(self.procs):
-                if p.poll() is None or self._stopping.is_set():
+                if self._stopping.is_set() or p.poll() is None:  # poll() reaps a dead worker
                     continue
                 now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < 60]
-                if len(self._restarts) >= 5 * max(1, self.n):
-                    log.error(
-                        "workers keep exiting; not restarting worker %d (code %s)", i, p.returncode
+                if not self._due[i]:
+                    ran = now - self._started_at[i]
+                    if ran > 60:
+                        self._backoff[i] = 0.0
+                    self._backoff[i] = min(self.max_backoff_s, max(1.0, 2 * self._backoff[i]))
+                    self._due[i] = now + (0.0 if ran > 60 else self._backoff[i])
+                    log.warning(
+                        "worker %d exited with code %s; restarting it%s",
+                        i,
+                        p.returncode,
+                        f" in {self._due[i] - now:.0f} s" if self._due[i] > now else "",
                     )
+                if now < self._due[i]:
                     continue
-                log.warning("worker %d exited with code %s; restarting it", i, p.returncode)
-                self._restarts.append(now)
-                self.procs[i] = self._spawn(i)
+                self._due[i] = 0.0
+                self._started_at[i] = now
+                self.restarts += 1
+                try:
+                    self.procs[i] = self._spawn(i)
+                except OSError as e:  # e.g. out of memory or process slots: try again later
+                    log.error("could not start worker %d: %s", i, e)
 
     def stop(self, grace_s: float = 4.0) -> None:
         self._stopping.set()
@@ -183,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     embedded = None
+    supervisor: Any = None
     pool: WorkerPool | None = None
     state: dict[str, Any] = {"served": False}
 
@@ -195,10 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        from ..store.redis_conn import make_private
+
+        make_private(settings.data_dir)  # 0700 whatever existed; umask 077 for what follows
         if not settings.redis_url:
             import secrets
 
-            from ..store.redis_conn import DataDirLocked, lock_data_dir, start_embedded
+            from ..store.redis_conn import (
+                DataDirLocked,
+                Supervisor,
+                lock_data_dir,
+                start_embedded,
+            )
 
             try:
                 state["lock"] = lock_data_dir(settings.data_dir)
@@ -209,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 settings.redis_dir,
                 appendfsync=settings.appendfsync,
                 password=secrets.token_urlsafe(32),  # handed to the workers in their env only
+                unix_socket=True,  # no TCP port: the socket is in the 0700 data directory
             )
+            supervisor = Supervisor(embedded).start()
             settings = settings.model_copy(update={"redis_url": embedded.connection_url})
             if settings.workers > 0:
                 pool = WorkerPool(settings.workers, _worker_env(settings), settings.default_model)
@@ -240,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             pool.stop()
         if embedded is not None:
             try:
-                embedded.stop(timeout=10.0)
+                if supervisor is not None:
+                    supervisor.stop(timeout=10.0)
+                elif embedded.exited() is None:
+                    embedded.stop(timeout=10.0)
             except Exception:  # pragma: no cover
                 log.warning("embedded Redis did not stop cleanly", exc_info=True)
         log.info("stopped")

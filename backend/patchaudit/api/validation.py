@@ -237,8 +237,35 @@ def normalise(req: AnalysisRequest, settings: Settings) -> dict[str, Any]:
             )
     else:
         out["ig_steps"] = None
+    if out["site"] == "edges":
+        _edge_methods(req, out)
     # the typed contract the worker reads back (service.contract.NormalisedRequest)
     return NormalisedRequest.model_validate(out).stored()
+
+
+#: What an edge analysis computes: EAP ("atp"), EAP-IG ("ig"), the HVP-corrected edge ("hvp")
+#: and edge patching ("ap"); the default is the edge screen, EAP + HVP-corrected.
+EDGE_METHODS = ("atp", "ig", "hvp", "ap")
+EDGE_DEFAULT_METHODS = ("atp", "hvp")
+
+
+def _edge_methods(req: AnalysisRequest, out: dict[str, Any]) -> None:
+    """Site edges: the methods an edge analysis has (the node defaults become the edge
+    screen); a method asked for by name that edges lack is a 422."""
+    if "methods" not in req.model_fields_set:
+        out["methods"] = list(EDGE_DEFAULT_METHODS)
+    bad = [m for m in out["methods"] if m not in EDGE_METHODS]
+    if bad:
+        raise unprocessable(
+            "methods",
+            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not computed for edges: an edge "
+            f"analysis takes {', '.join(EDGE_METHODS)} (EAP, EAP-IG, HVP-corrected, edge patching)",
+        )
+    # (the node defaults include hvp, so its probes are set; ig's steps only when asked for)
+    if "ig" not in out["methods"]:
+        out["ig_steps"] = None
+    if "hvp" not in out["methods"]:
+        out["hvp_probes"] = None
 
 
 def _check_text_pairs(model: str, req: AnalysisRequest, settings: Settings) -> None:

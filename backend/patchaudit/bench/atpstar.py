@@ -35,7 +35,7 @@ log = logging.getLogger("patchaudit.bench")
 
 METHODS = ("atp", "atp_star", "graddrop", "hvp", "ig", "sat")
 QUICK_METHODS = ("atp", "atp_star", "graddrop")  # --quick: AtP* against AtP alone
-MAGNITUDE = ("graddrop",)  # scores that are a magnitude, not a signed effect
+MAGNITUDE = ("graddrop", "atp_pairs")  # scores that are a magnitude, not a signed effect
 
 
 @dataclass
@@ -66,35 +66,49 @@ def configs(quick: bool) -> list[Config]:
     ]
 
 
-def _pairs(cfg: Config, seed: int):
+def _pairs(cfg: Config, seed: int, model=None):
     import patchaudit as pa
 
+    if cfg.task == "random":  # random tokens (the smoke test's micro models)
+        return C.random_token_pairs(cfg.n_pairs, 8, int(model.cfg.d_vocab), seed)
     if cfg.task == "induction":
         return pa.PromptPairs.from_task("induction", n=cfg.n_pairs, seed=seed)
     return pa.PromptPairs.from_task(cfg.task, n=cfg.n_pairs, seed=seed, corruption=cfg.corruption)
 
 
-def ap_per_pair(model, tp, site: str) -> tuple[np.ndarray, np.ndarray]:
-    """ap of the batch mean and the mean over pairs of |ap| ([n_components] each)."""
+def ap_per_pair(model, tp, site: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ap of the batch mean, the mean over pairs of |ap|, and the mean over pairs of |AtP| (the
+    per-pair magnitude GradDrop combines, without the dropped gradients) ([n_components] each)."""
     from ..audit import _problem
     from ..estimators import core
 
     p, _ = _problem(model, tp, site, "logit_diff", "noising", None)
-    base = core.compute_base(p, grad=False)
+    base = core.compute_base(p)
     comps = [(i, c) for i in range(p.site.n_layers) for c in range(p.site.n_comp)]
     per: dict = {}
     vals = core.patch_components(p, base, comps, core.Tracker(), per_pair=per)
     ap = np.array([vals[c] for c in comps])
     abs_pairs = np.array([float(per[c].abs().mean()) for c in comps])
-    return ap, abs_pairs
+    # per pair: batch * <g_row, delta> (the batch metric's gradient carries 1/batch)
+    atp_rows = torch.stack(
+        [p.site.dot(g, d) * p.batch for g, d in zip(base.grad, base.delta, strict=True)], dim=1
+    )  # [batch, n_layers, n_comp]
+    atp_abs = atp_rows.abs().mean(0).flatten().detach().cpu().double().numpy()
+    return ap, abs_pairs, atp_abs
 
 
 def run_set(model, cfg: Config, seed: int, methods: tuple[str, ...] = METHODS) -> dict:
     import patchaudit as pa
 
-    tp = _pairs(cfg, seed).tokenize(model)
-    ap, abs_pairs = ap_per_pair(model, tp, cfg.site)
-    out: dict = {"seed": seed, "ap": ap.tolist(), "ap_abs_pairs": abs_pairs.tolist(), "methods": {}}
+    tp = _pairs(cfg, seed, model).tokenize(model)
+    ap, abs_pairs, atp_abs = ap_per_pair(model, tp, cfg.site)
+    out: dict = {
+        "seed": seed,
+        "ap": ap.tolist(),
+        "ap_abs_pairs": abs_pairs.tolist(),
+        "atp_abs_pairs": atp_abs.tolist(),
+        "methods": {},
+    }
     for m in methods:
         r = pa.audit(model, tp, cfg.site, "logit_diff", "noising", methods=[m], seed=seed)
         c = r.cost[m]
@@ -122,13 +136,23 @@ def scores(s: dict, m: str) -> dict:
 
 
 def table(sets: list[dict]) -> dict:
-    """Per method: median and IQR over sets of each number, passes, rows and seconds."""
+    """Per method: median and IQR over sets of each number, passes, rows and seconds; and
+    ``atp_pairs``: the mean over pairs of |AtP| (atp's cost), GradDrop's combination without
+    the dropped gradients, which tells the dropping from the per-pair absolute value."""
     out = {}
     for m in sets[0]["methods"]:
         rows = [scores(s, m) for s in sets]
         out[m] = {k: C.summary([r[k] for r in rows]) for k in rows[0]}
         for f in ("passes", "rows", "seconds"):
             out[m][f] = C.summary([s["methods"][m][f] for s in sets])
+    if all("atp_abs_pairs" in s for s in sets) and "atp" in sets[0]["methods"]:
+        rows = [
+            scores({**s, "methods": {"atp_pairs": {"values": s["atp_abs_pairs"]}}}, "atp_pairs")
+            for s in sets
+        ]
+        out["atp_pairs"] = {k: C.summary([r[k] for r in rows]) for k in rows[0]}
+        for f in ("passes", "rows", "seconds"):
+            out["atp_pairs"][f] = out["atp"][f]
     return out
 
 

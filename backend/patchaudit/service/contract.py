@@ -13,15 +13,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..component_keys import component_key, parse_component_key
+from ..component_keys import component_key, key_order
 from ..serial import json_safe
 from ..store.status import JobStatus
 from ..tasks import TASKS as _TASKS
 
-Site = Literal["heads", "mlp", "resid", "q", "k", "v"]
+Site = Literal["heads", "mlp", "resid", "q", "k", "v", "edges"]
 Metric = Literal["logit_diff", "prob_diff", "logprob", "kl"]
 Direction = Literal["noising", "denoising"]
-Method = Literal["ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp"]
+Method = Literal[
+    "ap", "atp", "hvp", "hvp_joint", "hvp_exact", "sat", "ig", "mhvp", "atp_star", "graddrop"
+]
 Task = Literal[_TASKS]  # type: ignore[valid-type]  # the task registry (patchaudit.tasks)
 
 SITES: tuple[str, ...] = Site.__args__  # type: ignore[attr-defined]
@@ -137,6 +139,8 @@ class FixInfo(BaseModel):
 
 
 Matrix = list[list[float | None]]
+#: Edge analyses (site "edges"): one value per edge, in ``result.edges`` order.
+Vector = list[float | None]
 
 
 class CircuitInfo(BaseModel):
@@ -154,8 +158,10 @@ class CircuitInfo(BaseModel):
     cmd: float | None = Field(default=None, description="area of |1 - f| (lower is better)")
     smallest_80: int | None = None
     smallest_90: int | None = None
-    order: list[list[int]] | None = Field(
-        default=None, description="every component, most important first: top k = first k"
+    order: list[list[int]] | list[str] | None = Field(
+        default=None,
+        description="every component (every edge key, site edges), most important first: "
+        "top k = first k",
     )
     m_all: float | None = None
     m_empty: float | None = None
@@ -179,14 +185,22 @@ class AnalysisResult(BaseModel):
     and the circuits added (``result_view``)."""
 
     model_config = ConfigDict(extra="allow")
-    labels: Labels
-    scores: dict[str, Matrix]
-    reliability: Matrix | None = None
-    error_bound: Matrix | None = Field(default=None, description="null = unbounded")
-    flags: list[list[bool]] | None = None
-    material: list[list[bool]] | None = None
+    labels: Labels | None = Field(
+        default=None, description="rows and columns of the map (none for site edges)"
+    )
+    edges: list[str] | None = Field(
+        default=None,
+        description='site edges: every edge "SENDER->RECEIVER" ("0.1->1.0.k", "emb->2.3.q", '
+        '"1.2->logits", "m0->m1"); scores, reliability, flags ... are 1-D in this order',
+    )
+    scores: dict[str, Matrix | Vector]
+    reliability: Matrix | Vector | None = None
+    error_bound: Matrix | Vector | None = Field(default=None, description="null = unbounded")
+    flags: list[list[bool]] | list[bool] | None = None
+    material: list[list[bool]] | list[bool] | None = None
     verified: dict[str, float | None] = Field(
-        default_factory=dict, description='"layer.head" -> activation-patching value'
+        default_factory=dict,
+        description='"layer.head" (or an edge key) -> activation (edge) patching value',
     )
     cost: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -198,7 +212,7 @@ class AnalysisResult(BaseModel):
         default_factory=dict, description="circuit curves by ranking (POST .../circuit)"
     )
     screen: Screen | None = None
-    flag_reasons: list[list[list[str]]] | None = Field(
+    flag_reasons: list[list[list[str]]] | list[list[str]] | None = Field(
         default=None,
         description="per component, why it is flagged: reliability, sign, cutoff, unbounded, "
         "atp_error (empty when not flagged)",
@@ -311,7 +325,7 @@ def result_view(
     return AnalysisResult.model_validate(
         {
             **result,
-            "verified": dict(sorted(merged.items(), key=lambda kv: parse_component_key(kv[0]))),
+            "verified": dict(sorted(merged.items(), key=lambda kv: key_order(kv[0]))),
             "fix": fix,
             "circuits": circuits,
         }
@@ -324,7 +338,9 @@ def error_of(err: dict[str, Any]) -> dict[str, str]:
 
 
 def n_components(result: dict[str, Any]) -> int:
-    """Components of a stored result's map."""
+    """Components of a stored result's map (its edges for site edges)."""
+    if result.get("edges") is not None:
+        return len(result["edges"])
     labels = result.get("labels") or {}
     return len(labels.get("rows") or []) * len(labels.get("cols") or [])
 
@@ -334,6 +350,12 @@ def flagged_components(result: dict[str, Any], verified: Any) -> list[str]:
     flags = result.get("flags") or []
     rel = result.get("reliability") or []
     out = []
+    edges = result.get("edges")
+    if edges is not None:  # 1-D over the edges
+        for e, f, r in zip(edges, flags, rel or [None] * len(edges), strict=False):
+            if f and e not in verified:
+                out.append((1.0 if r is None else float(r), e))
+        return [k for _, k in sorted(out, key=lambda t: (t[0], key_order(t[1])))]
     for i, row in enumerate(flags):
         for j, f in enumerate(row):
             k = component_key((i, j))

@@ -208,8 +208,40 @@ INSPECT = JobKind(
     interactive=True,
 )
 
+# -- why: the second-order term of a component (or of the flagged ones) split by operation ----
+
+
+def why_key(key: str) -> str:
+    """Where a "why" record is stored among the components: "why:L.C" or "why:flagged"."""
+    return f"why:{key}"
+
+
+def _why_failed(store: AnalysisStore, aid: str, a: Args, err: dict[str, str]) -> None:
+    record = {"status": JobStatus.FAILED.value, "error": error_of(err)}
+    store.set_component(aid, why_key(str(a["key"])), record)
+
+
+def _drop_why(store: AnalysisStore, aid: str, a: Args, *_: Any) -> None:
+    store.drop_component(aid, why_key(str(a["key"])))
+
+
+WHY = JobKind(
+    "why",
+    "patchaudit.worker.jobs.run_why",
+    ("key",),
+    cancelled=_drop_why,
+    failed=_why_failed,
+    lost=_why_failed,
+    lost_error={
+        "type": "WorkerLost",
+        "message": "the worker computing this diagnosis stopped twice; open it again",
+        "traceback": "",
+    },
+    interactive=True,
+)
+
 #: Every job kind by name.
-KINDS: dict[str, JobKind] = {k.name: k for k in (ANALYSIS, VERIFY, FIX, CIRCUIT, INSPECT)}
+KINDS: dict[str, JobKind] = {k.name: k for k in (ANALYSIS, VERIFY, FIX, CIRCUIT, INSPECT, WHY)}
 
 #: The failure callback every job carries (RQ calls it for a job abandoned by its worker).
 ON_FAILURE = "patchaudit.worker.jobs.on_job_failure"

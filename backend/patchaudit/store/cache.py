@@ -47,7 +47,12 @@ class ActivationCache:
     def __init__(self, client: redis.Redis, directory: Path, budget_bytes: int) -> None:
         self.r = client
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.dir.stat().st_mode & 0o077:  # made before by an older version, or by hand
+            try:
+                os.chmod(self.dir, 0o700)
+            except OSError:  # not ours (a shared volume): leave it
+                log.warning("cache directory %s is readable by others", self.dir)
         self.budget = int(budget_bytes)
 
     def path(self, key: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from ..component_keys import component_key, parse_component_key  # noqa: F401  (re-exported)
+from ..component_keys import component_key, key_order, parse_component_key  # noqa: F401  (re-exported)
 from . import keys
 from .status import RETRYABLE, JobStatus
 
@@ -187,8 +187,8 @@ class AnalysisStore:
             progress=decoded.get("progress") or {},
             result=decoded.get("result"),
             error=decoded.get("error"),
-            verified=dict(sorted(ver.items(), key=lambda kv: parse_component_key(kv[0]))),
-            pending=sorted((self._text(x) for x in pending), key=parse_component_key),
+            verified=dict(sorted(ver.items(), key=lambda kv: key_order(kv[0]))),
+            pending=sorted((self._text(x) for x in pending), key=key_order),
             verifications=[json.loads(self._text(x)) for x in runs],
             fix=decoded.get("fix"),
             circuits={
@@ -309,7 +309,7 @@ class AnalysisStore:
     def component_keys(self, analysis_id: str) -> list[str]:
         return sorted(
             (self._text(k) for k in self.r.hkeys(keys.components(analysis_id))),
-            key=parse_component_key,
+            key=key_order,
         )
 
     def add_verified_pairs(self, analysis_id: str, values: dict[str, list[float | None]]) -> None:

@@ -282,6 +282,8 @@ def parse_pairs(text: str, format: str = "auto") -> tuple[list[dict], str]:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise PairsParseError(n, f"not valid JSON ({e.msg})") from None
+            except RecursionError:  # thousands of nested brackets
+                raise PairsParseError(n, "JSON nested too deeply for a pair") from None
             if isinstance(obj, list):
                 if len(obj) != 4:
                     raise PairsParseError(

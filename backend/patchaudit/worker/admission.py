@@ -92,6 +92,8 @@ def method_passes(request: dict[str, Any], n_components: int = COMPONENTS_GUESS)
         "hvp_exact": 3 * n_components,
         "ig": 2 * steps,
         "ap": n_components,
+        "atp_star": 2 + n_components,  # dm/dA, then one block per q / k component
+        "graddrop": 2 * 12,  # one backward per layer (a layer count guess) and its forward
     }
     return 3 + sum(per.get(m, 1) for m in request.get("methods") or [])
 

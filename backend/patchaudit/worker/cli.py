@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("patchaudit.worker")
@@ -16,6 +18,9 @@ log = logging.getLogger("patchaudit.worker")
 
 #: Set for the workers `serve` starts: they ask Linux for SIGTERM when `serve` dies.
 PARENT_ENV = "_PATCHAUDIT_PARENT_PID"
+
+#: The longest pause between two attempts to reach a lost store (the worker never gives up).
+MAX_RECONNECT_WAIT_S = 4.0
 
 
 def exit_with_parent() -> None:
@@ -82,15 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    import redis
-
     from ..store import AnalysisStore
-    from ..store.redis_conn import redacted
+    from ..store.redis_conn import connect, redacted
     from ..store.retention import pruner
     from .queue import get_queue, lane_queues
     from .runtime import Runtime, WorkerConfig, set_runtime
     from .worker import PatchauditWorker
 
+    os.umask(0o077)  # cache files and logs this worker writes are the user's only
     config = WorkerConfig.from_settings(settings)
     from .lane import cap_torch_threads, start_lane, torch_threads
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             log.error("could not preload %s: %s", name, e)
 
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     queue = get_queue(conn, settings.job_timeout_s)
     name = args.name or f"{socket.gethostname()}.{os.getpid()}"
     common: dict[str, Any] = {
@@ -118,30 +122,31 @@ def main(argv: list[str] | None = None) -> int:
     if config.interactive_lane and not args.burst:
         # the interactive lane (worker.lane): verify / drill-down never wait behind long jobs
         lane = start_lane(
-            redis.Redis.from_url(settings.redis_url),
+            connect(settings.redis_url),
             settings.job_timeout_s,
             f"{name}.lane",
             **common,
         )
     else:  # no lane thread: interactive jobs first, from the same loop
         queues = [*lane_queues(conn, settings.job_timeout_s), queue]
-    worker = PatchauditWorker(
-        queues,
-        connection=conn,
-        name=name,
-        retention=pruner(AnalysisStore(conn), rt.cache, settings),
-        **common,
-    )
     log.info(
         "worker %s listening on %s (%s), %d torch threads, interactive lane %s",
-        worker.name,
+        name,
         ", ".join(q.name for q in queues),
         redacted(settings.redis_url),
         threads,
         "on" if lane is not None else "off",
     )
     try:
-        worker.work(
+        work_forever(
+            lambda n: PatchauditWorker(
+                queues,
+                connection=conn,
+                name=n,
+                retention=pruner(AnalysisStore(conn), rt.cache, settings),
+                **common,
+            ),
+            name,
             burst=args.burst,
             max_jobs=args.max_jobs,
             logging_level=settings.log_level.upper(),
@@ -153,6 +158,42 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # Redis away: its registration expires by itself
                 log.debug("could not unregister the lane worker", exc_info=True)
     return 0
+
+
+def work_forever(make: Callable[[str], Any], name: str, **work_kwargs: Any) -> None:
+    """Run the RQ worker ``make(name)`` until it ends as asked (a stop request, ``burst``,
+    ``max_jobs``). When it stops otherwise -- the store unreachable, the disk full, RQ's loop
+    quitting on an error -- wait (0.5 s doubling to MAX_RECONNECT_WAIT_S) and start a fresh one
+    (``<name>.r<n>``: the old registration may still be there), for as long as it takes: a
+    restarted store or freed space brings the worker back by itself."""
+    from ..store.redis_conn import outage
+
+    attempt = 0  # names the fresh workers
+    pause = 0.5
+    while True:
+        worker = make(name if attempt == 0 else f"{name}.r{attempt}")
+        worker.max_connection_wait_time = MAX_RECONNECT_WAIT_S  # RQ's idle loop: 60 s
+        t0 = time.monotonic()
+        try:
+            worker.work(**work_kwargs)
+            if (
+                getattr(worker, "_stop_requested", False)
+                or work_kwargs.get("burst")
+                or work_kwargs.get("max_jobs")
+            ):
+                return
+            reason = "its loop quit (the error is logged above)"
+        except Exception as e:
+            found = outage(e)
+            if found is None:
+                raise
+            reason = found
+        if time.monotonic() - t0 > 60:  # it ran a while: a new outage starts the pauses again
+            pause = 0.5
+        attempt += 1
+        log.error("%s: %s; again in %.1f s (attempt %d)", worker.name, reason, pause, attempt)
+        time.sleep(pause)
+        pause = min(MAX_RECONNECT_WAIT_S, pause * 2)
 
 
 if __name__ == "__main__":  # python -m patchaudit.worker.cli

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from ..component_keys import component_key, parse_component_key
+from ..component_keys import component_key, key_order, parse_component_key
 from ..estimators.core import Cancelled
 from ..serial import json_safe
 from ..service import kinds as K
@@ -326,6 +326,8 @@ def _load_base(rt: Runtime, key: str | None) -> Any:
 def _save_base(rt: Runtime, key: str, base: Any) -> None:
     if base is None or not base.has_grad:  # a patching-only base: the screens need the gradient
         return
+    if not hasattr(base, "save"):  # an edge analysis's base stays in its job
+        return
     try:
         rt.cache.put(key, lambda path: base.save(str(path)))
     except Exception:  # the cache is an optimisation: never fail a job on it
@@ -339,8 +341,11 @@ def _result_of(
     if base is None:
         _save_base(rt, key, report.base)
     weight = next(model.parameters())
+    out = report.to_dict()
+    if req.site == "edges" and out.get("edges") is None:
+        out["edges"] = [str(e) for e in report.edges]  # the 1-D scores' order
     return stored_result(
-        report.to_dict(),
+        out,
         cache_hit=base is not None,
         pairs=_pair_texts(model, req, tp),
         runtime={  # where and in what precision the worker ran the model
@@ -521,10 +526,11 @@ def _verify(
     progress(kind, 0.0, 0)
     model, tp, key = _prepare(rt, req, progress)
     base = _load_base(rt, rec.cache_key or key)
+    edges = req.site == "edges"  # edge keys go to the engine as they are
     res = pa.verify(
         model,
         tp,
-        [list(parse_component_key(c)) for c in components],
+        edges_or_components(components, edges),
         site=req.site,
         metric=req.metric,
         direction=req.direction,
@@ -536,7 +542,7 @@ def _verify(
     )
     if base is None:
         _save_base(rt, key, getattr(res, "base", None))
-    values = json_safe({component_key(c): float(v) for c, v in res.values.items()})
+    values = json_safe({_key(c): float(v) for c, v in res.values.items()})
     _keep_pair_values(rt, ctx.analysis_id, getattr(res, "per_pair", None) or {})
     cost = dict(res.cost)
     return values, cost, base is not None
@@ -545,7 +551,7 @@ def _verify(
 def _keep_pair_values(rt: Runtime, analysis_id: str, per_pair: dict[Any, Any]) -> None:
     """Keep every pair's ap value of the verified components (the batched patched forward
     computed them), and add them to component details already stored."""
-    pairs = {component_key(c): json_safe(v) for c, v in per_pair.items()}
+    pairs = {_key(c): json_safe(v) for c, v in per_pair.items()}
     if not pairs:
         return
     rt.store.add_verified_pairs(analysis_id, pairs)
@@ -561,8 +567,19 @@ def _keep_pair_values(rt: Runtime, analysis_id: str, per_pair: dict[Any, Any]) -
         rt.store.set_component(analysis_id, k, rec)
 
 
+def edges_or_components(keys: list[str], edges: bool) -> Any:
+    """What ``pa.verify`` takes: edge keys as they are, components as (layer, comp)."""
+    return list(keys) if edges else [list(parse_component_key(c)) for c in keys]
+
+
+def _key(c: Any) -> str:
+    """The stored key of an engine key: an edge key as it is, a component (layer, comp) as
+    "L.C"."""
+    return c if isinstance(c, str) else component_key(c)
+
+
 def _sorted_keys(values: dict[str, Any]) -> list[str]:
-    return sorted(values, key=parse_component_key)
+    return sorted(values, key=key_order)
 
 
 @job_kind(K.VERIFY)
@@ -636,10 +653,15 @@ def run_circuit(
     progress("circuit", 0.0, 0)
     model, tp, ckey = _prepare(rt, req, progress)
     base = _load_base(rt, rec.cache_key or ckey)
+    nan = float("nan")
+    if req.site == "edges":  # 1-D over result.edges; the circuits are edge sets
+        ranked: Any = [nan if v is None else v for v in scores]
+    else:
+        ranked = [[nan if v is None else v for v in row] for row in scores]
     curve = pa.circuit_curve(
         model,
         tp,
-        [[float("nan") if v is None else v for v in row] for row in scores],
+        ranked,
         site=req.site,
         metric=req.metric,
         direction=req.direction,
@@ -653,8 +675,11 @@ def run_circuit(
     )
     if base is None:
         _save_base(rt, ckey, curve.base)
+    out = curve.to_dict()
+    if req.site == "edges":  # the edge keys themselves
+        out["order"] = [str(e) for e in curve.order]
     done = CircuitInfo.model_validate(
-        {**entry, **curve.to_dict(), "status": JobStatus.DONE, "cache_hit": base is not None}
+        {**entry, **out, "status": JobStatus.DONE, "cache_hit": base is not None}
     )
     ctx.store.set_circuit(ctx.analysis_id, key, stored(done))
     return {"status": "done", "forwards": int(curve.cost.get("forward", 0))}
@@ -681,8 +706,17 @@ def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     req = NormalisedRequest.model_validate(rec.request)
     progress = ctx.progress()
     progress("inspect", 0.0, 0)  # the page's job list shows it running
-    model, tp, ckey = _prepare(rt, req)
-    base = _load_base(rt, rec.cache_key or ckey)
+    component: tuple[int, int] = (0, 0)
+    if req.site == "edges":  # a graph node: its own site's detail ("L.H" a head, "mL" an MLP)
+        site = "mlp" if key.startswith("m") else "heads"
+        component = parse_component_key(key[1:] if site == "mlp" else key, site)
+        req = req.model_copy(update={"site": site})
+        model, tp, ckey = _prepare(rt, req)
+        base = _load_base(rt, ckey)  # a node analysis's base of the same pairs, if cached
+    else:
+        component = parse_component_key(key)
+        model, tp, ckey = _prepare(rt, req)
+        base = _load_base(rt, rec.cache_key or ckey)
     settings = rec.result.get("settings") or {}
     verified = {**(rec.result.get("verified") or {}), **rec.verified}
     pair_ap: Any = store.verified_pairs(analysis_id, key)
@@ -693,7 +727,7 @@ def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     detail = pa.inspect(
         model,
         tp,
-        parse_component_key(key),
+        component,
         site=req.site,
         metric=req.metric,
         direction=req.direction,
@@ -711,6 +745,78 @@ def run_inspect(ctx: JobContext, key: str) -> dict[str, Any]:
     store.set_component(analysis_id, key, done.stored())
     log.info("inspected %s of %s in %.2f s", key, analysis_id, detail.cost["seconds"])
     return {"status": "done", "seconds": detail.cost["seconds"]}
+
+
+#: The most flagged components the model-wide "why" view diagnoses (least reliable first).
+WHY_FLAGGED_MAX = 24
+
+
+def _flagged_all(result: dict[str, Any]) -> list[list[int]]:
+    """Every flagged component of a stored result (verified or not), least reliable first."""
+    flags = result.get("flags") or []
+    rel = result.get("reliability") or []
+    out = []
+    for i, row in enumerate(flags):
+        for j, f in enumerate(row):
+            if f:
+                r = rel[i][j] if i < len(rel) and j < len(rel[i]) else None
+                out.append((1.0 if r is None else float(r), [i, j]))
+    return [c for _, c in sorted(out)]
+
+
+@job_kind(K.WHY)
+def run_why(ctx: JobContext, key: str) -> dict[str, Any]:
+    """Why AtP is wrong for one component ("L.C"), or for the flagged components of the
+    analysis ("flagged"): ``pa.diagnose`` on the cached base pass, stored with the analysis
+    under "why:<key>" so later requests and share links read it without recomputing."""
+    import patchaudit as pa
+
+    rt, store, analysis_id = ctx.rt, ctx.store, ctx.analysis_id
+    skey = K.why_key(key)
+    rec = ctx.analysis("why")
+    running = ComponentRecord(status=JobStatus.RUNNING, job_id=ctx.job_id)
+    store.set_component(analysis_id, skey, running.stored())
+    req = NormalisedRequest.model_validate(rec.request)
+    progress = ctx.progress()
+    progress("diagnose", 0.0, 0)
+    model, tp, ckey = _prepare(rt, req)
+    comps = (
+        _flagged_all(rec.result or {})[:WHY_FLAGGED_MAX]
+        if key == "flagged"
+        else [list(parse_component_key(key))]
+    )
+    out: dict[str, Any]
+    if comps:
+        base = _load_base(rt, rec.cache_key or ckey)
+        d = pa.diagnose(
+            model,
+            tp,
+            comps,
+            site=req.site,
+            metric=req.metric,
+            direction=req.direction,
+            base=base,
+            progress=progress,
+            should_stop=progress.should_stop,
+            memory_budget_mb=rt.config.memory_budget_mb,
+        )
+        out = d.to_dict()
+        seconds = float(d.cost.get("seconds", 0.0))
+    else:
+        out = {
+            "site": req.site,
+            "metric": req.metric,
+            "direction": req.direction,
+            "components": [],
+            "cost": {},
+        }
+        seconds = 0.0
+    out["key"] = key
+    out["n_layers"] = len((rec.result or {}).get("labels", {}).get("rows") or [])
+    done = ComponentRecord(status=JobStatus.DONE, detail=out)
+    store.set_component(analysis_id, skey, done.stored())
+    log.info("diagnosed %s of %s in %.2f s", key, analysis_id, seconds)
+    return {"status": "done", "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------------------

@@ -165,16 +165,26 @@ def start_lane(conn: Any, job_timeout_s: int, name: str, **worker_kwargs: Any) -
     cls = lane_worker_class()
     worker = cls(lane_queues(conn, job_timeout_s), connection=conn, name=name, **worker_kwargs)
 
+    def make(n: str) -> Any:  # a fresh one after a store outage (cli.work_forever)
+        return worker if n == name else cls(worker.queues, connection=conn, name=n, **worker_kwargs)
+
     def run() -> None:
-        # RQ's loop returns on a Redis outage or an unexpected error: start it again, with
-        # backoff, for as long as the process lives (the main worker's loop is the process's)
+        # an outage, or RQ's loop quitting on an error: cli.work_forever starts a fresh lane
+        # worker (a new name: the old registration may linger) with backoff; anything else
+        # it raises: start again here, with backoff, for as long as the process lives
+        from .cli import work_forever
+
         backoff = 1.0
+        restarts = 0
         while True:
             t0 = time.monotonic()
             try:
-                worker.work(logging_level=None)
+                work_forever(
+                    make, name if not restarts else f"{name}.x{restarts}", logging_level=None
+                )
             except Exception:  # logged; the process's main worker goes on
                 log.exception("the interactive lane stopped")
+            restarts += 1
             if time.monotonic() - t0 > 60:
                 backoff = 1.0
             log.warning("the interactive lane restarts in %.0f s", backoff)

@@ -40,6 +40,8 @@ class WorkerConfig:
     max_model_params: int = 3_000_000_000
     dtype: str = "auto"
     memory_budget_mb: float | None = None
+    #: models this worker may load (the API's allowlist, checked again here); None: any
+    allowed_models: frozenset[str] | None = None
     torch_threads: int | None = None
     workers: int = 1
     interactive_lane: bool = True
@@ -63,6 +65,7 @@ class WorkerConfig:
             test_job_delay_s=s.test_job_delay_s,
             max_tokens=s.max_tokens,
             max_model_params=s.max_model_params,
+            allowed_models=s.allowed_models,
             torch_threads=s.torch_threads,
             workers=s.workers,
             interactive_lane=s.interactive_lane,
@@ -149,11 +152,30 @@ def resolve_dtype(dtype: str, device: str | None) -> Any:
     return getattr(torch, dtype)
 
 
+def check_model_allowed(name: str, allowed: frozenset[str] | None) -> None:
+    """Refuse a model the server's allowlist does not name (the API checks it at submission;
+    the worker checks again before loading anything: a job written into the queue by other
+    means does not load a model of its choice). Raises ModelLoadError."""
+    if allowed is None or name in allowed:
+        return
+    from ..models import ModelLoadError
+
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    raise ModelLoadError(
+        f"model {shown!r} is not enabled on this worker (PATCHAUDIT_MODEL_ALLOWLIST): not loaded"
+    )
+
+
 def _load_model(
-    name: str, device: str | None, max_params: int = 3_000_000_000, dtype: str = "auto"
+    name: str,
+    device: str | None,
+    max_params: int = 3_000_000_000,
+    dtype: str = "auto",
+    allowed: frozenset[str] | None = None,
 ) -> Any:
     import patchaudit as pa
 
+    check_model_allowed(name, allowed)
     check_model_size(name, max_params)
     dt = resolve_dtype(dtype, device)
     log.info("loading model %s (%s)", name, str(dt).replace("torch.", ""))
@@ -176,7 +198,9 @@ class Runtime:
         self.lane = Lane()
         self.models = ModelLRU(
             config.max_loaded_models,
-            lambda name: _load_model(name, config.device, config.max_model_params, config.dtype),
+            lambda name: _load_model(
+                name, config.device, config.max_model_params, config.dtype, config.allowed_models
+            ),
         )
 
 

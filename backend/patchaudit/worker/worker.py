@@ -81,9 +81,45 @@ class PatchauditWorker(SimpleWorker):
             beat.join(timeout=5)
         self.set_state(WorkerStatus.IDLE)
 
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """RQ's dequeue, except that a job whose stored fields cannot be read is set aside
+        (``discard_unreadable``) instead of ending the worker."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except Exception as e:
+                job_id, queue = getattr(e, "job_id", None), getattr(e, "queue", None)
+                if job_id is None or queue is None:
+                    raise
+                self.discard_unreadable(str(job_id), queue, f"unreadable job ({e!r:.200})")
+
+    def discard_unreadable(self, job_id: str, queue: Queue, reason: str) -> None:
+        """Take a job that cannot be decoded out of the queue, logged with the reason; its
+        stored hash is kept aside for a week (``patchaudit:unreadable:<id>``) to inspect."""
+        log.error("discarding job %s: %s", job_id, reason)
+        aside = f"patchaudit:unreadable:{job_id}"
+        with self.connection.pipeline() as p:
+            p.lrem(queue.intermediate_queue_key, 0, job_id)
+            p.lrem(queue.key, 0, job_id)
+            p.zrem(queue.started_job_registry.key, job_id)
+            p.execute()
+        try:
+            self.connection.rename(Job.key_for(job_id), aside)
+            self.connection.expire(aside, 7 * 24 * 3600)
+        except Exception:  # no hash left to keep
+            log.debug("nothing kept of job %s", job_id, exc_info=True)
+        self.set_state(WorkerStatus.IDLE)
+
     def refuse_job(self, job: Job, queue: Queue, reason: str) -> None:
         """Fail a job that is not one of ours without importing or calling anything it names
         (no callbacks, no retry)."""
+        try:
+            job.func_name  # noqa: B018 - RQ's bookkeeping below reads it
+        except Exception:
+            self.discard_unreadable(job.id, queue, reason)
+            return
         log.error("refusing job %s: %s", job.id, reason)
         for attr in ("success", "failure", "stopped"):
             setattr(job, f"_{attr}_callback_name", None)

@@ -19,7 +19,15 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from ...component_keys import KEY_FORMS, component_key, parse_component_key
+from ...component_keys import (
+    EDGE_FORM,
+    KEY_FORMS,
+    component_key,
+    is_node_key,
+    key_order,
+    parse_component_key,
+    parse_edge_key,
+)
 from ...models import fingerprint
 from ...service.contract import (
     CircuitInfo,
@@ -31,7 +39,7 @@ from ...service.contract import (
     result_view,
     stored,
 )
-from ...service.kinds import kind_of
+from ...service.kinds import kind_of, why_key
 from ...store import JobStatus
 from ...store.results import Analysis as StoredAnalysis
 from ...worker.admission import estimate_cost
@@ -84,6 +92,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "too much queued work (per client or in all): retry after Retry-After s",
     },
 }
+
+
+#: Highest page number of the list (offsets stay inside the store's 64-bit integers).
+MAX_PAGE = 1_000_000
 
 
 def page_url(analysis_id: str) -> str:
@@ -187,7 +199,7 @@ def create_analysis(
 def list_analyses(
     member: ListAccess,
     store: StoreDep,
-    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     scope: Annotated[
         Literal["team", "mine"],
@@ -263,10 +275,17 @@ def worker_alive(queue: Any, job_id: str) -> bool:
 
 def _components(body: VerifyRequest, rec: StoredAnalysis) -> list[str]:
     assert rec.result is not None
+    if rec.result.get("edges") is not None:
+        return _edge_keys(body, rec.result["edges"])
     labels = rec.result.get("labels") or {}
     n_rows, n_cols = len(labels.get("rows") or []), len(labels.get("cols") or [])
     out: list[str] = []
     for i, comp in enumerate(body.components):
+        if isinstance(comp, str):
+            try:
+                comp = list(parse_component_key(comp, str(rec.request.get("site") or "heads")))
+            except ValueError as e:
+                raise unprocessable(f"components.{i}", str(e)) from None
         c = list(comp)
         if len(c) == 1 and n_cols == 1:
             c = [c[0], 0]
@@ -280,6 +299,30 @@ def _components(body: VerifyRequest, rec: StoredAnalysis) -> list[str]:
         key = component_key(c)
         if key not in out:
             out.append(key)
+    return out
+
+
+def _edge_keys(body: VerifyRequest, edges: list[str]) -> list[str]:
+    """The edge keys of a verify request on an edge analysis: each one of ``result.edges``."""
+    have = set(edges)
+    out: list[str] = []
+    for i, e in enumerate(body.components):
+        if not isinstance(e, str):
+            raise unprocessable(
+                f"components.{i}", f"this is an edge analysis: give edge keys, {EDGE_FORM}"
+            )
+        try:
+            parse_edge_key(e)
+        except ValueError as err:
+            raise unprocessable(f"components.{i}", str(err)) from None
+        if e not in have:
+            raise unprocessable(
+                f"components.{i}",
+                f"{e!r} is not an edge of this model's graph ({len(edges)} edges: a sender "
+                "reaches a receiver only in a later layer, attention before MLP within one)",
+            )
+        if e not in out:
+            out.append(e)
     return out
 
 
@@ -338,7 +381,7 @@ def _accepted(rec, analysis_id: str, comps: list[str], job_id: str | None) -> Ve
         status=rec.status,
         url=page_url(analysis_id),
         components=comps,
-        pending=sorted(set(rec.pending) | set(comps), key=parse_component_key),
+        pending=sorted(set(rec.pending) | set(comps), key=key_order),
         job_id=job_id,
     )
 
@@ -526,7 +569,10 @@ def export_rows(rec: StoredAnalysis) -> tuple[list[str], list[list[str]]]:
     assert rec.result is not None
     res = to_schema(rec).result
     assert res is not None
+    if res.edges is not None:
+        return _edge_rows(res)
     labels = res.labels
+    assert labels is not None
     methods = list(res.scores)
     header = [
         labels.row_name,
@@ -542,7 +588,7 @@ def export_rows(rec: StoredAnalysis) -> tuple[list[str], list[list[str]]]:
     for i, _r in enumerate(labels.rows):
         for j, _c in enumerate(labels.cols):
 
-            def at(m: list[list[Any]] | None, i: int = i, j: int = j) -> Any:
+            def at(m: Any, i: int = i, j: int = j) -> Any:
                 return m[i][j] if m is not None else None
 
             bound = at(res.error_bound)
@@ -560,6 +606,36 @@ def export_rows(rec: StoredAnalysis) -> tuple[list[str], list[list[str]]]:
                     _cell(res.verified.get(f"{i}.{j}")),
                 ]
             )
+    return header, rows
+
+
+def _edge_rows(res: Any) -> tuple[list[str], list[list[str]]]:
+    """One row per edge: sender, receiver, every method's score, reliability, bound, flags."""
+    methods = list(res.scores)
+    header = ["sender", "receiver", *methods, "reliability", "error_bound", "material", "flag"]
+    header.append("verified")
+
+    def at(v: Any, n: int) -> Any:
+        return v[n] if v is not None and n < len(v) else None
+
+    rows = []
+    for n, e in enumerate(res.edges):
+        sender, receiver = parse_edge_key(e)
+        bound = at(res.error_bound, n)
+        if bound is None and res.reliability is not None:
+            bound = float("inf")
+        rows.append(
+            [
+                sender,
+                receiver,
+                *(_cell(at(res.scores[m], n)) for m in methods),
+                _cell(at(res.reliability, n)),
+                _cell(bound),
+                _cell(at(res.material, n)),
+                _cell(at(res.flags, n)),
+                _cell(res.verified.get(e)),
+            ]
+        )
     return header, rows
 
 
@@ -596,6 +672,8 @@ def export_csv(analysis_id: str, store: StoreDep) -> Response:
 def _component_of(rec: StoredAnalysis, key: str) -> str:
     """The stored key ("L.C") of an API key: "L.H" (heads), "L" (mlp), "L.P" (resid)."""
     assert rec.result is not None
+    if rec.result.get("edges") is not None:
+        return _node_of(rec.result["edges"], key)
     site = str(rec.request.get("site", "heads"))
     if site not in KEY_FORMS:
         site = "heads"
@@ -610,13 +688,28 @@ def _component_of(rec: StoredAnalysis, key: str) -> str:
     return component_key([layer, comp])
 
 
+def _node_of(edges: list[str], key: str) -> str:
+    """The stored key of a graph node of an edge analysis: a head "L.H" or an MLP "mL" (the
+    component panel of the node: per pair, per position, attention, at the node's own site)."""
+    if not is_node_key(key) or key in ("emb", "logits"):
+        raise unprocessable(
+            "key",
+            f"{key!r} is not a head or an MLP of the graph: a node's detail is 'L.H' (a head) or "
+            "'mL' (an MLP); the embedding and the logits have none",
+        )
+    if not any(e.startswith(key + "->") for e in edges):
+        raise ApiError(404, f"no node {key} in this analysis's graph")
+    return key
+
+
 def _component_failed(store: Any, analysis_id: str, key: str, record: dict[str, Any]) -> ApiError:
     store.drop_component(analysis_id, key)  # the next request tries again
     err = record.get("error") or {}
     status = {"ValueError": 422, "WorkerLost": 503}.get(str(err.get("type")), 500)
+    what = f"diagnosing {key[4:]}" if key.startswith("why:") else f"inspecting {key}"
     return ApiError(
         status,
-        f"inspecting {key} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
+        f"{what} failed ({err.get('type', 'Error')}): {err.get('message', '')}",
     )
 
 
@@ -644,12 +737,15 @@ def _start_component(
     gate: Any,
     authorization: str | None,
     x_api_token: str | None,
+    kind: str = "inspect",
 ) -> tuple[str, Any]:
     """(stored key, answer or None): the answer when the component is stored already, else
-    its job queued (unless one is live) and None."""
+    its job queued (unless one is live) and None. ``kind`` "why": the component's diagnosis
+    (stored under "why:L.C"; key "flagged": the flagged components of the analysis)."""
     rec = load(store, analysis_id)
-    _require_done(rec, "inspect components")
-    ckey = _component_of(rec, key)
+    _require_done(rec, "inspect components" if kind == "inspect" else "diagnose components")
+    job_key = key if kind == "why" and key == "flagged" else _component_of(rec, key)
+    ckey = why_key(job_key) if kind == "why" else job_key
     record = store.get_component(analysis_id, ckey)
     if record is not None and record.get("status") in (
         JobStatus.DONE.value,
@@ -661,7 +757,7 @@ def _start_component(
         require_write_token(settings, authorization, x_api_token)
         if record is not None:
             store.drop_component(analysis_id, ckey)
-        job_id = new_job_id("inspect", analysis_id)
+        job_id = new_job_id(kind, analysis_id)
         if store.claim_component(analysis_id, ckey, job_id):
             cost = estimate_cost(rec.request or {}, "inspect", n_components=1)
             try:
@@ -669,9 +765,9 @@ def _start_component(
                     enqueue(
                         queue,
                         store,
-                        "inspect",
+                        kind,
                         analysis_id,
-                        key=ckey,
+                        key=job_key,
                         job_timeout_s=settings.job_timeout_s,
                         job_id=job_id,
                     )
@@ -709,6 +805,26 @@ async def get_component(
     """Async: a request that waits for the worker holds no thread. Each Redis call runs in the
     threadpool for the few milliseconds it takes; between calls the handler sleeps on the
     event loop, so other requests (/healthz) are served while many of these wait."""
+    return await _component_request(
+        request, analysis_id, key, settings, store, queue, gate, wait, authorization, x_api_token
+    )
+
+
+async def _component_request(
+    request: Request,
+    analysis_id: str,
+    key: str,
+    settings: Any,
+    store: Any,
+    queue: Any,
+    gate: Any,
+    wait: float,
+    authorization: str | None,
+    x_api_token: str | None,
+    kind: str = "inspect",
+) -> Any:
+    """A component's stored record (detail or diagnosis), its job started where needed, waited
+    for up to ``wait`` seconds on the event loop (202 with the job after that)."""
     ckey, answer = await run_in_threadpool(
         _start_component,
         analysis_id,
@@ -719,6 +835,7 @@ async def get_component(
         gate,
         authorization,
         x_api_token,
+        kind,
     )
     if answer is not None:
         return answer
@@ -747,4 +864,81 @@ async def get_component(
     )
     return JSONResponse(
         pending.model_dump(mode="json"), status_code=202, headers={"Retry-After": "1"}
+    )
+
+
+_WHY_WAIT = Query(ge=0, le=30, description="seconds to wait for a first computation")
+
+
+@router.get(
+    "/{analysis_id}/components/{key}/why",
+    responses={
+        200: {"description": "the diagnosis (pa.diagnose's to_dict() for this component)"},
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="Why AtP is wrong for one component: its second-order term split by layer and "
+    "kind of operation, local against downstream, the remainder and the saturation estimate "
+    "(computed once by a worker, then stored with the analysis)",
+)
+async def get_component_why(
+    request: Request,
+    analysis_id: str,
+    key: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[float, _WHY_WAIT] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    return await _component_request(
+        request,
+        analysis_id,
+        key,
+        settings,
+        store,
+        queue,
+        gate,
+        wait,
+        authorization,
+        x_api_token,
+        kind="why",
+    )
+
+
+@router.get(
+    "/{analysis_id}/why",
+    responses={
+        200: {"description": "the diagnosis of the analysis's flagged components"},
+        202: {"model": ComponentPending, "description": "being computed: ask again"},
+        **{k: ERRORS[k] for k in (401, 404, 409, 422)},
+    },
+    summary="Model-wide: for the flagged components of an analysis (the 24 least reliable), "
+    "their second-order terms split by operation: which downstream layers carry their error",
+)
+async def get_analysis_why(
+    request: Request,
+    analysis_id: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    gate: GateDep,
+    wait: Annotated[float, _WHY_WAIT] = 2.0,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_token: Annotated[str | None, Header()] = None,
+) -> Any:
+    return await _component_request(
+        request,
+        analysis_id,
+        "flagged",
+        settings,
+        store,
+        queue,
+        gate,
+        wait,
+        authorization,
+        x_api_token,
+        kind="why",
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from rq import Worker
 
 from ..deps import CacheDep, QueueDep, RedisDep, SettingsDep
+from ..errors import free_bytes
 from ..schemas import CacheStats, Health
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,21 @@ def healthz(
         stats = CacheStats.model_validate(cache.stats())
     except Exception:  # pragma: no cover
         stats = None
+    message = "" if workers else "no worker is running: start `patchaudit worker`"
+    free = free_bytes(settings.data_dir)
+    disk_full = free is not None and free < settings.min_free_bytes
+    if free is not None and disk_full:
+        message = (
+            f"the disk holding {settings.data_dir} is full ({free // 2**20} MiB free, "
+            f"{settings.min_free_bytes // 2**20} MiB needed): new work is refused (507) until "
+            "space is freed"
+        )
     return Health(
-        status="ok" if workers else "degraded",
+        status="ok" if workers and not disk_full else "degraded",
         redis=True,
         workers=workers,
         queued=queue.count,
         cache=stats,
         auth_required=settings.auth_required,
-        message="" if workers else "no worker is running: start `patchaudit worker`",
+        message=message,
     )
