@@ -59,6 +59,7 @@ bench: install
 	$(PY) bench/bench_inspect_latency.py
 	$(PY) bench/bench_lane.py
 	$(VENV)/bin/patchaudit bench circuits --out bench/results/circuits.json
+	$(VENV)/bin/patchaudit bench edges --out bench/results/edges.json
 	$(VENV)/bin/patchaudit bench atpstar --out bench/results/atpstar.json
 	$(VENV)/bin/patchaudit bench scale --out bench/results/scale.json
 	$(VENV)/bin/patchaudit bench diagnose --out bench/results/diagnose.json

@@ -476,6 +476,70 @@ def circuits_md(circ: dict) -> str:
     return "\n".join(out)
 
 
+def edges_md(ed: dict) -> str:
+    """The edge tables (bench/results/edges.json): accuracy against edge patching, edge-circuit
+    CPR / CMD per ranking, the planted edges' AUC and ranks, and acceptance 4's costs."""
+    names = ed.get("methods") or {}
+    lines = [
+        "## Edges: EAP, EAP-IG and the HVP-corrected edge against edge patching",
+        "",
+        f"Metric {ed.get('metric')}, {ed.get('direction')}; edge circuits: {ed.get('faithfulness')}.",
+        "Flag recall: of the material edges (|edge patching| >= 1% of the total effect) whose EAP "
+        "error exceeds 50%, the share flagged (edges are screened with the uncalibrated rule).",
+        "",
+        "| configuration | edges | ranking | Spearman | NMAE | CPR | CMD | k90 | seconds | flag recall | AUC (planted) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    planted_rows = []
+    for name, c in (ed.get("configs") or {}).items():
+        if "rankings" not in c:
+            lines.append(
+                f"| {name} | - | {c.get('skipped') or c.get('error', '-')} | | | | | | | | |"
+            )
+            continue
+        fl = (c.get("flags") or {}).get("flag_recall")
+        for m, r in c["rankings"].items():
+            cost = r.get("cost") or {}
+            lines.append(
+                f"| {name} | {c['n_edges']} | {names.get(m, m)} | {_f(r.get('spearman'))} | "
+                f"{_f(r.get('nmae'))} | {_f(r.get('cpr'))} | {_f(r.get('cmd'))} | "
+                f"{r.get('smallest_90', '-')} | {_f(cost.get('seconds'), 2)} | "
+                f"{_f(fl, 2) if m == 'hvp' else ''} | {_f(r.get('auc')) if 'auc' in r else ''} |"
+            )
+            if "true_edge_rank" in r:
+                planted_rows.append((m, r["true_edge_rank"]))
+    if planted_rows:
+        edges = list(planted_rows[0][1])
+        lines += [
+            "",
+            "Planted model: the rank of each true edge (1 = first) by each ranking "
+            "(edge patching must rank every true edge above every other edge).",
+            "",
+            "| true edge | " + " | ".join(names.get(m, m) for m, _ in planted_rows) + " |",
+            "|---|" + "---|" * len(planted_rows),
+        ]
+        for e in edges:
+            lines.append(f"| `{e}` | " + " | ".join(str(r[e]) for _, r in planted_rows) + " |")
+    acc = ed.get("acceptance")
+    if acc:
+        lines += [
+            "",
+            f"Cost on the CPU, side by side in one run ({acc.get('model')}, {acc.get('n_pairs')} "
+            f"pairs x {acc.get('n_pos')} tokens, {acc.get('n_edges')} edges, "
+            f"{acc.get('hvp_probes')} probes, from the tokens):",
+            "",
+            "| what | seconds (median) | against | seconds (median) | ratio | target | holds |",
+            "|---|---|---|---|---|---|---|",
+            f"| edge screen (EAP + HVP-corrected) | {_f(acc['edge_screen']['median_s'], 2)} | "
+            f"node screen (AtP + HVP, heads) | {_f(acc['node_screen']['median_s'], 2)} | "
+            f"{_f(acc['screen_ratio'], 2)} | <= 3 | {'yes' if acc['screen_holds'] else 'NO'} |",
+            f"| edge patching, top 100 edges | {_f(acc['edge_patching_top100']['median_s'], 2)} | "
+            f"node ap sweep (heads) | {_f(acc['node_ap_sweep']['median_s'], 2)} | "
+            f"{_f(acc['patching_ratio'], 2)} | <= 2 | {'yes' if acc['patching_holds'] else 'NO'} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _bundled_ioi(acc: dict) -> list[tuple[str, dict]]:
     return [
         (n, c)
@@ -869,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     vec = [v for v in (_load(p) for p in sorted(res.glob("vectors_gpu*.json"))) if v]
     circ = _load(res / "circuits.json") or _load(res / "circuits_quick.json")
     trust = _load(res / "trust.json")
+    edges = _load(res / "edges.json")
     diag = _load(res / "diagnose.json")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report_diagnose import diagnose_md, finding
@@ -905,6 +970,25 @@ def main(argv: list[str] | None = None) -> int:
         )
     if circ:
         (res / "circuits.md").write_text(circuits_md(circ))
+    if edges and edges.get("acceptance"):
+        ea = edges["acceptance"]
+        rows.append(
+            (
+                "edge screen (EAP + HVP-corrected) costs at most 3x the node screen (GPT-2 small, CPU)",
+                bool(ea.get("screen_holds")),
+                f"{_f(ea['edge_screen']['median_s'], 2)} s vs {_f(ea['node_screen']['median_s'], 2)} s",
+            )
+        )
+        rows.append(
+            (
+                "edge patching of the top 100 edges costs at most 2x a node ap sweep (GPT-2 small, CPU)",
+                bool(ea.get("patching_holds")),
+                f"{_f(ea['edge_patching_top100']['median_s'], 2)} s vs "
+                f"{_f(ea['node_ap_sweep']['median_s'], 2)} s",
+            )
+        )
+    if edges:
+        (res / "edges.md").write_text(edges_md(edges))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report_lane import lane_md, target_rows
 
@@ -934,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(circuits_md(circ))
     if trust:
         sections.append(trust_md(trust))
+    if edges:
+        sections.append(edges_md(edges))
     if diag:
         sections.append(diagnose_md(diag))
     if atps:

@@ -135,7 +135,11 @@ function initResult() {
     pair: url.pair,
     k: url.k,
     why: url.why,
+    circ: url.circ,
+    attn: url.attn,
   }, { url: false });
+  assign({ sharedScale: url.scale !== "own" });
+  $("shared-scale").checked = st.sharedScale;
   sel.value = st.view;
   $("tau").value = String(st.tau);
   $("tau-value").textContent = st.tau.toFixed(2);
@@ -249,6 +253,7 @@ function init() {
   $("shared-scale").addEventListener("change", () => {
     assign({ sharedScale: $("shared-scale").checked });
     renderResult();
+    syncUrl(); // the link keeps the choice (scale=own)
   });
   initKeys();
   $("copy-link").addEventListener("click", copyLink);

@@ -13,7 +13,7 @@ import { $, ACTIVE, METHOD_ORDER, assign, on, st, update } from "./state.js";
 const COLORS = { atp: "#8c96a8", hvp: "#2457c5", hvp_joint: "#5b3cc4", hvp_exact: "#0b6e99", mhvp: "#7a4fb0", ig: "#c47a12", ap: "#111111" };
 const circuits = {}; // key ("hvp", "hvp:signed") -> CircuitInfo
 let pollTimer = null;
-let chosen = null; // the ranking whose circuit is outlined
+// the ranking whose circuit is outlined: st.circ (URL ?circ=, so a link keeps it)
 const label = (m) => METHOD_LABELS[m] || m;
 
 function rankings() {
@@ -64,7 +64,7 @@ async function compute(ranking) {
     setStatus(`Could not compute the ${label(ranking)} curve: ${err.message}`, true);
     return;
   }
-  if (!chosen) chosen = ranking;
+  if (!st.circ) update({ circ: ranking });
   render();
   poll();
 }
@@ -87,7 +87,7 @@ function outlined() {
   const ds = done();
   if (!ds.length) return null;
   const byRank = Object.fromEntries(ds.map((c) => [c.ranking, c]));
-  if (chosen && byRank[chosen]) return byRank[chosen];
+  if (st.circ && byRank[st.circ]) return byRank[st.circ];
   const pref = [st.result?.reliability_source, "hvp", "mhvp", "ig", "atp", "ap"].find((m) => m && byRank[m]);
   return byRank[pref] || ds[0];
 }
@@ -141,7 +141,7 @@ function render() {
   slider.value = String(k);
   drawChart(ds, k);
   drawOutline();
-  const table = ds.map((c) => `${label(c.ranking)}: CPR ${fmt(c.cpr)}, CMD ${fmt(c.cmd)}, 80 % at ${c.smallest_80 ?? "—"}, 90 % at ${c.smallest_90 ?? "—"}`);
+  const table = ds.map((c) => `${label(c.ranking)}: CPR ${fmt(c.cpr)} (area under f, higher is better), CMD ${fmt(c.cmd)} (area of |1 − f|, lower is better), 80 % at ${c.smallest_80 ?? "—"}, 90 % at ${c.smallest_90 ?? "—"}`);
   $("circuit-summary").textContent = ds.length ? table.join(" · ") : "Compute a curve: each ranking's top-k components are kept (the rest patched) and f = how much of the behaviour they carry.";
   card.dataset.curves = String(ds.length);
 }
@@ -167,6 +167,11 @@ function drawChart(ds, k) {
     xaxis: { title: { text: "circuit size k (components kept)" }, range: [-0.5, n + 0.5], fixedrange: true },
     yaxis: { title: { text: "faithfulness f" }, fixedrange: true, zeroline: true },
     legend: { orientation: "h", y: -0.3, font: { size: 11 } },
+    // the reference lines say what they are
+    annotations: [
+      { xref: "paper", x: 1, xanchor: "right", y: 1, yanchor: "bottom", text: "f = 1: the whole model", showarrow: false, font: { size: 10, color: "#666" } },
+      { xref: "paper", x: 1, xanchor: "right", y: 0.9, yanchor: "top", text: "f = 0.9: 90 % of the behaviour", showarrow: false, font: { size: 10, color: "#1b7a3a" } },
+    ],
     shapes: [
       { type: "line", xref: "paper", x0: 0, x1: 1, y0: 1, y1: 1, line: { color: "#999", width: 1, dash: "dot" } },
       { type: "line", xref: "paper", x0: 0, x1: 1, y0: 0.9, y1: 0.9, line: { color: "#1b7a3a", width: 1, dash: "dot" } },
@@ -182,7 +187,7 @@ function drawChart(ds, k) {
       const pt = ev?.points?.[0];
       if (!pt || !Number.isFinite(pt.x)) return;
       const r = ds.find((c) => `${label(c.ranking)}` === String(pt.data?.name || "").split(" (")[0]);
-      if (r) chosen = r.ranking;
+      if (r) update({ circ: r.ranking });
       setK(pt.x);
     });
   }
@@ -218,7 +223,7 @@ function init() {
   if (!$("circuit-card")) return;
   $("circuit-k").addEventListener("input", () => setK($("circuit-k").value));
   $("circuit-ranking").addEventListener("change", () => {
-    chosen = $("circuit-ranking").value;
+    update({ circ: $("circuit-ranking").value });
     render();
   });
   on("change", (keys) => {

@@ -18,7 +18,7 @@ const cache = new Map(); // "i.j" -> detail (the API's ComponentDetail JSON)
 let wanted = null; // the key being fetched
 let retry = null;
 let debounce = null;
-let side = "clean"; // the attention pattern shown
+const side = () => st.attn || "clean"; // the attention pattern shown (URL ?attn=)
 let drawnTau = null;
 let tauTimer = null;
 
@@ -166,14 +166,12 @@ function drawPairs(d, p) {
   for (const t of traces) for (const v of t.y || []) if (typeof v === "number") top = Math.max(top, Math.abs(v));
   traces.push({
     type: "scatter",
-    mode: "markers+text",
+    mode: "markers",
     name: `unreliable (ρ < ${st.tau.toFixed(2)})`,
     x: unreliable,
     y: unreliable.map(() => top * 1.12 || 1),
-    text: unreliable.map(() => "⚠"),
-    textposition: "middle center",
-    marker: { symbol: "triangle-down", size: 1, color: "#b3261e" },
-    textfont: { color: "#b3261e", size: 14 },
+    // a marker the legend can show (a 1 px marker under a text glyph left its legend dot invisible)
+    marker: { symbol: "triangle-down", size: 11, color: "#b3261e", line: { color: "#ffffff", width: 1 } },
     hovertemplate: unreliable.map((k) => `pair ${k}: reliability ${fmt(rel[k], 2)} < τ<extra></extra>`),
   });
   const shapes = [{ type: "rect", xref: "x", yref: "paper", x0: p - 0.5, x1: p + 0.5, y0: 0, y1: 1, fillcolor: "rgba(36,87,197,0.08)", line: { color: "#2457c5", width: 1.5, dash: "dot" } }];
@@ -181,11 +179,11 @@ function drawPairs(d, p) {
   const layout = {
     title: { text: "Per prompt pair (click a pair to inspect it)", font: { size: 12 }, x: 0, xanchor: "left" },
     barmode: "group",
-    height: 260,
-    margin: { l: 60, r: 10, t: 30, b: 40 },
+    height: 300,
+    margin: { l: 60, r: 10, t: 30, b: 84 }, // b: the axis title, then the legend below it
     xaxis: { title: { text: "prompt pair" }, tickvals: xs, ticktext: xs.map((k) => (unreliable.includes(k) ? `${k} ⚠` : String(k))), range: [-0.5, n - 0.5], fixedrange: true },
     yaxis: { title: { text: d.metric }, zeroline: true, fixedrange: true },
-    legend: { orientation: "h", y: -0.25, font: { size: 11 } },
+    legend: { orientation: "h", x: 0, y: -0.34, yanchor: "top", font: { size: 11 } },
     shapes,
     dragmode: false,
   };
@@ -240,25 +238,26 @@ function drawAttention(d, p) {
     return;
   }
   box.classList.remove("hidden");
+  for (const r of document.querySelectorAll('input[name="comp-attn-side"]')) r.checked = r.value === side(); // as the link says
   const div = $("comp-attn");
-  const pat = att[side]?.[p];
+  const pat = att[side()]?.[p];
   if (!pat) {
     // attention is kept for the first pairs only (settings.attention_pairs)
     Plotly.purge(div);
     div.replaceChildren(el("p", { class: "muted small", text: `No attention pattern stored for pair ${p} (the first ${att.clean.length} pairs have one).` }));
-    div.dataset.side = side;
+    div.dataset.side = side();
     div.dataset.rows = "0";
     return;
   }
   if (!div.querySelector(".main-svg")) div.replaceChildren();
   const n = pat.length;
-  const ticks = positionTicks(d, p, side);
+  const ticks = positionTicks(d, p, side());
   const idx = Array.from({ length: n }, (_, k) => k);
   Plotly.react(
     div,
     [{ type: "heatmap", x: idx, y: idx, z: pat, zmin: 0, zmax: 1, colorscale: [[0, "#ffffff"], [1, "#08306b"]], xgap: 1, ygap: 1, colorbar: { thickness: 10, title: { text: "attention", side: "right" } }, hovertemplate: "query %{y} → key %{x}: %{z:.3f}<extra></extra>" }],
     {
-      title: { text: `Attention of ${name(d.key)}, pair ${p}, ${side} prompt`, font: { size: 12 }, x: 0, xanchor: "left" },
+      title: { text: `Attention of ${name(d.key)}, pair ${p}, ${side()} prompt`, font: { size: 12 }, x: 0, xanchor: "left" },
       height: Math.max(260, 140 + 22 * n),
       width: Math.max(320, 170 + 24 * n),
       margin: { l: 110, r: 10, t: 30, b: 100 },
@@ -268,7 +267,7 @@ function drawAttention(d, p) {
     },
     CONFIG,
   );
-  div.dataset.side = side;
+  div.dataset.side = side();
   div.dataset.rows = String(n);
 }
 
@@ -283,7 +282,7 @@ function init() {
   for (const r of document.querySelectorAll('input[name="comp-attn-side"]')) {
     r.addEventListener("change", () => {
       if (!r.checked) return;
-      side = r.value;
+      update({ attn: r.value === "corrupted" ? "corrupted" : null });
       redraw();
     });
   }

@@ -53,15 +53,18 @@ function uncertainAt(i, j) {
   return !!(r.flags?.[i]?.[j]) && verifiedAt(r.verified, i, j) == null;
 }
 
-/** Views whose values are in the metric's units: they share one scale when asked to. */
+/** Views whose values are in the metric's units: they share one scale when asked to. The
+ * scale is set by the analysis's own maps: a verify adds values but never moves it (values
+ * beyond it are clipped, and the note below the map says how many). */
 function effectViews() {
   const scores = st.result.scores || {};
-  return [...Object.keys(scores), "verified", "best"];
+  return Object.keys(scores);
 }
 
 /**
  * The colour scale of a diverging view: symmetric about zero, ±max|z| of this view, or with
- * the shared scale on, ±max over every effect view (AtP, HVP, ap, verified, ...), so the
+ * the shared scale on, ±max over the analysis's own maps (AtP, HVP, ap, ...; verified values
+ * arrive later and never move it), so the
  * views compare by eye. Returns {zmax, shared, clipped} (clipped: cells beyond the scale).
  */
 export function divergingScale(z, delta = false) {
@@ -69,7 +72,7 @@ export function divergingScale(z, delta = false) {
   let m = maxAbs(z);
   let shared = false;
   if (st.sharedScale && !delta) {
-    m = Math.max(m, sharedMax(R, C));
+    m = sharedMax(R, C) || m; // the analysis's maps set it: verified values never move it
     shared = true;
   }
   m = m || 1;
@@ -81,11 +84,10 @@ let sharedMemo = { key: null, value: 0 };
 /** max |value| over every effect view; recomputed only when the result or verified values change. */
 function sharedMax(R, C) {
   const key = st.result;
-  const nVer = Object.keys(st.result.verified || {}).length;
-  if (sharedMemo.key !== key || sharedMemo.nVer !== nVer) {
+  if (sharedMemo.key !== key) {
     let m = 0;
-    for (const v of effectViews()) if (v !== "best") m = Math.max(m, maxAbs(viewMatrix(R, C, v).z));
-    sharedMemo = { key, nVer, value: m }; // "best" mixes the others: never larger than them
+    for (const v of effectViews()) m = Math.max(m, maxAbs(viewMatrix(R, C, v).z));
+    sharedMemo = { key, value: m };
   }
   return sharedMemo.value;
 }
@@ -140,6 +142,35 @@ function outlinePath(cells, inset) {
   return { x, y };
 }
 
+/**
+ * The title fits its figure (a one-column MLP map is ~340 px wide and cut the title): the right
+ * margin grows up to the container's width, and what still does not fit wraps at " · ". Changes
+ * `g` (width, height, margin) in place; returns the title text (lines joined by <br>).
+ */
+function fitTitle(text, g) {
+  const charPx = 7.4; // 13 px sans-serif, a generous average
+  const container = ($("heatmap-wrap") || $("heatmap"))?.clientWidth || g.width;
+  const want = Math.ceil(text.length * charPx) + 16;
+  if (want > g.width && g.width < container) {
+    const extra = Math.min(want, container) - g.width;
+    g.margin = { ...g.margin, r: g.margin.r + extra };
+    g.width += extra;
+  }
+  const perLine = Math.max(12, Math.floor((g.width - 16) / charPx));
+  const lines = [];
+  for (const bit of text.split(" · ")) {
+    const last = lines.length ? lines[lines.length - 1] : null;
+    if (last != null && `${last} · ${bit}`.length <= perLine) lines[lines.length - 1] = `${last} · ${bit}`;
+    else lines.push(bit);
+  }
+  if (lines.length > 1) {
+    const add = 17 * (lines.length - 1);
+    g.margin = { ...g.margin, t: g.margin.t + add };
+    g.height += add;
+  }
+  return lines.join("<br>");
+}
+
 /** The figure's title: model, task, site, view, tau (on the page and in every export). */
 export function figureTitle() {
   const req = st.data?.request || {};
@@ -178,8 +209,9 @@ export function renderHeatmap() {
     const sc = divergingScale(z, delta);
     Object.assign(hm, { colorscale: DIVERGING, zmid: 0, zmin: -sc.zmax, zmax: sc.zmax });
     hm.colorbar.title = { text: delta ? `Δ ${metric}` : metric, side: "right" };
-    scaleNote = `Colour scale ±${fmt(sc.zmax)}${sc.shared ? " (shared by every estimate view of this analysis)" : " (this view only)"}; blue negative, red positive.`;
-    if (sc.clipped) scaleNote += ` ${sc.clipped} cell${sc.clipped === 1 ? "" : "s"} beyond the scale, clipped at ±${fmt(sc.zmax)}.`;
+    const grows = !sc.shared && (st.view === "verified" || st.view === "best");
+    scaleNote = `Colour scale ±${fmt(sc.zmax)}${sc.shared ? " (shared by every estimate view of this analysis; fixed: verifying does not change it)" : grows ? " (this view only: it grows as verified values arrive)" : " (this view only)"}; blue negative, red positive.`;
+    if (sc.clipped) scaleNote += ` ${sc.clipped} cell${sc.clipped === 1 ? "" : "s"} beyond the scale, clipped at ±${fmt(sc.zmax)}${sc.shared ? " (hover for the value)" : ""}.`;
   } else if (kind === "unit") {
     Object.assign(hm, { colorscale: "Viridis", zmin: 0, zmax: 1 });
     hm.colorbar.title = { text: "reliability (0 to 1)", side: "right" };
@@ -280,8 +312,9 @@ export function renderHeatmap() {
   const xStep = tokenLabels() ? 1 : tickStep(g.cellW);
   const yStep = tickStep(g.cellH);
   const xt = colTicks();
+  const title = fitTitle(figureTitle(), g);
   const layout = {
-    title: { text: figureTitle(), font: { size: 13 }, x: 0, xanchor: "left", y: 0.99, yanchor: "top", pad: { l: 4 } },
+    title: { text: title, font: { size: 13 }, x: 0, xanchor: "left", y: 0.99, yanchor: "top", pad: { l: 4 } },
     width: g.width,
     height: g.height,
     margin: g.margin,
@@ -350,7 +383,18 @@ function onCellClick(e) {
 /** PNG/SVG of the map as drawn: its title names model, task, site, view and tau, its colour
  * bar the metric. */
 export function download(format) {
-  Plotly.downloadImage($("heatmap"), { format, filename: `patchaudit-${st.id}-${st.view}`, scale: format === "png" ? 2 : 1 });
+  const gd = $("heatmap");
+  Plotly.downloadImage(exportFigure(), { format, filename: `patchaudit-${st.id}-${st.view}`, width: gd.layout.width, height: gd.layout.height, scale: format === "png" ? 2 : 1 });
+}
+
+// What belongs to the page's interaction, not to the figure: the selection box, the keyboard
+// cursor and the "verifying" hourglasses are left out of every export.
+const TRANSIENT = new Set(["selected", "cursor", "pending"]);
+
+/** The map as exported: its traces less the transient ones, its layout. */
+export function exportFigure() {
+  const gd = $("heatmap");
+  return { data: gd.data.filter((t) => !TRANSIENT.has(t.name)), layout: { ...gd.layout } };
 }
 
 /** Viewport coordinates of the centre of cell (row, col), scrolled into view first. */

@@ -10,6 +10,8 @@
 //   tau   the reliability threshold the page flags at
 //   c     the selected component ("i.j"), pair (a prompt pair index), k (top-k): kept for
 //         the panels that use them; unknown to the others.
+//   circ  the circuit ranking outlined; attn the attention pattern's prompt (corrupted);
+//   scale=own  each view on its own colour scale. A link keeps every choice.
 //   why   the "why" views open (why.js): "c" (the selected component's), "flagged" (the
 //         model-wide view of the flagged components), or "c,flagged"
 
@@ -32,6 +34,8 @@ export const st = {
   c: null, // selected component "i.j" (URL ?c=)
   pair: null, // selected prompt pair (URL ?pair=)
   k: null, // top-k (URL ?k=)
+  circ: null, // the circuit ranking outlined (URL ?circ=)
+  attn: null, // the drill-down's attention pattern: "corrupted" (URL ?attn=), else clean
   why: null, // the "why" views open (URL ?why=c|flagged|c,flagged)
   rank: null, // the graph view's ranking, a method (URL ?rank=)
   e: null, // the graph view's selected edge "SENDER->RECEIVER" (URL ?e=)
@@ -99,7 +103,7 @@ export function update(patch, { url = true } = {}) {
 }
 
 // ---------------------------------------------------------------- URL state
-const URL_KEYS = ["view", "tau", "c", "pair", "k", "why", "rank", "e"];
+const URL_KEYS = ["view", "tau", "c", "pair", "k", "why", "rank", "e", "circ", "attn"];
 
 /** Read the id and the URL keys. Returns {view, tau, c, pair, k, rank, e} (null where absent). */
 export function parseUrl() {
@@ -109,7 +113,7 @@ export function parseUrl() {
   const h = new URLSearchParams(window.location.hash.replace(/^#/, ""));
   const get = (k) => q.get(k) ?? h.get(k);
   const num = (v) => (v != null && v !== "" && Number.isFinite(Number(v)) ? Number(v) : null);
-  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), why: get("why"), rank: get("rank"), e: get("e") };
+  return { view: get("view"), tau: num(get("tau")), c: get("c"), pair: num(get("pair")), k: num(get("k")), why: get("why"), rank: get("rank"), e: get("e"), circ: get("circ"), attn: get("attn") === "corrupted" ? "corrupted" : null, scale: get("scale") };
 }
 
 export function shareUrl() {
@@ -122,6 +126,9 @@ export function shareUrl() {
   if (st.why) q.set("why", st.why);
   if (st.rank != null) q.set("rank", st.rank);
   if (st.e != null) q.set("e", st.e);
+  if (st.circ) q.set("circ", st.circ);
+  if (st.attn) q.set("attn", st.attn);
+  if (!st.sharedScale) q.set("scale", "own");
   return `${window.location.origin}/a/${encodeURIComponent(st.id)}?${q.toString()}`;
 }
 

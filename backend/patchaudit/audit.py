@@ -128,7 +128,7 @@ def audit(
     """Every requested estimate for every component of ``site``, with the reliability score,
     error bound, materiality and flags (METHODS.md)."""
     if methods is None:
-        methods = default_screen(model)
+        methods = ("atp", "hvp") if site == "edges" else default_screen(model)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
@@ -150,6 +150,14 @@ def audit(
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must lie in [0, 1], got {tau}")
     model_name = model_name or _model_name(model)
+    if site == "edges":  # the edge graph: EAP, EAP-IG, the corrected edge, edge patching
+        from .edge_audit import audit_edges
+
+        return audit_edges(
+            model, pairs, metric, direction, methods, hvp_probes, ig_steps, seed, tau,
+            progress, should_stop, base, memory_budget_mb, bound_scale, circuit_k,
+            model_name, hvp_mode, task_name(pairs),
+        )  # fmt: skip
     p, tp = _problem(model, pairs, site, metric, direction, memory_budget_mb, hvp_mode, methods)
     torch.manual_seed(seed)
 
@@ -485,14 +493,17 @@ def cost_note(
 
 @dataclass
 class VerifyResult:
-    values: dict[tuple[int, int], float]
+    values: dict  # (layer, comp) -> ap; for edges, edge key -> edge patching
     cost: dict = field(default_factory=dict)
     base: BaseCache | None = field(default=None, repr=False)
     # every pair's own ap value (the same patched forwards compute them): component -> [batch]
-    per_pair: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    per_pair: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        vals = ", ".join(f"L{i}.{j}={v:+.4g}" for (i, j), v in list(self.values.items())[:6])
+        vals = ", ".join(
+            (k if isinstance(k, str) else f"L{k[0]}.{k[1]}") + f"={v:+.4g}"
+            for k, v in list(self.values.items())[:6]
+        )
         more = " ..." if len(self.values) > 6 else ""
         c = self.cost
         return (
@@ -542,7 +553,16 @@ def verify(
     """Activation patching of the given components (Screen-Flag-Fix step 3). With a cached
     ``base`` each layer's components cost one batched patched forward and nothing else.
     Without one, the fresh base pass skips the backward (patching needs no gradient), unless
-    ``keep_gradient``: then the returned base can serve later screens (the service caches it)."""
+    ``keep_gradient``: then the returned base can serve later screens (the service caches it).
+    With ``site="edges"`` the components are edge keys ("0.1->1.0.k") and this is edge
+    patching (values keyed by the edge key)."""
+    if site == "edges":
+        from .edge_audit import verify_edges
+
+        return verify_edges(
+            model, pairs, components, metric, direction, base, progress,  # type: ignore[arg-type]
+            should_stop, memory_budget_mb, keep_gradient,
+        )  # fmt: skip
     planned = ("ap", "atp") if keep_gradient and base is None else ("ap",)
     p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb, methods=planned)
     comps = []

@@ -155,7 +155,16 @@ def faithfulness(
     """Faithfulness of one circuit ``keep`` (components [layer, index] of ``site``) or of a
     list of circuits (they ride the batch axis of one pass). The base run is the clean prompts
     for noising (MIB's convention) and the corrupted ones for denoising; every component
-    outside the circuit gets the other run's activation. ``keep_gradient``: as in ``verify``."""
+    outside the circuit gets the other run's activation. ``keep_gradient``: as in ``verify``.
+    With ``site="edges"`` a circuit is a list of edge keys and every edge outside it is
+    patched (MIB's edge convention)."""
+    if site == "edges":
+        from .edge_audit import faithfulness_edges
+
+        return faithfulness_edges(
+            model, pairs, keep, metric, direction, base, progress, should_stop,
+            memory_budget_mb, keep_gradient,
+        )  # fmt: skip
     p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
     masks, single = _keep_masks(keep, p.site.shape)
     tracker = Tracker(progress=progress, should_stop=should_stop)
@@ -195,7 +204,16 @@ def circuit_curve(
     ``report.scores["hvp"]``), keep the top k for each size and measure their faithfulness
     (one batched pass). ``sizes``: numbers of components (default: every k for maps of at most
     64 components, MIB's 0.1 .. 100 % otherwise); 0 and N are always on the curve. ``absolute``
-    ranks by |score|; signed ranks by the score's push towards the fully patched run."""
+    ranks by |score|; signed ranks by the score's push towards the fully patched run.
+    With ``site="edges"``: ``scores`` is 1-D over the edges (``report.scores[m]`` of an edge
+    audit) and the circuits are edge sets (``order`` holds edge keys)."""
+    if site == "edges":
+        from .edge_audit import circuit_curve_edges
+
+        return circuit_curve_edges(
+            model, pairs, scores, metric, direction, sizes, absolute, base, progress,
+            should_stop, memory_budget_mb, keep_gradient,
+        )  # fmt: skip
     p, _ = _problem(model, pairs, site, metric, direction, memory_budget_mb)
     if isinstance(scores, torch.Tensor):
         s = scores.detach().cpu().double()

@@ -64,6 +64,8 @@ def _tensor(x, dtype=torch.float32) -> Tensor | None:
         return None
     if dtype == torch.bool:
         return torch.tensor(x, dtype=torch.bool)
+    if x and not isinstance(x[0], list):  # 1-D: the edge scores
+        return torch.tensor([float("nan") if v is None else v for v in x], dtype=dtype)
     return torch.tensor([[float("nan") if v is None else v for v in row] for row in x], dtype=dtype)
 
 
@@ -77,11 +79,13 @@ def _interval(d: dict | None) -> tuple[Tensor, Tensor] | None:
     return lo.nan_to_num(nan=-math.inf), hi.nan_to_num(nan=math.inf)
 
 
-def _reason_masks(grid: list | None) -> dict[str, Tensor] | None:
+def _reason_masks(grid: list | None, edges: bool = False) -> dict[str, Tensor] | None:
     if grid is None:
         return None
     from .estimators.reliability import REASONS
 
+    if edges:  # one list of reasons per edge
+        return {k: torch.tensor([k in cell for cell in grid], dtype=torch.bool) for k in REASONS}
     return {
         k: torch.tensor([[k in cell for cell in row] for row in grid], dtype=torch.bool)
         for k in REASONS
@@ -107,14 +111,16 @@ def summary(obj, extra: str = "") -> str:
     s = r.settings
     shape = "x".join(str(n) for n in r.estimate.shape) if r.scores else "?"
     n_flag = int(r.flags.sum()) if r.flags is not None else None
-    top = (
-        ", ".join(
-            f"{component_label(r.labels, c['layer'], c['comp'])}={c['estimate']:+.3g}"
-            for c in r.circuit(3)
-        )
-        if r.scores
-        else ""
-    )
+
+    def name(c: dict) -> str:
+        if "edge" in c:
+            return str(c["edge"])
+        return component_label(r.labels, c["layer"], c["comp"])
+
+    top = ", ".join(f"{name(c)}={c['estimate']:+.3g}" for c in r.circuit(3)) if r.scores else ""
+    if r.edges is not None:
+        shape = f"{len(r.edges)} edges"
+
     head = type(obj).__name__
     parts = [
         f"model={s.get('model', '?')}",
@@ -146,7 +152,7 @@ class Report:
     q: Tensor | None = None
     q_se: Tensor | None = None
     reliability_source: str | None = None
-    verified: dict[tuple[int, int], float] = field(default_factory=dict)
+    verified: dict = field(default_factory=dict)  # (layer, comp) -> ap; edge key -> ap
     cost: dict[str, dict] = field(default_factory=dict)
     tau: float = 0.5
     cutoff: float | None = None
@@ -164,6 +170,9 @@ class Report:
     calibration: dict | None = None  # which calibration the flags used, and why
     saturation: dict | None = None  # "i.j" -> the downstream heads that saturate its effect
     deferred: Tensor | None = None  # uncertain but past the flag cap (reliability.FLAG_CAP)
+    # site "edges": the edge keys ("0.1->1.0.k"); every score is then 1-D over them and
+    # ``verified`` is keyed by the edge key
+    edges: list[str] | None = None
 
     @property
     def total_effect(self) -> float:
@@ -186,7 +195,10 @@ class Report:
         return [(i, j) for i in range(rows) for j in range(cols)]
 
     def circuit(self, k: int | None = None) -> list[dict]:
-        """Top-k components by |estimate| (verified values where present)."""
+        """Top-k components by |estimate| (verified values where present); for edges, the
+        top-k edges ({"edge", "estimate", "verified"})."""
+        if self.edges is not None:
+            return self._edge_circuit(k)
         est = self.estimate.clone()
         for (i, j), v in self.verified.items():
             est[i, j] = v
@@ -205,10 +217,34 @@ class Report:
             for i in idx
         ]
 
-    def reasons_grid(self) -> list[list[list[str]]] | None:
-        """Per component, the codes of why it is flagged (empty when it is not)."""
+    def _edge_circuit(self, k: int | None) -> list[dict]:
+        assert self.edges is not None
+        est = self.estimate.clone().flatten()
+        index = {e: i for i, e in enumerate(self.edges)}
+        for e, v in self.verified.items():
+            if e in index:
+                est[index[e]] = v
+        n = est.numel()
+        k = max(1, round(0.1 * n)) if k is None else k
+        flat = est.nan_to_num(0.0)
+        idx = flat.abs().argsort(descending=True, stable=True)[:k].tolist()
+        return [
+            {
+                "edge": self.edges[i],
+                "estimate": float(flat[i]),
+                "verified": self.edges[i] in self.verified,
+            }
+            for i in idx
+        ]
+
+    def reasons_grid(self) -> list | None:
+        """Per component, the codes of why it is flagged (empty when it is not); for edges
+        one list per edge."""
         if self.flag_reasons is None or self.flags is None:
             return None
+        if self.edges is not None:
+            masks1 = {k: v.tolist() for k, v in self.flag_reasons.items()}
+            return [[k for k, m in masks1.items() if m[i]] for i in range(len(self.edges))]
         rows, cols = self.flags.shape
         masks = {k: v.tolist() for k, v in self.flag_reasons.items()}
         return [
@@ -240,7 +276,11 @@ class Report:
             "q": json_safe(self.q),
             "q_se": json_safe(self.q_se),
             "reliability_source": self.reliability_source,
-            "verified": {component_key(c): v for c, v in sorted(self.verified.items())},
+            "verified": {
+                c if isinstance(c, str) else component_key(c): v
+                for c, v in sorted(self.verified.items())
+            },
+            "edges": self.edges,
             "cost": self.cost,
             "tau": self.tau,
             "cutoff": self.cutoff,
@@ -260,9 +300,10 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        verified = {}
+        verified: dict = {}
+        edges = d.get("edges")
         for k, v in (d.get("verified") or {}).items():
-            verified[parse_component_key(k)] = float(v)
+            verified[k if edges is not None else parse_component_key(k)] = float(v)
         return cls(
             site=d["site"],
             metric=d["metric"],
@@ -285,7 +326,7 @@ class Report:
             metric_src=d.get("metric_src", 0.0),
             settings=d.get("settings", {}),
             screen=d.get("screen"),
-            flag_reasons=_reason_masks(d.get("flag_reasons")),
+            flag_reasons=_reason_masks(d.get("flag_reasons"), edges is not None),
             material_threshold=d.get("material_threshold"),
             partial=bool(d.get("partial", False)),
             estimate_method=d.get("estimate_method"),
@@ -293,10 +334,13 @@ class Report:
             calibration=d.get("calibration"),
             saturation=d.get("saturation"),
             deferred=_tensor(d.get("deferred"), torch.bool),
+            edges=list(edges) if edges is not None else None,
         )
 
     def table(self, top: int = 10) -> list[dict]:
         """The ``top`` components by |estimate| with every number (for the CLI and the UI)."""
+        if self.edges is not None:
+            return self._edge_table(top)
         est = self.estimate
         order = est.flatten().nan_to_num(0.0).abs().argsort(descending=True)[:top].tolist()
         cols = est.shape[1]
@@ -313,6 +357,25 @@ class Report:
                 )
                 row["flag"] = bool(self.flags[li, ci]) if self.flags is not None else False
             row["verified"] = self.verified.get((li, ci))
+            rows.append(row)
+        return rows
+
+    def _edge_table(self, top: int) -> list[dict]:
+        assert self.edges is not None
+        order = self.estimate.nan_to_num(0.0).abs().argsort(descending=True)[:top].tolist()
+        rows = []
+        for i in order:
+            e = self.edges[i]
+            row: dict = {"edge": e}
+            for m, v in self.scores.items():
+                row[m] = float(v[i])
+            if self.reliability is not None:
+                row["reliability"] = float(self.reliability[i])
+                row["error_bound"] = (
+                    float(self.error_bound[i]) if self.error_bound is not None else None
+                )
+                row["flag"] = bool(self.flags[i]) if self.flags is not None else False
+            row["verified"] = self.verified.get(e)
             rows.append(row)
         return rows
 
@@ -422,6 +485,10 @@ class Report:
         """A Plotly heatmap: layer rows, component columns, negative blue / positive red,
         symmetric about 0 (``zmax``: the scale's half-width, e.g. ``shared_zmax()`` for every
         view on one scale), flagged cells outlined, hover with every number of the cell."""
+        if self.edges is not None:
+            raise ValueError(
+                "an edge report has no heatmap: draw its graph (the dashboard's graph view)"
+            )
         return self.figure_panels([method], zmax=zmax)
 
     def figure_panels(self, methods: list[str] | None = None, zmax: float | None = None):

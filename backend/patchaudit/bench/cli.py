@@ -1,4 +1,4 @@
-"""``patchaudit bench accuracy|cost|circuits|scale|trust|atpstar|diagnose --out F.json [--quick] [--gpu] [--write-defaults]``."""
+"""``patchaudit bench accuracy|cost|circuits|scale|trust|atpstar|diagnose|edges --out F.json [--quick] [--gpu] [--write-defaults]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="patchaudit bench", description=__doc__)
     ap.add_argument(
         "what",
-        choices=("accuracy", "cost", "circuits", "scale", "trust", "atpstar", "diagnose"),
+        choices=("accuracy", "cost", "circuits", "scale", "trust", "atpstar", "diagnose", "edges"),
         help="which benchmark",
     )
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import scale
 
         r = scale.run(args.out, quick=args.quick)
+        sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
+    elif args.what == "edges":
+        from . import edges
+
+        r = edges.run(args.out, quick=args.quick)
         sys.stdout.write(f"wrote {args.out} ({r['seconds']:.0f} s)\n")
     elif args.what == "atpstar":
         from . import atpstar

@@ -73,6 +73,7 @@ class BaseCache:
 
     @classmethod
     def load(cls, path: str, device: str | torch.device | None = None) -> BaseCache:
+        """A saved base; an edge base (``EdgeBase.save``) comes back as an ``EdgeBase``."""
         from safetensors import safe_open
 
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -80,6 +81,10 @@ class BaseCache:
             t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         if device is not None:
             t = {k: v.to(device) for k, v in t.items()}
+        if meta.get("kind") == "edges":
+            from .edges import EdgeBase
+
+            return EdgeBase.from_tensors(t, meta)  # type: ignore[return-value]
         n = sum(1 for k in t if k.startswith("a_base."))
         return cls(
             a_base=[t[f"a_base.{i}"] for i in range(n)],

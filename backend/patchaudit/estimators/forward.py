@@ -74,6 +74,7 @@ def run(
     last_only: Tensor | None = None,
     past: Any = None,
     fast: bool = False,
+    extra_hooks: Sequence[tuple[str, Callable]] = (),
 ) -> Tensor:
     """One forward of ``tokens`` ([copies*batch, pos]; with ``start_at_layer`` = L, the
     residual stream entering block L, [copies*batch, pos, d_model]).
@@ -86,9 +87,10 @@ def run(
     Hugging Face cache of the positions before ``tokens``) only those later positions run.
     ``fast``: with the problem's shortcuts on, take ``cpu_kernels`` (the caller makes sure
     that the two runs whose activations make a delta take the same kernels, so a zero delta
-    stays exactly zero).
+    stays exactly zero). ``extra_hooks``: more (name, hook) pairs, run after these (the edge
+    estimators' sender captures and receiver perturbations).
     """
-    hooks = _hooks(p, eps, replace, capture, resid_capture, last_only)
+    hooks = _hooks(p, eps, replace, capture, resid_capture, last_only) + list(extra_hooks)
     kw: dict[str, Any] = {}
     if start_at_layer is not None:
         kw["start_at_layer"] = start_at_layer

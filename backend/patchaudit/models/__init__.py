@@ -324,3 +324,6 @@ def list_models() -> list[dict]:
     )
     out += [{"name": n, "description": d, "bundled": False} for n, d in FEATURED]
     return out
+
+
+from . import planted as planted  # noqa: E402  (pa.models.planted.ground_truth())

@@ -27,7 +27,11 @@ constant scale). The heads:
   whose activation is identical on clean and corrupted prompts (BOS attention / position
   reads): activation patching gives exactly 0.
 
-The ground truth (components and the reason each is there) is ``planted/ground_truth.json``.
+The ground truth (components and the reason each is there) is ``planted/ground_truth.json``;
+its "edges" list the true edges of the graph (``pa.audit(site="edges")`` keys: the previous-token
+head -> the induction head's key, the copy head -> the gate head's key and value, the induction
+head -> the gate head's query, the embedding -> the three copying heads' values, and the direct
+paths of L0H1, L1H0 and L2H0 to the logits); every other edge patches to (nearly) exactly 0.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ OFFSET = 7  # the positional copy head looks this many positions back
 def ground_truth() -> dict[str, Any]:
     """The shipped ground truth: every component, whether it is planted, and why."""
     return json.loads((PLANTED_DIR / "ground_truth.json").read_text())
+
+
+def planted_edges() -> list[str]:
+    """The keys of the true edges (``ground_truth()["edges"]``)."""
+    return [e["edge"] for e in ground_truth()["edges"]]
 
 
 def planted_mask() -> torch.Tensor:
