@@ -81,5 +81,5 @@ def test_cli_bad_input_is_one_line():
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert lines == ["error: unknown site 'neurons': choose one of heads, mlp, resid"]
+    assert lines == ["error: unknown site 'neurons': choose one of heads, mlp, resid, q, k, v"]
     assert "Traceback" not in proc.stderr

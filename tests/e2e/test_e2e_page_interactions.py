@@ -72,7 +72,11 @@ def test_three_quick_clicks_verify_the_three_cells_aimed_at(new_context, real_an
     n_server = sum(map(sum, data["result"]["flags"]))
     expect(page.locator("#heatmap")).to_have_attribute("data-flagged", str(n_server))
     aimed = [(2, 1), (3, 2), (0, 2)]
-    # Where the cells are drawn before the first click: the user aims there.
+    # The user brings the whole map into view (the open-server banner and the cards above it can
+    # push its lower rows below an 800 px viewport), then aims where the cells are drawn.
+    page.locator("#heatmap").scroll_into_view_if_needed()
+    page.evaluate("document.querySelector('#heatmap').scrollIntoView({block: 'center'})")
+    next_frames(page)
     centres = [page.evaluate(f"window.__patchaudit.cellCenter({i}, {j})") for i, j in aimed]
     top_before = page.evaluate("document.querySelector('#heatmap').getBoundingClientRect().top")
     for n, c in enumerate(centres, 1):
@@ -628,7 +632,7 @@ def test_real_cancel_keeps_finished_methods_and_reruns(new_context, slow_server,
     page = new_context(viewport=VIEWPORT, base_url=slow_server.url).new_page()
     page.goto(f"/a/{body['id']}")
     # ap runs last; cancel while it waits to start
-    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"^ap "), timeout=90_000)
+    expect(page.locator("#progress-text")).to_contain_text(re.compile(r"^computing ap "), timeout=90_000)
     page.click("#cancel")
     expect(page.locator("#status")).to_have_text("cancelled", timeout=60_000)
     msg = page.locator("#message")

@@ -54,7 +54,9 @@ def test_submit_progress_result(stack: Stack) -> None:
     assert {p["phase"] for p in running} & {"base", "atp", "hvp", "hvp_exact", "load_model"}
 
     d = c.get(f"/api/analyses/{aid}").json()
-    assert d["progress"] == {"phase": "done", "fraction": 1.0, "passes": d["progress"]["passes"]}
+    prog = d["progress"]
+    assert prog["phase"] == "done" and prog["fraction"] == 1.0 and prog["passes"] >= 1, prog
+    assert not prog.get("eta_s"), prog  # nothing left to wait for
     assert d["error"] is None and d["pending"] == []
     res = d["result"]
     assert res["labels"]["rows"] and len(res["labels"]["rows"]) == 2
@@ -430,6 +432,8 @@ def test_openapi_lists_every_endpoint_with_models(stack: Stack) -> None:
         ("get", "/api/analyses/{analysis_id}/export.csv"): None,
         ("get", "/api/analyses"): None,
         ("get", "/api/analyses/{analysis_id}/components/{key}"): None,
+        ("get", "/api/analyses/{analysis_id}/components/{key}/why"): None,
+        ("get", "/api/analyses/{analysis_id}/why"): None,
         ("delete", "/api/analyses/{analysis_id}"): None,
         ("put", "/api/analyses/{analysis_id}/notes/{key}"): "NoteIn",
         ("delete", "/api/analyses/{analysis_id}/notes/{key}"): None,

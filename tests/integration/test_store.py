@@ -93,7 +93,11 @@ def test_queue_uses_json(conn) -> None:  # noqa: ANN001
     store = AnalysisStore(conn)
     aid, _ = store.create_or_get({"x": 1})
     job_id = enqueue(q, store, "verify", aid, ["0.1"], job_timeout_s=60)
-    job = q.fetch_job(job_id)
+    # a verify is interactive: it waits in the lane's queue, not the long jobs' one
+    from rq.job import Job
+
+    job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    assert job.origin != q.name
     # arguments by name (service.kinds), never by position
     assert not job.args and job.kwargs == {"analysis_id": aid, "components": ["0.1"]}
     assert job.retries_left == 1 and job.timeout == 60

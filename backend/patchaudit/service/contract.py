@@ -245,6 +245,16 @@ class Verification(BaseModel):
     error: ErrorInfo | None = None
 
 
+class DiagnosisOut(BaseModel):
+    """Why AtP is wrong (``pa.diagnose(...).to_dict()``): per component its second-order term q,
+    the shares of q by operation ("L3.attn.softmax", "L4.ln1", "metric", ...), local against
+    downstream, the remainder ap - A1 - q/2 and the saturation estimate; and the cost."""
+
+    model_config = ConfigDict(extra="allow")
+    components: list[dict[str, Any]]
+    cost: dict[str, Any] = Field(default_factory=dict)
+
+
 class ComponentDetailOut(BaseModel):
     """One component in detail (``pa.ComponentDetail.to_dict()``): per-pair values (mean = the
     map's value), per-position rows (first order: they sum to the per-pair value) and, for a

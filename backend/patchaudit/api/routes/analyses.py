@@ -66,6 +66,7 @@ from ..schemas import (
     CircuitRequest,
     ComponentDetailOut,
     ComponentPending,
+    DiagnosisOut,
     ErrorResponse,
     JobState,
     VerifyAccepted,
@@ -873,7 +874,10 @@ _WHY_WAIT = Query(ge=0, le=30, description="seconds to wait for a first computat
 @router.get(
     "/{analysis_id}/components/{key}/why",
     responses={
-        200: {"description": "the diagnosis (pa.diagnose's to_dict() for this component)"},
+        200: {
+            "model": DiagnosisOut,
+            "description": "the diagnosis (pa.diagnose's to_dict() for this component)",
+        },
         202: {"model": ComponentPending, "description": "being computed: ask again"},
         **{k: ERRORS[k] for k in (401, 404, 409, 422)},
     },
@@ -911,7 +915,10 @@ async def get_component_why(
 @router.get(
     "/{analysis_id}/why",
     responses={
-        200: {"description": "the diagnosis of the analysis's flagged components"},
+        200: {
+            "model": DiagnosisOut,
+            "description": "the diagnosis of the analysis's flagged components",
+        },
         202: {"model": ComponentPending, "description": "being computed: ask again"},
         **{k: ERRORS[k] for k in (401, 404, 409, 422)},
     },

@@ -44,7 +44,22 @@ def _file(settings: SettingsDep, name: str) -> Response:
             f"{html.escape(str(settings.frontend_path))} (PATCHAUDIT_FRONTEND_DIR).",
             503,
         )
-    return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
+    if settings.auth_required:
+        return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
+    # A token-less server: the open-server banner is part of the page from its first paint (a
+    # banner added later by script would move what the user is aiming at); openserver.js finds
+    # it there and adds nothing.
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("</header>", "</header>\n" + OPEN_BANNER, 1)
+    return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
+
+
+OPEN_BANNER = (
+    '<div id="open-server-banner" class="open-server" role="note">This server has no API tokens: '
+    "every user of this machine can read, start, cancel and delete its analyses. To give each "
+    "member a name and their own analyses, start it with a tokens file (PATCHAUDIT_TOKENS_FILE, "
+    "see docs/SECURITY.md).</div>"
+)
 
 
 @router.get("/")
