@@ -13,7 +13,7 @@ server, real ``patchaudit worker`` processes and the API.
 
 Writes bench/results/lane.json (docs/BENCHMARKS.md's "Interactive lane" section comes from it).
 
-    python bench/bench_lane.py [--n-pairs 256] [--click-pairs 64] [--clicks 10] [--quick]
+    python bench/bench_lane.py [--n-pairs 256] [--click-pairs 16] [--clicks 10] [--quick]
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def bench_two_long(tmp: Path, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-pairs", type=int, default=256, help="pairs of each long analysis")
-    p.add_argument("--click-pairs", type=int, default=64, help="pairs of the clicked analysis")
+    p.add_argument("--click-pairs", type=int, default=16, help="pairs of the clicked analysis (the service default)")
     p.add_argument("--clicks", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="64-pair long jobs, 4 clicks (a smoke run)")
     p.add_argument("--skip-two", action="store_true", help="skip the two-long-jobs measurement")
