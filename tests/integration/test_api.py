@@ -399,7 +399,14 @@ def test_frontend_routes(stack: Stack, done: dict) -> None:
         r = c.get(path)
         assert "text/html" in r.headers["content-type"]
         if (front / name).exists():
-            assert r.status_code == 200 and r.content == (front / name).read_bytes()
+            from patchaudit.api.routes.frontend import OPEN_BANNER
+
+            expected = (front / name).read_bytes()
+            if not stack.client.app.state.settings.auth_required:  # the banner is served in it
+                banner = b"</header>\n" + OPEN_BANNER.encode()
+                expected = expected.replace(b"</header>", banner, 1)
+                assert b'id="open-server-banner"' in r.content
+            assert r.status_code == 200 and r.content == expected
         else:
             assert r.status_code == 503 and "missing" in r.text
     for p in front.glob("*.js"):
